@@ -1,0 +1,207 @@
+"""The `embslim` command: thin parsing into config dataclasses, then library calls."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from embslim.budget import parse_budget
+from embslim.data import DATASETS, PrepareConfig, SyntheticConfig, load_dataset
+from embslim.data.fetch import Archive, fetch_archive
+from embslim.data.registry import data_dirs, get_source
+from embslim.embeddings import EmbeddingConfig, list_embeddings
+from embslim.embeddings.full import full_bytes
+from embslim.errors import ConfigError, EmbslimError
+from embslim.models import ModelOptions, list_models, model_class
+from embslim.train.recipes import recipe
+from embslim.train.trainer import TrainConfig
+
+TRAIN_KEYS = {"epochs", "lr", "batch_size", "patience", "negatives", "embedding_l2", "weight_decay", "optimizer"}
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="synthetic", help=f"one of {sorted(DATASETS)} or 'tabular' (default: synthetic, generated, no download)")
+    g.add_argument("--task", choices=["ctr", "rating", "topk"], help="ctr (AUC, logloss), rating (RMSE, MAE) or topk (HR, NDCG, Recall, MRR); default: ctr")
+    g.add_argument("--data-path", type=Path, help="file or folder of the dataset (default: found under $EMBSLIM_DATA_DIR)")
+    g.add_argument("--schema", type=Path, help="JSON schema for --dataset tabular")
+    g.add_argument("--min-count", type=int, help="values seen fewer times in training go to the OOV bucket (default per dataset)")
+    g.add_argument("--max-bad-rows", type=float, default=0, help="malformed rows tolerated: a count, or a fraction if < 1 (default 0)")
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the random train/val/test split (default 0)")
+    g.add_argument("--synthetic-rows", type=int, help="rows of the generated dataset (default 200000)")
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    add_data_args(p)
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="deepfm", choices=list_models())
+    g.add_argument("--embedding", default="full", choices=list_embeddings(), help="embedding method (default full)")
+    g.add_argument("--dim", type=int, default=16, help="embedding dimension of every field (default 16)")
+    g.add_argument("--dims", help="per-field dimensions, e.g. user_id=32,zip=4")
+    g.add_argument("--budget", help="memory budget: fraction of the full table at --dim (0.2) or bytes (150000, 512KiB)")
+    g.add_argument("--hidden", help="MLP widths, e.g. 256,128")
+    g.add_argument("--dropout", type=float)
+    t = p.add_argument_group("training (defaults per model and task: embslim/train/recipes.py)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--patience", type=int, help="epochs without validation improvement before stopping")
+    t.add_argument("--embedding-l2", type=float, help="L2 penalty on the embedding rows a batch uses")
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--optimizer", choices=["adam", "adamw"])
+    t.add_argument("--negatives", type=int, help="sampled negatives per positive (topk)")
+    t.add_argument("--seed", type=int, default=0)
+    o = p.add_argument_group("output")
+    o.add_argument("--out", type=Path, help="run folder (default runs/train-DATASET-TASK-MODEL-seedN)")
+    o.add_argument("--resume", action="store_true", help="continue a killed run in --out from its last finished epoch")
+    o.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+
+
+def load_from_args(args: argparse.Namespace):
+    source = get_source(args.dataset)
+    config = PrepareConfig(task=args.task or source.default_task, min_count=args.min_count if args.min_count is not None else source.min_count,
+                           split_seed=args.split_seed)
+    synthetic = SyntheticConfig(rows=args.synthetic_rows) if args.synthetic_rows else None
+    return load_dataset(args.dataset, config.task, args.data_path, config, args.max_bad_rows, args.schema, synthetic)
+
+
+def parse_dims(text: str | None) -> dict[str, int] | None:
+    if not text:
+        return None
+    try:
+        return {k.strip(): int(v) for k, v in (item.split("=") for item in text.split(","))}
+    except ValueError:
+        raise ConfigError(f"cannot read --dims {text!r}: expected name=int,name=int") from None
+
+
+def configs_from_args(args: argparse.Namespace, data) -> tuple:
+    """RunConfig pieces from flags over the recipe for this model and task."""
+    from embslim.train.run import RunConfig
+
+    defaults = recipe(args.model, data.task)
+    flags = {k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k, None) is not None}
+    train = TrainConfig(**{k: v for k, v in {**defaults, **flags}.items() if k in TRAIN_KEYS}, seed=args.seed, progress=not args.quiet)
+    names = model_class(args.model).select_fields(data.table.fields, data.user_field, data.item_field)
+    fields = data.select_fields(names).table.fields
+    budget = parse_budget(args.budget, full_bytes(fields, [args.dim] * len(fields))) if args.budget else None
+    emb = EmbeddingConfig(args.embedding, args.dim, parse_dims(args.dims), budget, defaults.get("init_std", 0.01))
+    opts = {}
+    if args.hidden:
+        opts["hidden"] = tuple(int(h) for h in args.hidden.split(","))
+    if args.dropout is not None:
+        opts["dropout"] = args.dropout
+    return RunConfig(args.model, emb, ModelOptions.from_dict(opts), train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from embslim.train.run import run
+
+    data = load_from_args(args)
+    config = configs_from_args(args, data)
+    out = args.out or Path("runs") / f"train-{args.dataset}-{data.task}-{args.model}-seed{args.seed}"
+    if (out / "results.json").exists() and not args.resume:
+        (out / "checkpoint.pt").unlink(missing_ok=True)
+    results = run(data, config, out, resume=args.resume)
+    print_summary(results, out)
+    return 0
+
+
+def print_summary(results: dict, out: Path) -> None:
+    emb = results["embedding"]
+    test = "  ".join(f"{k} {v:.4f}" for k, v in results["metrics"]["test"].items())
+    print(f"{results['config']['dataset']} {results['config']['task']} {results['config']['model']}: test {test}")
+    print(f"embedding: {emb['method']} {emb['params']:,} params, {emb['bytes']:,} bytes to serve, {emb['train_bytes']:,} bytes to train")
+    t = results["timing"]
+    print(f"time: {t['wall_seconds']:.1f}s wall, {t['train_samples_per_second']:,.0f} train samples/s")
+    print(f"results: {out / 'results.json'}")
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    data = load_from_args(args)
+    info = {k: v for k, v in data.info.items()}
+    if args.json:
+        print(json.dumps(info, indent=2, default=float))
+        return 0
+    print(f"dataset {data.name}, task {data.task}, rows {info['rows']}")
+    for read in info.get("reads", []):
+        print(f"{read['path']}: read {read['rows_read']:,} = used {read['rows_used']:,} + rejected {read['rows_rejected']:,}")
+        for reason, n in read["reasons"].items():
+            print(f"    rejected {n:,}: {reason}")
+        for example in read["examples"][:3]:
+            print(f"    e.g. {example}")
+    print(f"fields (min count {info.get('min_count')}):  distinct values in train -> table rows incl. OOV (OOV share of train)")
+    for name, s in info["fields"].items():
+        print(f"  {name:<14} {s['distinct_in_train']:>9,} -> {s['cardinality']:>9,}  ({s['oov_share_of_train']:.1%})")
+    return 0
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    source = get_source(args.name)
+    if source.archive is None and args.url is None:
+        raise ConfigError(f"dataset {args.name} cannot be fetched automatically: {source.manual or 'it is generated'}")
+    archive = source.archive or Archive(args.url, None, args.name)
+    if args.url:
+        archive = replace(archive, url=args.url)
+    if args.checksum:
+        archive = replace(archive, checksum=args.checksum)
+    dest = args.dest or data_dirs()[0]
+    folder = fetch_archive(archive, dest, args.allow_unverified, progress=not args.quiet)
+    print(f"{args.name}: {folder}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    print("datasets:   " + ", ".join(sorted(DATASETS)) + ", tabular")
+    print("models:     " + ", ".join(list_models()))
+    print("embeddings: " + ", ".join(list_embeddings()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="embslim",
+        description="Right-sized embedding tables for recommender models. Start with `embslim train` (generated data, no download).",
+        epilog="Data folders are looked up under $EMBSLIM_DATA_DIR; caches go to $EMBSLIM_CACHE_DIR (default ~/.cache/embslim).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train one model and write results.json", description="Train a backbone over an embedding method; writes OUT/results.json, OUT/checkpoint.pt and OUT/embedding.safetensors.")
+    add_train_args(p)
+    p.set_defaults(func=cmd_train)
+    data = sub.add_parser("data", help="fetch datasets or report what a dataset holds").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("info", help="rows read/used/rejected and per-field cardinalities")
+    add_data_args(p)
+    p.add_argument("name", nargs="?", help="dataset (same as --dataset)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_data_info)
+    p = data.add_parser("fetch", help="download an official archive and verify its checksum")
+    p.add_argument("name", choices=sorted(DATASETS))
+    p.add_argument("--dest", type=Path, help="folder to extract into (default $EMBSLIM_DATA_DIR or ~/.cache/embslim/data)")
+    p.add_argument("--url", help="mirror to download from instead of the official address (file:// works)")
+    p.add_argument("--checksum", help="expected ALGO:HEX of the archive, e.g. md5:0e33...")
+    p.add_argument("--allow-unverified", action="store_true", help="accept an archive with no published checksum")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_data_fetch)
+    p = sub.add_parser("list", help="list datasets, models and embedding methods")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "name", None) and args.command == "data" and args.data_command == "info":
+        args.dataset = args.name
+    try:
+        return args.func(args)
+    except EmbslimError as exc:
+        print(f"embslim: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("embslim: interrupted; finished epochs are checkpointed, rerun with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""From raw columns to an encoded, split `PreparedData`.
+
+Loaders produce `RawColumns` (strings or integers as read); this module splits the
+rows, fits each field's vocabulary on the training split and encodes every split
+with it, so validation and test never leak into vocabularies or frequency counts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from embslim.data.fields import FeatureTable, FieldSpec, PreparedData, Side
+from embslim.data.splits import leave_last_out, random_split
+from embslim.data.vocab import fit_vocab, pad_bags
+from embslim.errors import ConfigError
+
+TASKS = ("ctr", "rating", "topk")
+
+
+@dataclass(eq=False)
+class RawColumns:
+    """Columns as read from a source, before encoding.
+
+    `bags` holds multi-valued fields as (flat values, per-row lengths).
+    `target` is the raw target (rating, click); tasks turn it into a label.
+    """
+
+    name: str
+    columns: dict[str, np.ndarray]
+    target: np.ndarray
+    bags: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    sides: dict[str, Side] = field(default_factory=dict)
+    timestamp: np.ndarray | None = None
+    user_field: str | None = None
+    item_field: str | None = None
+    tasks: tuple[str, ...] = ("ctr",)
+    info: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """How to turn raw columns into training data; part of the cache key."""
+
+    task: str = "ctr"
+    min_count: int = 1
+    split_seed: int = 0
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    click_threshold: float = 4.0
+
+
+def prepare(raw: RawColumns, config: PrepareConfig) -> PreparedData:
+    """Split, fit vocabularies on the training split, encode and label by task."""
+    if config.task not in raw.tasks:
+        raise ConfigError(f"dataset {raw.name!r} supports tasks {list(raw.tasks)}, not {config.task!r}")
+    n = len(raw.target)
+    if config.task == "topk":
+        if raw.timestamp is None or raw.user_field is None:
+            raise ConfigError(f"dataset {raw.name!r} has no user/time order for a top-k split")
+        splits = leave_last_out(raw.columns[raw.user_field], raw.timestamp)
+    else:
+        splits = random_split(n, config.ratios, config.split_seed)
+    train = splits["train"]
+
+    fields: list[FieldSpec] = []
+    stats: dict[str, dict] = {}
+    id_columns: list[np.ndarray] = []
+    bags: dict[str, np.ndarray] = {}
+    for name, column in raw.columns.items():
+        catalogue = column if (config.task == "topk" and name in (raw.item_field, raw.user_field)) else None
+        min_count = 1 if catalogue is not None else config.min_count
+        vocab = fit_vocab(column[train], min_count, catalogue)
+        id_columns.append(vocab.encode(column))
+        stats[name] = _vocab_stats(vocab)
+        fields.append(FieldSpec(name, vocab.cardinality, vocab.counts, side=raw.sides.get(name, "context")))
+    for name, (values, lengths) in raw.bags.items():
+        row_of_value = np.repeat(np.arange(n), lengths)
+        in_train = np.isin(row_of_value, train)
+        vocab = fit_vocab(values[in_train], config.min_count)
+        bags[name] = pad_bags(vocab.encode(values), lengths)
+        stats[name] = _vocab_stats(vocab)
+        fields.append(FieldSpec(name, vocab.cardinality, vocab.counts, multivalued=True, pooling="mean", side=raw.sides.get(name, "context")))
+
+    label = _label(raw.target, config)
+    ids = np.stack(id_columns, axis=1) if id_columns else np.zeros((n, 0), dtype=np.int64)
+    table = FeatureTable(fields, ids, bags, label)
+    data = PreparedData(raw.name, config.task, table, splits, raw.user_field, raw.item_field, info=dict(raw.info))
+    if config.task == "topk":
+        data.items = item_table(table, raw.item_field)
+    data.info["fields"] = stats
+    data.info["min_count"] = config.min_count
+    data.info["rows"] = {k: int(len(v)) for k, v in splits.items()}
+    return data
+
+
+def _vocab_stats(vocab) -> dict:
+    """Distinct training values before the min-count threshold, and the table size after it."""
+    total = int(vocab.counts.sum())
+    return {"distinct_in_train": int(vocab.seen_values), "cardinality": int(vocab.cardinality),
+            "oov_share_of_train": float(vocab.counts[0] / total) if total else 0.0}
+
+
+def _label(target: np.ndarray, config: PrepareConfig) -> np.ndarray:
+    if config.task == "ctr":
+        return (target >= config.click_threshold).astype(np.float32) if target.max() > 1 else target.astype(np.float32)
+    if config.task == "rating":
+        return target.astype(np.float32)
+    return np.ones(len(target), dtype=np.float32)
+
+
+def item_table(table: FeatureTable, item_field: str | None) -> FeatureTable:
+    """One row per item id with that item's item-side features (id 0 row included)."""
+    if item_field is None:
+        raise ConfigError("top-k needs an item field")
+    col = table.single_index(item_field)
+    item_ids = table.ids[:, col]
+    n_items = next(f.cardinality for f in table.fields if f.name == item_field)
+    first = np.zeros(n_items, dtype=np.int64)
+    uniq, index = np.unique(item_ids, return_index=True)
+    first[uniq] = index
+    rows = table.take(first)
+    rows.ids[:, col] = np.arange(n_items)
+    return rows

@@ -1,0 +1,106 @@
+"""Typed descriptions of feature fields and the encoded tables that hold them.
+
+Every field is encoded to integer ids ranked by descending training frequency:
+id 0 is the out-of-vocabulary (OOV) bucket, id 1 the most frequent value, and so on.
+That ordering is what frequency-aware methods (DNIS blocks, MDE) rely on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+Side = Literal["user", "item", "context"]
+Pooling = Literal["sum", "mean"]
+
+
+@dataclass(eq=False)
+class FieldSpec:
+    """One sparse feature field.
+
+    cardinality counts every row of its table, the OOV bucket (id 0) included.
+    counts[i] is how often id i occurs in the training split (multi-valued: per value).
+    """
+
+    name: str
+    cardinality: int
+    counts: np.ndarray
+    multivalued: bool = False
+    pooling: Pooling = "sum"
+    side: Side = "context"
+
+    def __post_init__(self) -> None:
+        if self.cardinality < 1:
+            raise ValueError(f"field {self.name!r}: cardinality must be >= 1")
+        if len(self.counts) != self.cardinality:
+            raise ValueError(f"field {self.name!r}: counts has {len(self.counts)} entries, cardinality is {self.cardinality}")
+
+
+@dataclass(eq=False)
+class FeatureTable:
+    """Encoded rows: one id column per single-valued field, a padded id matrix per multi-valued one.
+
+    ids[:, j] belongs to the j-th single-valued field in `fields` order; bags[name] is
+    [rows, max_len] with -1 as padding.
+    """
+
+    fields: list[FieldSpec]
+    ids: np.ndarray
+    bags: dict[str, np.ndarray]
+    label: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    @property
+    def single_fields(self) -> list[FieldSpec]:
+        return [f for f in self.fields if not f.multivalued]
+
+    def single_index(self, name: str) -> int:
+        """Column of a single-valued field in `ids`."""
+        names = [f.name for f in self.single_fields]
+        if name not in names:
+            raise KeyError(f"no single-valued field {name!r}; fields are {names}")
+        return names.index(name)
+
+    def select(self, names: list[str]) -> "FeatureTable":
+        """Only the named fields, in the given order."""
+        by_name = {f.name: f for f in self.fields}
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise KeyError(f"no fields {missing}; fields are {list(by_name)}")
+        chosen = [by_name[n] for n in names]
+        cols = [self.single_index(f.name) for f in chosen if not f.multivalued]
+        bags = {f.name: self.bags[f.name] for f in chosen if f.multivalued}
+        return FeatureTable(chosen, self.ids[:, cols], bags, self.label)
+
+    def take(self, rows: np.ndarray) -> "FeatureTable":
+        """The rows at the given indices, sharing field specs."""
+        return FeatureTable(self.fields, self.ids[rows], {k: v[rows] for k, v in self.bags.items()}, self.label[rows])
+
+
+@dataclass(eq=False)
+class PreparedData:
+    """A dataset ready for training: encoded table, split row indices and what reading it found.
+
+    For top-k tasks `user_field`/`item_field` name the key fields and `items` holds one
+    row per item id (its item-side features) so every item can be scored for a user.
+    """
+
+    name: str
+    task: str
+    table: FeatureTable
+    splits: dict[str, np.ndarray]
+    user_field: str | None = None
+    item_field: str | None = None
+    items: FeatureTable | None = None
+    info: dict = field(default_factory=dict)
+
+    def select_fields(self, names: list[str]) -> "PreparedData":
+        """The same data restricted to the named fields (user/item keys must be kept for top-k)."""
+        items = self.items.select([n for n in names if n in {f.name for f in self.items.fields}]) if self.items is not None else None
+        return PreparedData(self.name, self.task, self.table.select(names), self.splits, self.user_field, self.item_field, items, self.info)
+
+    def split(self, name: str) -> FeatureTable:
+        return self.table.take(self.splits[name])

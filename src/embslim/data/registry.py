@@ -1,0 +1,120 @@
+"""Named datasets: where their files are found, how they are read, how they are fetched."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from embslim.data.avazu import load_avazu
+from embslim.data.cache import cache_key, default_cache_dir, input_files, load_prepared, save_prepared
+from embslim.data.criteo import load_criteo
+from embslim.data.encode import PrepareConfig, RawColumns, prepare
+from embslim.data.fetch import Archive
+from embslim.data.fields import PreparedData
+from embslim.data.movielens import load_movielens
+from embslim.data.sequences import load_sequences
+from embslim.data.synthetic import SyntheticConfig, generate
+from embslim.data.tabular import TabularSchema, load_tabular
+from embslim.errors import ConfigError, DataError
+
+GROUPLENS = "https://files.grouplens.org/datasets/movielens"
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """A named dataset: loader, default task and vocabulary threshold, folders it is found in."""
+
+    name: str
+    loader: Callable[[Path, float], RawColumns] | None
+    default_task: str
+    min_count: int
+    folders: tuple[str, ...] = ()
+    archive: Archive | None = None
+    manual: str = ""
+
+
+DATASETS: dict[str, DatasetSource] = {
+    s.name: s
+    for s in [
+        DatasetSource("synthetic", None, "ctr", 1),
+        DatasetSource("movielens-100k", load_movielens, "ctr", 1, ("movielens-100k", "ml-100k"),
+                      Archive(f"{GROUPLENS}/ml-100k.zip", "md5:0e33842e24a9c977be4e0107933c0723", "ml-100k")),
+        DatasetSource("movielens-1m", load_movielens, "ctr", 1, ("movielens-1m", "ml-1m"),
+                      Archive(f"{GROUPLENS}/ml-1m.zip", "md5:c4d9eecfca2ab87c1945afe126590906", "ml-1m")),
+        DatasetSource("movielens-20m", load_movielens, "ctr", 1, ("movielens-20m", "ml-20m"),
+                      Archive(f"{GROUPLENS}/ml-20m.zip", "md5:cd245b17a1ae2cc31bb14903e1204af3", "ml-20m")),
+        DatasetSource("movielens-25m", load_movielens, "ctr", 1, ("movielens-25m", "ml-25m"),
+                      Archive(f"{GROUPLENS}/ml-25m.zip", "md5:6b51fb2759a8657d3bfcbfc42b592ada", "ml-25m")),
+        DatasetSource("movielens-latest-small", load_movielens, "ctr", 1, ("movielens-latest-small", "ml-latest-small"),
+                      Archive(f"{GROUPLENS}/ml-latest-small.zip", None, "ml-latest-small")),
+        DatasetSource("criteo", load_criteo, "ctr", 10, ("criteo", "criteo-dac", "criteo-dac-head10k"),
+                      manual="download dac.tar.gz from Criteo's Kaggle Display Advertising Challenge page (terms must be accepted by hand)"),
+        DatasetSource("amazon-video-games", load_sequences, "topk", 1, ("amazon-video-games-sasrec", "amazon-video-games"),
+                      manual="get Video.txt from the SASRec authors' repository (kang205/SASRec, data/Video.txt)"),
+        DatasetSource("avazu", load_avazu, "ctr", 2, ("avazu",),
+                      manual="download train.gz from the Kaggle Avazu CTR competition page (terms must be accepted by hand)"),
+    ]
+}
+
+
+def data_dirs() -> list[Path]:
+    """Folders searched for dataset folders: $EMBSLIM_DATA_DIR, then embslim's own data folder."""
+    dirs = [Path(os.environ["EMBSLIM_DATA_DIR"])] if os.environ.get("EMBSLIM_DATA_DIR") else []
+    return dirs + [default_cache_dir() / "data"]
+
+
+def resolve_path(source: DatasetSource, path: Path | None) -> Path:
+    if path is not None:
+        if not path.exists():
+            raise DataError(f"{path}: no such file or folder (dataset {source.name})")
+        return path
+    for base in data_dirs():
+        for folder in source.folders:
+            if (base / folder).exists():
+                return base / folder
+    how = f"run `embslim data fetch {source.name}`" if source.archive else source.manual
+    raise DataError(f"dataset {source.name}: not found in {[str(d) for d in data_dirs()]}; pass --data-path, set EMBSLIM_DATA_DIR, or {how}")
+
+
+def get_source(name: str) -> DatasetSource:
+    if name not in DATASETS and name != "tabular":
+        raise ConfigError(f"unknown dataset {name!r}; known: {sorted(DATASETS)} or 'tabular' with --schema")
+    return DATASETS.get(name) or DatasetSource("tabular", None, "ctr", 1)
+
+
+def load_dataset(
+    name: str,
+    task: str | None = None,
+    path: Path | None = None,
+    config: PrepareConfig | None = None,
+    max_bad_rows: float = 0,
+    schema: Path | None = None,
+    synthetic: SyntheticConfig | None = None,
+    use_cache: bool = True,
+) -> PreparedData:
+    """Read, split and encode a named dataset (cached for inputs read from files)."""
+    source = get_source(name)
+    config = config or PrepareConfig(min_count=source.min_count)
+    config = replace(config, task=task or config.task or source.default_task)
+    if name == "synthetic":
+        return prepare(generate(synthetic or SyntheticConfig()), config)
+    if name == "tabular":
+        if schema is None or path is None:
+            raise ConfigError("dataset 'tabular' needs --data-path FILE and --schema SCHEMA.json")
+        spec = TabularSchema.from_json(schema)
+        loader: Callable[[Path, float], RawColumns] = lambda p, bad: load_tabular(p, spec, bad)  # noqa: E731
+        parts = {"schema": spec.__dict__}
+    else:
+        loader = source.loader
+        parts = {}
+    resolved = resolve_path(source, path)
+    cache_dir = default_cache_dir()
+    key = cache_key({"dataset": name, "config": config.__dict__, "max_bad_rows": max_bad_rows, **parts}, input_files(resolved), cache_dir)
+    entry = cache_dir / "prepared" / f"{name}-{config.task}-{key}.npz"
+    if use_cache and entry.exists():
+        return load_prepared(entry)
+    data = prepare(loader(resolved, max_bad_rows), config)
+    if use_cache:
+        save_prepared(data, entry)
+    return data

@@ -1,0 +1,37 @@
+"""Train/validation/test splits as row-index arrays."""
+from __future__ import annotations
+
+import numpy as np
+
+from embslim.errors import ConfigError
+
+
+def random_split(n: int, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0) -> dict[str, np.ndarray]:
+    """Shuffle rows with `seed` and cut them by `ratios` (train, val, test)."""
+    if abs(sum(ratios) - 1) > 1e-6 or min(ratios) <= 0:
+        raise ConfigError(f"split ratios must be positive and sum to 1, got {ratios}")
+    perm = np.random.default_rng(seed).permutation(n)
+    a = int(round(ratios[0] * n))
+    b = a + int(round(ratios[1] * n))
+    return {"train": np.sort(perm[:a]), "val": np.sort(perm[a:b]), "test": np.sort(perm[b:])}
+
+
+def leave_last_out(users: np.ndarray, timestamps: np.ndarray) -> dict[str, np.ndarray]:
+    """Per user, the latest interaction is test and the one before it validation.
+
+    Users with fewer than three interactions keep them all in training. Ties in time
+    keep file order.
+    """
+    order = np.lexsort((np.arange(len(users)), timestamps, users))
+    u = users[order]
+    last = np.ones(len(u), dtype=bool)
+    last[:-1] = u[1:] != u[:-1]
+    second = np.zeros(len(u), dtype=bool)
+    second[:-1] = last[1:] & (u[1:] == u[:-1])
+    starts = np.r_[0, np.flatnonzero(last[:-1]) + 1]
+    sizes = np.diff(np.r_[starts, len(u)])
+    enough = np.repeat(sizes >= 3, sizes)
+    test = order[last & enough]
+    val = order[second & enough]
+    train = order[~((last | second) & enough)]
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}

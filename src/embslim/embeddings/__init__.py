@@ -1,0 +1,7 @@
+"""Embedding methods behind one interface; importing a method's module registers it."""
+from embslim.embeddings import full  # noqa: F401  (registers "full")
+from embslim.embeddings.base import EmbeddingConfig, FeatureEmbedding
+from embslim.embeddings.batch import SparseBatch
+from embslim.embeddings.registry import create_embedding, list_embeddings, load_artifact, register_embedding
+
+__all__ = ["EmbeddingConfig", "FeatureEmbedding", "SparseBatch", "create_embedding", "list_embeddings", "load_artifact", "register_embedding"]

@@ -1,0 +1,101 @@
+"""Feature-interaction backbones for CTR (and any task): LR, FM, DeepFM, DCNv2, AutoInt.
+
+All take per-field vectors of any widths: pairwise interactions go through a
+`FieldAligner`, concatenation-based parts use the vectors as they are.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from embslim.embeddings.base import FeatureEmbedding
+from embslim.models.base import ModelOptions, Recommender
+from embslim.models.layers import FieldAligner, fm_interaction, mlp
+from embslim.models.registry import register_model
+
+
+@register_model("lr")
+class LR(Recommender):
+    """Logistic regression on the embeddings; with dim 1 it is classic per-value LR."""
+
+    def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, **_: object) -> None:
+        super().__init__(embedding)
+        self.linear = nn.Linear(sum(embedding.dims), 1, bias=False)
+
+    def score(self, vectors: list[torch.Tensor]) -> torch.Tensor:
+        return self.linear(torch.cat(vectors, dim=1)).squeeze(1)
+
+
+@register_model("fm")
+class FM(Recommender):
+    """Factorisation machine: first-order linear term plus all pairwise inner products."""
+
+    def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, **_: object) -> None:
+        super().__init__(embedding)
+        self.linear = nn.Linear(sum(embedding.dims), 1, bias=False)
+        self.aligner = FieldAligner(embedding.dims)
+
+    def score(self, vectors: list[torch.Tensor]) -> torch.Tensor:
+        return self.linear(torch.cat(vectors, dim=1)).squeeze(1) + fm_interaction(self.aligner(vectors))
+
+
+@register_model("deepfm")
+class DeepFM(FM):
+    """FM plus an MLP over the concatenated embeddings, sharing the embeddings."""
+
+    def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, **kw: object) -> None:
+        super().__init__(embedding, options)
+        self.deep = mlp(sum(embedding.dims), options.hidden, options.dropout)
+
+    def score(self, vectors: list[torch.Tensor]) -> torch.Tensor:
+        return super().score(vectors) + self.deep(torch.cat(vectors, dim=1)).squeeze(1)
+
+
+class CrossLayer(nn.Module):
+    """DCNv2 cross layer: x_{l+1} = x0 * (W x_l + b) + x_l."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(width, width)
+
+    def forward(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x0 * self.linear(x) + x
+
+
+@register_model("dcnv2")
+class DCNv2(Recommender):
+    """DCN-V2 (Wang et al. 2021), parallel form: full-rank cross network beside an MLP."""
+
+    def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, **_: object) -> None:
+        super().__init__(embedding)
+        width = sum(embedding.dims)
+        self.cross = nn.ModuleList(CrossLayer(width) for _ in range(options.cross_layers))
+        self.deep = mlp(width, options.hidden, options.dropout, out_dim=None)
+        self.head = nn.Linear(width + (options.hidden[-1] if options.hidden else width), 1)
+
+    def score(self, vectors: list[torch.Tensor]) -> torch.Tensor:
+        x0 = torch.cat(vectors, dim=1)
+        x = x0
+        for layer in self.cross:
+            x = layer(x0, x)
+        return self.head(torch.cat([x, self.deep(x0)], dim=1)).squeeze(1)
+
+
+@register_model("autoint")
+class AutoInt(Recommender):
+    """AutoInt (Song et al. 2019): multi-head self-attention over fields with residuals."""
+
+    def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, **_: object) -> None:
+        super().__init__(embedding)
+        self.aligner = FieldAligner(embedding.dims)
+        width = self.aligner.width
+        heads = options.heads if width % options.heads == 0 else 1
+        self.attention = nn.ModuleList(nn.MultiheadAttention(width, heads, dropout=options.dropout, batch_first=True) for _ in range(options.attention_layers))
+        self.head = nn.Linear(width * len(embedding.dims), 1)
+        self.linear = nn.Linear(sum(embedding.dims), 1, bias=False)
+
+    def score(self, vectors: list[torch.Tensor]) -> torch.Tensor:
+        x = self.aligner(vectors)
+        for attn in self.attention:
+            x = torch.relu(attn(x, x, x, need_weights=False)[0] + x)
+        return self.head(x.flatten(1)).squeeze(1) + self.linear(torch.cat(vectors, dim=1)).squeeze(1)

@@ -1,0 +1,42 @@
+"""Name -> backbone, timm-style: `@register_model`, `create_model`, `list_models`."""
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+from embslim.embeddings.base import FeatureEmbedding
+from embslim.errors import ConfigError
+from embslim.models.base import ModelOptions, Recommender
+
+_MODELS: dict[str, type[Recommender]] = {}
+_TASKS: dict[str, tuple[str, ...]] = {}
+T = TypeVar("T", bound=type[Recommender])
+
+
+def register_model(name: str, tasks: tuple[str, ...] = ("ctr", "rating", "topk")) -> Callable[[T], T]:
+    def wrap(cls: T) -> T:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} registered twice")
+        _MODELS[name] = cls
+        _TASKS[name] = tasks
+        return cls
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def model_class(name: str) -> type[Recommender]:
+    if name not in _MODELS:
+        raise ConfigError(f"unknown model {name!r}; known: {list_models()}")
+    return _MODELS[name]
+
+
+def create_model(name: str, embedding: FeatureEmbedding, options: ModelOptions = ModelOptions(), task: str = "ctr",
+                 user_field: str | None = None, item_field: str | None = None) -> Recommender:
+    """Build backbone `name` over `embedding` for `task`."""
+    cls = model_class(name)
+    if task not in _TASKS[name]:
+        raise ConfigError(f"model {name!r} supports tasks {list(_TASKS[name])}, not {task!r}")
+    return cls(embedding, options, user_field=user_field, item_field=item_field)

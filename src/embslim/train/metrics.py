@@ -1,0 +1,37 @@
+"""Evaluation metrics per task, named in lower case as results.json reports them."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import log_loss, roc_auc_score
+
+PRIMARY = {"ctr": ("auc", "max"), "rating": ("rmse", "min"), "topk": ("ndcg@10", "max")}
+
+
+def ctr_metrics(label: np.ndarray, logit: np.ndarray) -> dict[str, float]:
+    prob = 1.0 / (1.0 + np.exp(-logit.astype(np.float64)))
+    prob = np.clip(prob, 1e-7, 1 - 1e-7)
+    auc = float(roc_auc_score(label, prob)) if 0 < label.sum() < len(label) else float("nan")
+    return {"auc": auc, "logloss": float(log_loss(label, prob, labels=[0, 1]))}
+
+
+def rating_metrics(label: np.ndarray, pred: np.ndarray, low: float, high: float) -> dict[str, float]:
+    """RMSE and MAE of predictions clipped to the training rating range."""
+    err = np.clip(pred, low, high) - label
+    return {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err)))}
+
+
+def ranking_metrics(ranks: np.ndarray) -> dict[str, float]:
+    """Metrics from the 0-based rank of each user's one held-out item among all candidates."""
+    ranks = ranks.astype(np.float64)
+    return {
+        "hr@10": float(np.mean(ranks < 10)),
+        "ndcg@10": float(np.mean(np.where(ranks < 10, 1.0 / np.log2(ranks + 2), 0.0))),
+        "recall@20": float(np.mean(ranks < 20)),
+        "mrr": float(np.mean(1.0 / (ranks + 1))),
+    }
+
+
+def is_better(task: str, value: float, best: float | None) -> bool:
+    if best is None or np.isnan(best):
+        return not np.isnan(value)
+    return value > best if PRIMARY[task][1] == "max" else value < best

@@ -1,0 +1,88 @@
+"""A whole training run: data -> embedding -> backbone -> trainer -> results.json.
+
+Every command that trains (train, search, bench) writes results in this shape:
+{"config", "data", "metrics": {"val", "test"}, "embedding": {"method", "params",
+"bytes", "train_bytes", "dims"}, "timing", "history"}.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from embslim.data.cache import atomic_write_bytes
+from embslim.data.fields import PreparedData
+from embslim.embeddings import EmbeddingConfig, create_embedding
+from embslim.models import ModelOptions, Recommender, create_model, model_class
+from embslim.train.trainer import TrainConfig, Trainer
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str = "deepfm"
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    model_options: ModelOptions = field(default_factory=ModelOptions)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def build_model(data: PreparedData, config: RunConfig) -> tuple[Recommender, PreparedData]:
+    """The backbone over a fresh embedding, and the data restricted to the fields it uses."""
+    names = model_class(config.model).select_fields(data.table.fields, data.user_field, data.item_field)
+    data = data.select_fields(names)
+    torch.manual_seed(config.train.seed)
+    embedding = create_embedding(data.table.fields, config.embedding)
+    model = create_model(config.model, embedding, config.model_options, data.task, data.user_field, data.item_field)
+    return model, data
+
+
+def describe_embedding(model: Recommender) -> dict:
+    emb = model.embedding
+    return {
+        "method": getattr(emb, "method_name", type(emb).__name__),
+        "params": model.embedding_params(),
+        "bytes": model.embedding_bytes("serve"),
+        "train_bytes": model.embedding_bytes("train"),
+        "dims": dict(zip([f.name for f in emb.fields], emb.dims)),
+    }
+
+
+def environment() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__, "machine": platform.machine(),
+            "threads": torch.get_num_threads()}
+
+
+def train_model(model: Recommender, data: PreparedData, config: RunConfig, out_dir: Path | None = None,
+                resume: bool = False, callbacks: list | None = None) -> dict:
+    """Train an already built model and return the results record (written to out_dir/results.json)."""
+    t0 = time.perf_counter()
+    fit = Trainer(model, data, config.train, out_dir, callbacks).fit(resume=resume)
+    results = {
+        "config": {"dataset": data.name, "task": data.task, **json.loads(json.dumps(asdict(config), default=str))},
+        "data": {"rows": data.info.get("rows"), "fields": {f.name: f.cardinality for f in data.table.fields}},
+        "metrics": {"val": fit["val"], "test": fit["test"]},
+        "embedding": describe_embedding(model),
+        "timing": {"wall_seconds": time.perf_counter() - t0, **fit["timing"]},
+        "history": fit["history"],
+        "environment": environment(),
+    }
+    if out_dir is not None:
+        write_results(results, out_dir / "results.json")
+    return results
+
+
+def run(data: PreparedData, config: RunConfig, out_dir: Path | None = None, resume: bool = False) -> dict:
+    """Build and train; the one call behind `embslim train`."""
+    model, data = build_model(data, config)
+    results = train_model(model, data, config, out_dir, resume)
+    if out_dir is not None:
+        model.embedding.export(out_dir / "embedding.safetensors")
+    return results
+
+
+def write_results(results: dict, path: Path) -> None:
+    atomic_write_bytes(path, json.dumps(results, indent=2, default=float).encode())

@@ -1,0 +1,197 @@
+"""One trainer for every backbone and embedding method.
+
+Sparse tables get SparseAdam (lazy Adam on the rows a batch touches), the rest
+Adam or AdamW. Each epoch ends with a validation pass, early stopping on the task's
+primary metric and an atomic checkpoint; `resume=True` continues after the last
+finished epoch with the same RNG state, so a killed run ends where an uninterrupted
+one would. Embedding methods hook in through `aux_loss()` and `on_step_end()`;
+callers hook in through callbacks.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from embslim.data.fields import FeatureTable, PreparedData
+from embslim.embeddings.batch import SparseBatch
+from embslim.errors import ConfigError
+from embslim.models.base import Recommender
+from embslim.train.checkpoint import load_checkpoint, save_checkpoint
+from embslim.train.metrics import PRIMARY, ctr_metrics, is_better, ranking_metrics, rating_metrics
+from embslim.train.topk import candidate_rows, held_out_ranks, seen_matrix, training_rows
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 1024
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    embedding_l2: float = 0.0
+    optimizer: str = "adam"
+    patience: int = 2
+    seed: int = 0
+    negatives: int = 4
+    eval_batch_size: int = 16384
+    progress: bool = True
+
+
+class Callback(Protocol):
+    def on_batch_end(self, trainer: "Trainer", step: int) -> None: ...
+
+
+class Trainer:
+    """Trains `model` on `data`; writes checkpoints to `out_dir` when given.
+
+    `embedding_l2` penalises the squared norm of the embedding rows each batch uses
+    (the usual MF regulariser; sparse optimisers have no weight decay).
+    """
+
+    def __init__(self, model: Recommender, data: PreparedData, config: TrainConfig = TrainConfig(),
+                 out_dir: Path | None = None, callbacks: list[Callback] | None = None) -> None:
+        if config.optimizer not in ("adam", "adamw"):
+            raise ConfigError(f"optimizer must be adam or adamw, got {config.optimizer!r}")
+        self.model, self.data, self.config = model, data, config
+        self.out_dir = out_dir
+        self.callbacks = callbacks or []
+        sparse = model.embedding.sparse_parameters()
+        sparse_ids = {id(p) for p in sparse}
+        dense = [p for p in model.parameters() if id(p) not in sparse_ids]
+        dense_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        self.optimizers = [dense_cls(dense, lr=config.lr, weight_decay=config.weight_decay)]
+        if sparse:
+            self.optimizers.append(torch.optim.SparseAdam(sparse, lr=config.lr))
+        train_label = data.split("train").label
+        self.label_range = (float(train_label.min()), float(train_label.max()))
+        if data.task == "rating":
+            with torch.no_grad():
+                model.bias.fill_(float(train_label.mean()))
+        self.step = 0
+
+    # -- data ------------------------------------------------------------------
+    def epoch_table(self, epoch: int) -> FeatureTable:
+        if self.data.task == "topk":
+            return training_rows(self.data, self.config.negatives, np.random.default_rng([self.config.seed, epoch, 1]))
+        return self.data.split("train")
+
+    def batches(self, table: FeatureTable, epoch: int):
+        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(table))
+        for start in range(0, len(order), self.config.batch_size):
+            yield SparseBatch.from_table(table, order[start:start + self.config.batch_size])
+
+    # -- training --------------------------------------------------------------
+    def loss(self, batch: SparseBatch) -> torch.Tensor:
+        out, vectors = self.model.forward_train(batch)
+        if self.data.task == "rating":
+            loss = F.mse_loss(out, batch.label)
+        else:
+            loss = F.binary_cross_entropy_with_logits(out, batch.label)
+        if self.config.embedding_l2:
+            loss = loss + self.config.embedding_l2 * sum(v.pow(2).sum(dim=1).mean() for v in vectors)
+        aux = self.model.embedding.aux_loss()
+        return loss if aux is None else loss + aux
+
+    def train_epoch(self, epoch: int) -> tuple[float, int]:
+        self.model.train()
+        table = self.epoch_table(epoch)
+        total, seen = 0.0, 0
+        bar = tqdm(self.batches(table, epoch), total=-(-len(table) // self.config.batch_size), desc=f"epoch {epoch + 1}",
+                   disable=not self.config.progress, leave=False, unit="batch")
+        for batch in bar:
+            loss = self.loss(batch)
+            for opt in self.optimizers:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for opt in self.optimizers:
+                opt.step()
+            self.step += 1
+            self.model.embedding.on_step_end(self.step)
+            for cb in self.callbacks:
+                cb.on_batch_end(self, self.step)
+            total += loss.detach() * len(batch)
+            seen += len(batch)
+        return float(total) / max(seen, 1), seen
+
+    def fit(self, resume: bool = False) -> dict:
+        """Train with early stopping; returns {"val": best val metrics, "test": test metrics, "history", "timing"}."""
+        cfg = self.config
+        task = self.data.task
+        metric = PRIMARY[task][0]
+        ckpt_path = self.out_dir / "checkpoint.pt" if self.out_dir else None
+        state = load_checkpoint(ckpt_path) if (resume and ckpt_path) else None
+        torch.manual_seed(cfg.seed)
+        start_epoch, best, best_state, bad, history, train_time, samples = 0, None, None, 0, [], 0.0, 0
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            for opt, s in zip(self.optimizers, state["optimizers"]):
+                opt.load_state_dict(s)
+            torch.set_rng_state(state["rng"])
+            start_epoch, best, best_state, bad = state["epoch"] + 1, state["best"], state["best_state"], state["bad_epochs"]
+            history, self.step, train_time, samples = state["history"], state["step"], state["train_time"], state["samples"]
+        for epoch in range(start_epoch, cfg.epochs):
+            if bad >= cfg.patience:
+                break
+            t0 = time.perf_counter()
+            train_loss, n = self.train_epoch(epoch)
+            train_time += time.perf_counter() - t0
+            samples += n
+            val = self.evaluate("val")
+            history.append({"epoch": epoch + 1, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}})
+            if cfg.progress:
+                tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  " + "  ".join(f"val {k} {v:.4f}" for k, v in val.items()))
+            if is_better(task, val[metric], best):
+                best, best_state, bad = val[metric], copy.deepcopy(self.model.state_dict()), 0
+            else:
+                bad += 1
+            if ckpt_path:
+                save_checkpoint({"epoch": epoch, "model": self.model.state_dict(), "optimizers": [o.state_dict() for o in self.optimizers],
+                                 "rng": torch.get_rng_state(), "best": best, "best_state": best_state, "bad_epochs": bad,
+                                 "history": history, "step": self.step, "train_time": train_time, "samples": samples,
+                                 "config": asdict(cfg)}, ckpt_path)
+        if best_state is not None:
+            self.model.load_state_dict(best_state)
+        t0 = time.perf_counter()
+        val, test = self.evaluate("val"), self.evaluate("test")
+        eval_time = time.perf_counter() - t0
+        return {"val": val, "test": test, "history": history,
+                "timing": {"train_seconds": train_time, "eval_seconds": eval_time, "train_samples_per_second": samples / max(train_time, 1e-9)}}
+
+    # -- evaluation ------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, table: FeatureTable) -> np.ndarray:
+        self.model.eval()
+        out = [self.model(SparseBatch.from_table(table, np.arange(s, min(s + self.config.eval_batch_size, len(table)))))
+               for s in range(0, len(table), self.config.eval_batch_size)]
+        return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        if self.data.task == "topk":
+            return self.evaluate_ranking(split)
+        table = self.data.split(split)
+        pred = self.predict(table)
+        if self.data.task == "rating":
+            return rating_metrics(table.label, pred, *self.label_range)
+        return ctr_metrics(table.label, pred)
+
+    @torch.no_grad()
+    def evaluate_ranking(self, split: str) -> dict[str, float]:
+        held_out = self.data.split(split)
+        excluded = seen_matrix(self.data, ("train",) if split == "val" else ("train", "val"))
+        ucol = held_out.single_index(self.data.user_field)
+        icol = held_out.single_index(self.data.item_field)
+        n_items = len(self.data.items.label)
+        chunk = max(1, self.config.eval_batch_size * 4 // n_items)
+        ranks = []
+        for s in range(0, len(held_out), chunk):
+            part = held_out.take(np.arange(s, min(s + chunk, len(held_out))))
+            scores = self.predict(candidate_rows(part, self.data.items)).reshape(len(part), n_items)
+            ranks.append(held_out_ranks(scores, part.ids[:, icol], excluded[part.ids[:, ucol]]))
+        return ranking_metrics(np.concatenate(ranks))

@@ -1,0 +1,44 @@
+"""Shared fixtures: isolated caches, the real datasets when present, tiny generated data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from embslim.data import PrepareConfig, SyntheticConfig, load_dataset
+from embslim.data.synthetic import generate
+from embslim.data.encode import prepare
+
+SHARED = Path(os.environ.get("EMBSLIM_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+TINY = SyntheticConfig(rows=3000, cardinalities=(50, 40, 30, 20), ranks=(4, 2, 1, 0), seed=1)
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("EMBSLIM_CACHE_DIR", str(cache))
+    monkeypatch.setenv("MPLCONFIGDIR", str(cache / "mpl"))
+    return cache
+
+
+def shared_dataset(folder: str) -> Path:
+    path = SHARED / folder
+    if not path.exists():
+        pytest.skip(f"real dataset {folder} not present under {SHARED}")
+    return path
+
+
+@pytest.fixture
+def tiny_data():
+    return prepare(generate(TINY), PrepareConfig(task="ctr"))
+
+
+@pytest.fixture
+def ml100k() -> Path:
+    return shared_dataset("movielens-100k")
+
+
+def load_tiny(task: str = "ctr"):
+    return load_dataset("synthetic", task, synthetic=TINY)

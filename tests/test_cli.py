@@ -1,0 +1,60 @@
+"""The command line: help that reads well, and one-line errors instead of tracebacks."""
+import json
+
+import pytest
+
+from embslim.cli import main
+
+
+def error_of(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    return err
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "train" in out and "data" in out
+
+
+def test_wrong_path_is_one_line_naming_it(capsys, tmp_path):
+    err = error_of(capsys, ["train", "--dataset", "criteo", "--data-path", str(tmp_path / "missing.txt"), "--quiet"])
+    assert "missing.txt" in err and "no such file" in err
+
+
+def test_broken_rows_name_file_line_and_field(capsys, tmp_path):
+    (tmp_path / "train.txt").write_text("\t".join(["1"] + ["5"] * 13 + ["a"] * 26) + "\n" + "\t".join(["0", "oops"] + ["5"] * 12 + ["a"] * 26) + "\n")
+    err = error_of(capsys, ["data", "info", "criteo", "--data-path", str(tmp_path / "train.txt")])
+    assert "train.txt line 2, field 'I1'" in err
+
+
+def test_empty_file_is_reported(capsys, tmp_path):
+    (tmp_path / "train.txt").write_text("")
+    assert "no data rows" in error_of(capsys, ["data", "info", "criteo", "--data-path", str(tmp_path / "train.txt")])
+
+
+def test_missing_column_is_reported(capsys, tmp_path):
+    (tmp_path / "s.json").write_text(json.dumps({"label": "click", "categorical": ["ad"]}))
+    (tmp_path / "d.csv").write_text("click,user\n1,a\n")
+    err = error_of(capsys, ["data", "info", "tabular", "--data-path", str(tmp_path / "d.csv"), "--schema", str(tmp_path / "s.json")])
+    assert "missing column(s) ['ad']" in err
+
+
+def test_data_info_accounts_for_every_criteo_row(capsys):
+    from conftest import shared_dataset
+
+    path = shared_dataset("criteo-dac-head10k")
+    assert main(["data", "info", "criteo", "--data-path", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    read = info["reads"][0]
+    assert read["rows_read"] == read["rows_used"] + read["rows_rejected"] == 10_000
+    assert info["fields"]["C3"]["distinct_in_train"] > info["fields"]["C3"]["cardinality"]
+
+
+def test_unknown_model_option_is_rejected(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "nope"])

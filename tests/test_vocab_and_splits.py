@@ -1,0 +1,44 @@
+"""Vocabularies rank by training frequency with an OOV bucket; splits are reproducible."""
+import numpy as np
+
+from embslim.data.splits import leave_last_out, random_split
+from embslim.data.vocab import fit_vocab, pad_bags
+
+
+def test_ids_follow_descending_training_frequency():
+    vocab = fit_vocab(np.array(["b", "a", "a", "c", "a", "b"]))
+    assert vocab.encode(np.array(["a", "b", "c"])).tolist() == [1, 2, 3]
+    assert vocab.counts.tolist() == [0, 3, 2, 1]
+
+
+def test_rare_and_unseen_values_map_to_oov_bucket():
+    vocab = fit_vocab(np.array(["a", "a", "b"]), min_count=2)
+    assert vocab.encode(np.array(["a", "b", "zzz"])).tolist() == [1, 0, 0]
+    assert vocab.counts[0] == 1 and vocab.cardinality == 2
+
+
+def test_catalogue_values_absent_from_training_get_their_own_ids():
+    vocab = fit_vocab(np.array([5, 5, 7]), catalogue=np.array([5, 7, 9]))
+    assert vocab.encode(np.array([9])).tolist() == [3]
+    assert vocab.counts[3] == 0
+
+
+def test_pad_bags_right_pads_with_minus_one():
+    out = pad_bags(np.array([1, 2, 3]), np.array([2, 0, 1]))
+    assert out.tolist() == [[1, 2], [-1, -1], [3, -1]]
+
+
+def test_random_split_is_disjoint_complete_and_seeded():
+    a, b = random_split(1000, seed=3), random_split(1000, seed=3)
+    assert all((a[k] == b[k]).all() for k in a)
+    assert sorted(np.concatenate(list(a.values())).tolist()) == list(range(1000))
+    assert [len(a[k]) for k in ("train", "val", "test")] == [800, 100, 100]
+
+
+def test_leave_last_out_holds_out_latest_then_second_latest():
+    users = np.array([1, 1, 1, 1, 2, 2, 3, 3, 3])
+    times = np.array([4, 1, 3, 2, 1, 2, 9, 8, 7])
+    s = leave_last_out(users, times)
+    assert s["test"].tolist() == [0, 6]
+    assert s["val"].tolist() == [2, 7]
+    assert sorted(s["train"].tolist()) == [1, 3, 4, 5, 8]
