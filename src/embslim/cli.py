@@ -109,6 +109,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from embslim.search.dnis import DNISConfig
+    from embslim.search.pipeline import run_search
+    from embslim.search.report import summary_lines
+
+    data = load_from_args(args)
+    budget_text = args.budget
+    args.budget = None
+    config = configs_from_args(args, data)
+    names = model_class(args.model).select_fields(data.table.fields, data.user_field, data.item_field)
+    fields = data.select_fields(names).table.fields
+    budget = parse_budget(budget_text, full_bytes(fields, [args.dim] * len(fields)))
+    blocks = int(args.blocks) if args.blocks.isdigit() else tuple(float(x) for x in args.blocks.split(","))
+    dnis = DNISConfig(blocks=blocks, l1=args.l1, alpha_lr=args.alpha_lr, search_epochs=args.search_epochs, fine_tune=args.fine_tune)
+    out = args.out or Path("runs") / f"search-{args.dataset}-{data.task}-{args.model}-b{budget_text}-seed{args.seed}"
+    baselines = tuple(b for b in args.baselines.split(",") if b)
+    report = run_search(data, config, budget, dnis, out, resume=args.resume, baselines=baselines)
+    print("\n".join(summary_lines(report)))
+    print(f"report: {out / 'report.json'}  layout: {out / 'layout.json'}  plot: {out / 'kept_dims.png'}")
+    return 0
+
+
 def print_summary(results: dict, out: Path) -> None:
     emb = results["embedding"]
     test = "  ".join(f"{k} {v:.4f}" for k, v in results["metrics"]["test"].items())
@@ -170,6 +192,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one model and write results.json", description="Train a backbone over an embedding method; writes OUT/results.json, OUT/checkpoint.pt and OUT/embedding.safetensors.")
     add_train_args(p)
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("search", help="DNIS: search mixed dimensions, prune to a budget, retrain; with baselines",
+                       description="Train the full model, search a soft selection layer on validation loss (DNIS), prune to --budget, "
+                                   "retrain the slim model, and train the uniform and MDE baselines at the same bytes. Writes OUT/report.json.")
+    add_train_args(p)
+    p.set_defaults(budget="0.2")
+    s = p.add_argument_group("search")
+    s.add_argument("--blocks", default="6", help="frequency blocks per field: a count (equal frequency mass) or fractions of rows, e.g. 0.01,0.1,1")
+    s.add_argument("--l1", type=float, default=1e-5, help="L1 penalty on alpha (default 1e-5)")
+    s.add_argument("--alpha-lr", type=float, default=0.01, help="Adam learning rate of alpha (default 0.01)")
+    s.add_argument("--search-epochs", type=int, default=2, help="epochs of bi-level search after the full model (default 2)")
+    s.add_argument("--fine-tune", action="store_true", help="start the slim model from the searched weights instead of from scratch")
+    s.add_argument("--baselines", default="uniform,mde", help="baselines at the same bytes (default uniform,mde; empty for none)")
+    p.set_defaults(func=cmd_search)
     data = sub.add_parser("data", help="fetch datasets or report what a dataset holds").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("info", help="rows read/used/rejected and per-field cardinalities")
     add_data_args(p)

@@ -20,12 +20,12 @@ from embslim.data.fields import FieldSpec
 from embslim.embeddings.batch import SparseBatch
 
 Stage = Literal["serve", "train"]
-BYTES_PER_ELEMENT = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2, torch.int64: 8, torch.int32: 4, torch.int8: 1, torch.uint8: 1}
+BYTES_PER_ELEMENT = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2, torch.int64: 8, torch.int32: 4, torch.int16: 2, torch.int8: 1, torch.uint8: 1}
 ADAM_STATE_COPIES = 2
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
-    return t.numel() * BYTES_PER_ELEMENT[t.dtype]
+    return t.numel() * t.element_size()
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,10 @@ class FeatureEmbedding(nn.Module, ABC):
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         """Parameters that receive sparse gradients (updated by a sparse optimizer)."""
+        return []
+
+    def search_parameters(self) -> list[nn.Parameter]:
+        """Architecture parameters trained on validation loss by a search, never by the trainer."""
         return []
 
     def parameter_count(self) -> int:

@@ -63,8 +63,8 @@ class Trainer:
         self.out_dir = out_dir
         self.callbacks = callbacks or []
         sparse = model.embedding.sparse_parameters()
-        sparse_ids = {id(p) for p in sparse}
-        dense = [p for p in model.parameters() if id(p) not in sparse_ids]
+        excluded = {id(p) for p in sparse} | {id(p) for p in model.embedding.search_parameters()}
+        dense = [p for p in model.parameters() if id(p) not in excluded]
         dense_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         self.optimizers = [dense_cls(dense, lr=config.lr, weight_decay=config.weight_decay)]
         if sparse:

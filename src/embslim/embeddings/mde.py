@@ -1,0 +1,70 @@
+"""Mixed-dimension embeddings by the frequency rule of Ginart et al. (2019), at a byte budget.
+
+Block s of every field gets d_s proportional to p_s^T (p_s: mean training frequency
+of the block's values, T the temperature, 0.3 by default), capped at the base width
+K. The scale is the largest one whose blockwise layout fits the budget, then the
+remaining bytes go to the most popular blocks one dimension at a time. Blocks keep a
+prefix of the K dimensions; the paper's per-block projections are not used, so all
+the bytes are table rows, as with the other blockwise methods.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from embslim.data.fields import FieldSpec
+from embslim.embeddings.base import EmbeddingConfig
+from embslim.embeddings.blocks import block_starts
+from embslim.embeddings.blockwise import VALUE_BYTES, BlockwiseEmbedding, FieldLayout, layout_bytes
+from embslim.embeddings.registry import register_embedding
+from embslim.errors import ConfigError
+
+
+def mde_layout(fields: list[FieldSpec], width: int, budget_bytes: int, blocks: int | list[float] = 6,
+               temperature: float = 0.3) -> dict[str, FieldLayout]:
+    """Per-block prefix dimensions by the power-law rule, filling the budget without exceeding it."""
+    starts = {f.name: block_starts(f, blocks) for f in fields}
+    total = max(int(fields[0].counts.sum()), 1) if fields else 1
+    pop = {f.name: np.array([f.counts[a:b].mean() / total for a, b in zip(s[:-1], s[1:])]) for f, s in zip(fields, starts.values())}
+
+    def build(dims: dict[str, np.ndarray]) -> dict[str, FieldLayout]:
+        return {n: FieldLayout(starts[n].tolist(), [list(range(int(d))) for d in dims[n]]) for n in starts}
+
+    def dims_at(scale: float) -> dict[str, np.ndarray]:
+        return {n: np.clip(np.round(scale * p**temperature), 0, width).astype(int) for n, p in pop.items()}
+
+    if layout_bytes(build(dims_at(0.0)), width) > budget_bytes:
+        raise ConfigError(f"budget of {budget_bytes} bytes is below the block index alone")
+    lo, hi = 0.0, 1.0
+    while layout_bytes(build(dims_at(hi)), width) <= budget_bytes and hi < 1e12:
+        lo, hi = hi, hi * 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if layout_bytes(build(dims_at(mid)), width) <= budget_bytes else (lo, mid)
+    dims = dims_at(lo)
+    remaining = budget_bytes - layout_bytes(build(dims), width)
+    order = sorted(((p, n, s) for n, ps in pop.items() for s, p in enumerate(ps)), reverse=True)
+    grown = True
+    while grown:
+        grown = False
+        for _, n, s in order:
+            cost = (starts[n][s + 1] - starts[n][s]) * VALUE_BYTES
+            if dims[n][s] < width and cost <= remaining:
+                dims[n][s] += 1
+                remaining -= cost
+                grown = True
+    return build(dims)
+
+
+@register_embedding("mde")
+class MDEEmbedding(BlockwiseEmbedding):
+    """Blockwise embedding whose layout comes from the MDE frequency rule and a budget."""
+
+    @classmethod
+    def from_config(cls, fields: list[FieldSpec], config: EmbeddingConfig) -> "MDEEmbedding":
+        unknown = sorted(set(config.options) - {"blocks", "temperature"})
+        if unknown:
+            raise ConfigError(f"embedding 'mde' takes options blocks, temperature; got {unknown}")
+        if config.budget_bytes is None:
+            raise ConfigError("embedding 'mde' needs a budget (--budget)")
+        layouts = mde_layout(fields, config.dim, config.budget_bytes, config.options.get("blocks", 6), config.options.get("temperature", 0.3))
+        return cls(fields, layouts, config.dim, config.init_std)

@@ -1,0 +1,111 @@
+"""`embslim search`: full model, DNIS search, pruning to the budget, retrain, and the baselines.
+
+Each stage writes its run folder (results.json, checkpoint) under OUT; with
+`resume=True` finished stages are read back instead of recomputed, so a killed search
+loses at most the stage in flight. OUT/report.json gathers them:
+{"budget_bytes", "full_bytes", "runs": {"full", "dnis", "uniform", "mde"}, "search",
+"kept_dims", "timing"}; OUT/layout.json is the pruned configuration and
+OUT/kept_dims.png its picture.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from embslim.data.fields import PreparedData
+from embslim.embeddings import EmbeddingConfig
+from embslim.embeddings.blockwise import layout_to_json
+from embslim.search.dnis import AlphaStep, DNISConfig, pruned_values, search_train_config, warm_start_from
+from embslim.search.prune import prune_to_budget
+from embslim.search.report import kept_dims_table, plot_kept_dims, summary_lines
+from embslim.train.run import RunConfig, build_model, describe_embedding, train_model, write_results
+from embslim.train.trainer import Trainer
+
+BASELINES = ("uniform", "mde")
+
+
+def _stage(out: Path, resume: bool, train) -> dict:
+    """Results of a stage: read back when finished and resuming, else computed."""
+    done = out / "results.json"
+    if resume and done.exists():
+        return json.loads(done.read_text())
+    return train(out)
+
+
+def run_search(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: DNISConfig, out: Path,
+               resume: bool = False, baselines: tuple[str, ...] = BASELINES) -> dict:
+    width = config.embedding.dim
+    full_config = replace(config, embedding=EmbeddingConfig("full", width, init_std=config.embedding.init_std))
+    full_model, fdata = build_model(data, full_config)
+    full_state = out / "full" / "model.pt"
+
+    def train_full(path: Path) -> dict:
+        results = train_model(full_model, fdata, full_config, path)
+        torch.save(full_model.state_dict(), full_state)
+        return results
+
+    runs = {"full": _stage(out / "full", resume and full_state.exists(), train_full)}
+    full_model.load_state_dict(torch.load(full_state))
+    full_bytes = runs["full"]["embedding"]["bytes"]
+
+    search_config = replace(config, embedding=EmbeddingConfig("dnis", width, init_std=config.embedding.init_std,
+                                                              options={"blocks": list(dnis.blocks) if isinstance(dnis.blocks, tuple) else dnis.blocks}),
+                            train=search_train_config(config.train, dnis))
+    search_model, sdata = build_model(data, search_config)
+    warm_start_from(search_model, full_model)
+    t0 = time.perf_counter()
+    callback = AlphaStep(search_model, sdata, dnis, config.train.batch_size, config.train.seed)
+    fit = Trainer(search_model, sdata, search_config.train, out / "search", [callback]).fit(resume=resume)
+    search_seconds = time.perf_counter() - t0
+    emb = search_model.embedding
+    layouts = prune_to_budget(emb.importance(), emb.field_block_starts(), width, budget_bytes)
+    layout = layout_to_json(layouts, width)
+    (out / "layout.json").write_text(json.dumps(layout, indent=1))
+
+    def train_dnis(path: Path) -> dict:
+        slim_config = replace(config, embedding=EmbeddingConfig("blockwise", width, init_std=config.embedding.init_std, options={"layout": layout}))
+        model, d = build_model(data, slim_config)
+        if dnis.fine_tune:
+            with torch.no_grad():
+                for p, v in zip(model.embedding.values, pruned_values(emb, layouts)):
+                    p.copy_(v)
+            warm_start_from_network(model, search_model)
+        results = train_model(model, d, slim_config, path)
+        model.embedding.export(path / "embedding.safetensors")
+        return results
+
+    runs["dnis"] = _stage(out / "dnis", resume, train_dnis)
+    for name in baselines:
+        opts = {"blocks": search_config.embedding.options["blocks"]} if name == "mde" else {}
+        method = "full" if name == "uniform" else name
+        cfg = replace(config, embedding=EmbeddingConfig(method, width, budget_bytes=budget_bytes, init_std=config.embedding.init_std, options=opts))
+        runs[name] = _stage(out / name, resume, lambda path, cfg=cfg: train_model(*build_model(data, cfg), cfg, path))
+
+    counts = {f.name: f.counts for f in sdata.table.fields}
+    kept = kept_dims_table(layouts, counts)
+    plot_kept_dims(kept, width, out / "kept_dims.png", f"DNIS kept dimensions, {data.name} {data.task} {config.model}")
+    retrain = runs["dnis"]["timing"]["wall_seconds"]
+    full_time = runs["full"]["timing"]["wall_seconds"]
+    report = {
+        "dataset": data.name, "task": data.task, "model": config.model,
+        "budget_bytes": budget_bytes, "full_bytes": full_bytes,
+        "runs": runs,
+        "search": {"metrics": {"val": fit["val"], "test": fit["test"]}, "embedding": describe_embedding(search_model),
+                   "history": fit["history"], "config": dnis.__dict__},
+        "kept_dims": kept,
+        "timing": {"full_seconds": full_time, "search_seconds": search_seconds, "retrain_seconds": retrain,
+                   "search_plus_retrain_over_full": (search_seconds + retrain) / max(full_time, 1e-9)},
+    }
+    write_results(report, out / "report.json")
+    (out / "report.txt").write_text("\n".join(summary_lines(report)) + "\n")
+    return report
+
+
+def warm_start_from_network(model, search_model) -> None:
+    """Copy the searched network (not the embedding) into the slim model, for fine-tuning."""
+    state = {k: v for k, v in search_model.state_dict().items() if not k.startswith("embedding.")}
+    model.load_state_dict(state, strict=False)

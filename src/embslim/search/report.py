@@ -1,0 +1,53 @@
+"""The search report: one results-shaped entry per method, and a plot of kept dimensions."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from embslim.embeddings.blockwise import FieldLayout
+
+
+def kept_dims_table(layouts: dict[str, FieldLayout], counts: dict[str, np.ndarray]) -> dict[str, list[dict]]:
+    """Per field and block: id range, rows, mean training frequency, kept dimensions."""
+    table = {}
+    for name, lay in layouts.items():
+        c = counts[name]
+        table[name] = [{"rows": [a, b], "mean_frequency": float(c[a:b].mean()), "kept_dims": len(cols)}
+                       for (a, b, cols) in zip(lay.starts[:-1], lay.starts[1:], lay.cols)]
+    return table
+
+
+def plot_kept_dims(table: dict[str, list[dict]], width: int, path: Path, title: str) -> None:
+    """PNG: kept dimension against block mean frequency (log scale), one line per field."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, blocks in table.items():
+        freq = [max(b["mean_frequency"], 1e-2) for b in blocks]
+        ax.plot(freq, [b["kept_dims"] for b in blocks], marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("mean training frequency of the block's values (log)")
+    ax.set_ylabel(f"kept dimensions (of {width})")
+    ax.set_ylim(-0.5, width + 0.5)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def summary_lines(report: dict) -> list[str]:
+    """Readable lines of a search report: metric and bytes per method, timing."""
+    lines = [f"budget {report['budget_bytes']:,} bytes ({report['budget_bytes'] / report['full_bytes']:.1%} of full {report['full_bytes']:,})"]
+    for name, run in report["runs"].items():
+        test = "  ".join(f"{k} {v:.4f}" for k, v in run["metrics"]["test"].items())
+        lines.append(f"  {name:<8} test {test}   {run['embedding']['bytes']:>11,} bytes   {run['timing']['wall_seconds']:.1f}s")
+    t = report["timing"]
+    lines.append(f"full training {t['full_seconds']:.1f}s; DNIS search {t['search_seconds']:.1f}s + retrain {t['retrain_seconds']:.1f}s "
+                 f"= {t['search_plus_retrain_over_full']:.2f}x full")
+    return lines
