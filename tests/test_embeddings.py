@@ -77,10 +77,26 @@ def test_unknown_method_and_unknown_field_are_config_errors():
         create_embedding(make_fields(), EmbeddingConfig(dims={"zz": 3}))
 
 
+LAYOUT = {"width": 5, "fields": {"f0": {"blocks": [{"rows": [0, 3], "dims": [0, 4]}, {"rows": [3, 10], "dims": [2]}]},
+                                  "f1": {"blocks": [{"rows": [0, 7], "dims": []}]},
+                                  "f2": {"blocks": [{"rows": [0, 5], "dims": [0, 1, 2, 3, 4]}]},
+                                  "tags": {"blocks": [{"rows": [0, 1], "dims": [1]}, {"rows": [1, 4], "dims": [3, 0]}]}}}
+EXAMPLES = {
+    "full": EmbeddingConfig(dims={"f1": 2}, dim=5),
+    "dnis": EmbeddingConfig("dnis", dim=5, options={"blocks": 2}),
+    "blockwise": EmbeddingConfig("blockwise", dim=5, options={"layout": LAYOUT}),
+    "mde": EmbeddingConfig("mde", dim=5, budget_bytes=600, options={"blocks": 2}),
+}
+
+
+def test_every_registered_method_has_an_example_config():
+    assert sorted(EXAMPLES) == list_embeddings()
+
+
 @pytest.mark.parametrize("method", list_embeddings())
 def test_exported_artifact_serves_the_same_vectors(method, tmp_path):
     fields = make_fields()
-    emb = create_embedding(fields, EmbeddingConfig(method=method, dims={"f1": 2}, dim=5))
+    emb = create_embedding(fields, EXAMPLES[method])
     emb.export(tmp_path / "emb.safetensors")
     served = load_artifact(tmp_path / "emb.safetensors")
     batch = make_batch(fields, seed=4)
@@ -89,8 +105,18 @@ def test_exported_artifact_serves_the_same_vectors(method, tmp_path):
     assert served.memory_bytes() == emb.memory_bytes()
 
 
-def test_tables_receive_sparse_gradients():
+@pytest.mark.parametrize("method", list_embeddings())
+def test_tables_receive_sparse_gradients(method):
     fields = make_fields()
-    emb = create_embedding(fields, EmbeddingConfig(dim=4))
+    emb = create_embedding(fields, EXAMPLES[method])
     sum(v.sum() for v in emb(make_batch(fields))).backward()
     assert all(p.grad.is_sparse for p in emb.sparse_parameters())
+
+
+@pytest.mark.parametrize("method", list_embeddings())
+def test_memory_bytes_equals_parameters_plus_buffers(method):
+    emb = create_embedding(make_fields(), EXAMPLES[method])
+    weights = sum(p.numel() * p.element_size() for p in emb.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in emb.buffers())
+    assert emb.memory_bytes() <= weights + buffers
+    assert emb.memory_bytes() >= weights + buffers - 4  # blockwise may hold one placeholder value when nothing is kept

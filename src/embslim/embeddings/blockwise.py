@@ -47,16 +47,14 @@ class FieldLayout:
 
 def layout_bytes(layouts: dict[str, FieldLayout], width: int) -> int:
     """Serving bytes of a blockwise embedding, from its layout alone."""
-    total = 0
-    for lay in layouts.values():
-        s = len(lay.cols)
-        total += lay.value_count() * VALUE_BYTES + index_bytes_for(s, width)
-    return total
+    values = sum(lay.value_count() for lay in layouts.values())
+    return values * VALUE_BYTES + index_bytes_for([len(lay.cols) for lay in layouts.values()], width)
 
 
-def index_bytes_for(blocks: int, width: int) -> int:
-    """Bytes of one field's block index: starts, flat offsets, kept counts, column map."""
-    return (blocks + 1) * INDEX_BYTES + 2 * blocks * INDEX_BYTES + blocks * width * COLUMN_BYTES
+def index_bytes_for(blocks_per_field: list[int], width: int) -> int:
+    """Bytes of the block index: global block starts, flat offsets, kept counts, column map, field offsets."""
+    total = sum(blocks_per_field)
+    return (total + 1) * INDEX_BYTES + 2 * total * INDEX_BYTES + total * width * COLUMN_BYTES + len(blocks_per_field) * INDEX_BYTES
 
 
 def layout_to_json(layouts: dict[str, FieldLayout], width: int) -> dict:
@@ -75,29 +73,40 @@ def layout_from_json(spec: dict) -> tuple[dict[str, FieldLayout], int]:
 
 @register_embedding("blockwise")
 class BlockwiseEmbedding(FeatureEmbedding):
-    """Per-block kept dimensions, configured by a layout (see `layout_to_json`)."""
+    """Per-block kept dimensions, configured by a layout (see `layout_to_json`).
+
+    All fields share one flat value parameter and one global block index, so a batch
+    of single-valued fields is one searchsorted, one gather and one scatter.
+    """
 
     def __init__(self, fields: list[FieldSpec], layouts: dict[str, FieldLayout], width: int, init_std: float = 0.01) -> None:
         super().__init__()
         self.fields, self.width, self.layouts = list(fields), width, layouts
-        self.values = nn.ParameterList()
-        for i, f in enumerate(fields):
+        starts, kept, rows, cols = [], [], [], []
+        row_offset = 0
+        for f in fields:
             lay = layouts.get(f.name)
             if lay is None or lay.starts[-1] != f.cardinality or lay.starts[0] != 0:
                 raise ConfigError(f"layout for field {f.name!r} must cover ids 0..{f.cardinality}")
-            if any(c < 0 or c >= width for cols in lay.cols for c in cols) or any(len(set(c)) != len(c) for c in lay.cols):
+            if any(c < 0 or c >= width for cs in lay.cols for c in cs) or any(len(set(c)) != len(c) for c in lay.cols):
                 raise ConfigError(f"layout for field {f.name!r}: dims must be distinct and below width {width}")
-            kept = np.array([len(c) for c in lay.cols], dtype=np.int64)
-            rows = np.array(lay.rows(), dtype=np.int64)
-            colmap = np.full((len(kept), width), width, dtype=np.int16)
-            for s, cols in enumerate(lay.cols):
-                colmap[s, : len(cols)] = cols
-            self.register_buffer(f"starts_{i}", torch.tensor(lay.starts, dtype=torch.int64))
-            self.register_buffer(f"bases_{i}", torch.tensor(np.r_[0, np.cumsum(rows * kept)[:-1]], dtype=torch.int64))
-            self.register_buffer(f"kept_{i}", torch.from_numpy(kept))
-            self.register_buffer(f"colmap_{i}", torch.from_numpy(colmap))
-            self.values.append(nn.Parameter(torch.randn(max(int((rows * kept).sum()), 1), 1) * init_std))
-        self._single_col = {i: c for c, i in enumerate(i for i, f in enumerate(fields) if not f.multivalued)}
+            starts += [row_offset + a for a in lay.starts[:-1]]
+            kept += [len(c) for c in lay.cols]
+            rows += lay.rows()
+            cols += lay.cols
+            row_offset += f.cardinality
+        kept_a, rows_a = np.array(kept, dtype=np.int64), np.array(rows, dtype=np.int64)
+        colmap = np.full((len(kept), width), width, dtype=np.int16)
+        for b, c in enumerate(cols):
+            colmap[b, : len(c)] = c
+        self.register_buffer("field_offsets", torch.tensor(np.r_[0, np.cumsum([f.cardinality for f in fields])[:-1]], dtype=torch.int64))
+        self.register_buffer("starts", torch.tensor(starts + [row_offset], dtype=torch.int64))
+        self.register_buffer("bases", torch.tensor(np.r_[0, np.cumsum(rows_a * kept_a)[:-1]], dtype=torch.int64))
+        self.register_buffer("kept", torch.from_numpy(kept_a))
+        self.register_buffer("colmap", torch.from_numpy(colmap))
+        self.n_values = int((rows_a * kept_a).sum())
+        self.values = nn.Parameter(torch.randn(max(self.n_values, 1), 1) * init_std)
+        self._single = [i for i, f in enumerate(fields) if not f.multivalued]
 
     @classmethod
     def from_config(cls, fields: list[FieldSpec], config: EmbeddingConfig) -> "BlockwiseEmbedding":
@@ -114,42 +123,45 @@ class BlockwiseEmbedding(FeatureEmbedding):
     def dims(self) -> list[int]:
         return [self.width] * len(self.fields)
 
-    def lookup(self, i: int, ids: torch.Tensor) -> torch.Tensor:
-        """[N] ids of field i -> [N, width] vectors (zeros in pruned columns)."""
-        starts, bases = getattr(self, f"starts_{i}"), getattr(self, f"bases_{i}")
-        kept, colmap = getattr(self, f"kept_{i}"), getattr(self, f"colmap_{i}")
-        block = torch.searchsorted(starts, ids, right=True) - 1
-        k = kept[block].unsqueeze(1)
-        j = torch.arange(self.width, device=ids.device).unsqueeze(0)
-        valid = j < k
-        flat = torch.where(valid, bases[block].unsqueeze(1) + (ids - starts[block]).unsqueeze(1) * k + j, 0)
-        vals = F.embedding(flat, self.values[i], sparse=True).squeeze(-1) * valid
-        out = vals.new_zeros((len(ids), self.width + 1))
-        return out.scatter(1, colmap[block].long(), vals)[:, : self.width]
+    def lookup(self, rows: torch.Tensor) -> torch.Tensor:
+        """Global rows (field offset + id), any shape -> [..., width] vectors, zeros in pruned columns.
+
+        Only kept entries are gathered, so the sparse gradient has one entry per kept value used.
+        """
+        flat_rows = rows.reshape(-1).contiguous()
+        block = torch.searchsorted(self.starts, flat_rows, right=True) - 1
+        valid = torch.arange(self.width, device=rows.device) < self.kept[block].unsqueeze(1)
+        which, j = valid.nonzero(as_tuple=True)
+        b = block[which]
+        index = self.bases[b] + (flat_rows[which] - self.starts[b]) * self.kept[b] + j
+        vals = F.embedding(index, self.values, sparse=True).squeeze(1)
+        out = vals.new_zeros((len(flat_rows), self.width)).index_put((which, self.colmap[b, j].long()), vals)
+        return out.reshape(*rows.shape, self.width)
 
     def forward(self, batch: SparseBatch) -> list[torch.Tensor]:
-        out = []
+        out: list[torch.Tensor | None] = [None] * len(self.fields)
+        if self._single:
+            vecs = self.lookup(batch.ids + self.field_offsets[self._single])
+            for j, i in enumerate(self._single):
+                out[i] = vecs[:, j]
         for i, f in enumerate(self.fields):
             if not f.multivalued:
-                out.append(self.lookup(i, batch.ids[:, self._single_col[i]].contiguous()))
                 continue
             values, offsets = batch.bags[f.name]
             lengths = offsets[1:] - offsets[:-1]
             rows = torch.repeat_interleave(torch.arange(len(lengths), device=values.device), lengths)
-            pooled = torch.zeros(len(lengths), self.width, device=values.device).index_add(0, rows, self.lookup(i, values))
-            if f.pooling == "mean":
-                pooled = pooled / lengths.clamp(min=1).unsqueeze(1)
-            out.append(pooled)
+            pooled = torch.zeros(len(lengths), self.width, device=values.device).index_add(0, rows, self.lookup(values + self.field_offsets[i]))
+            out[i] = pooled / lengths.clamp(min=1).unsqueeze(1) if f.pooling == "mean" else pooled
         return out
 
     def sparse_parameters(self) -> list[nn.Parameter]:
-        return list(self.values)
+        return [self.values]
 
     def parameter_count(self) -> int:
-        return sum(lay.value_count() for lay in self.layouts.values())
+        return self.n_values
 
     def memory_bytes(self, stage: str = "serve") -> int:
-        params = self.parameter_count() * VALUE_BYTES
+        params = self.n_values * VALUE_BYTES
         return params * (3 if stage == "train" else 1) + self.index_bytes()
 
     def index_bytes(self) -> int:
@@ -159,7 +171,7 @@ class BlockwiseEmbedding(FeatureEmbedding):
         return layout_to_json(self.layouts, self.width)
 
     def export(self, path: Path) -> None:
-        tensors = {f"values_{i}": v.detach().contiguous() for i, v in enumerate(self.values)}
+        tensors = {"values": self.values.detach()[: self.n_values].contiguous()}
         meta = {"method": self.method_name, "fields": field_meta(self.fields), "layout": self.layout_json()}
         save_file(tensors, str(path), metadata={"embslim": json.dumps(meta)})
 
@@ -168,6 +180,5 @@ class BlockwiseEmbedding(FeatureEmbedding):
         layouts, width = layout_from_json(meta["layout"])
         module = BlockwiseEmbedding(fields_from_meta(meta["fields"]), layouts, width)
         with torch.no_grad():
-            for i, v in enumerate(module.values):
-                v.copy_(tensors[f"values_{i}"])
+            module.values[: module.n_values].copy_(tensors["values"])
         return module

@@ -80,20 +80,15 @@ def search_train_config(train_config, dnis: DNISConfig):
 
 
 @torch.no_grad()
-def pruned_values(search: DNISEmbedding, layouts: dict) -> list[torch.Tensor]:
-    """Initial values of a blockwise embedding taken from the searched e * alpha (for fine-tuning)."""
+def pruned_values(search: DNISEmbedding, layouts: dict) -> torch.Tensor:
+    """Initial flat values of a blockwise embedding taken from the searched e * alpha (for fine-tuning)."""
     table, alpha = search.tables[0], search.alpha
     offsets = getattr(search, f"offsets_{search.width}")
-    out = []
-    block_base = 0
+    parts, block_base = [], 0
     for i, f in enumerate(search.fields):
         lay = layouts[f.name]
-        parts = []
         for s, (a, b) in enumerate(zip(lay.starts[:-1], lay.starts[1:])):
             cols = torch.tensor(lay.cols[s], dtype=torch.int64)
-            rows = table[offsets[i] + a: offsets[i] + b][:, cols] * alpha[block_base + s, cols]
-            parts.append(rows.reshape(-1))
+            parts.append((table[offsets[i] + a: offsets[i] + b][:, cols] * alpha[block_base + s, cols]).reshape(-1))
         block_base += len(lay.cols)
-        flat = torch.cat(parts) if parts else torch.zeros(0)
-        out.append(flat.unsqueeze(1) if len(flat) else torch.zeros(1, 1))
-    return out
+    return torch.cat(parts).unsqueeze(1) if parts else torch.zeros(1, 1)

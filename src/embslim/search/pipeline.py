@@ -71,8 +71,8 @@ def run_search(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: D
         model, d = build_model(data, slim_config)
         if dnis.fine_tune:
             with torch.no_grad():
-                for p, v in zip(model.embedding.values, pruned_values(emb, layouts)):
-                    p.copy_(v)
+                init = pruned_values(emb, layouts)
+                model.embedding.values[: len(init)].copy_(init)
             warm_start_from_network(model, search_model)
         results = train_model(model, d, slim_config, path)
         model.embedding.export(path / "embedding.safetensors")

@@ -16,7 +16,7 @@ from embslim.errors import ConfigError
 
 def prune_to_budget(importance: dict[str, np.ndarray], starts: dict[str, list[int]], width: int, budget_bytes: int) -> dict[str, FieldLayout]:
     """Keep the most important (block, dim) pairs whose total serving bytes fit `budget_bytes`."""
-    fixed = sum(index_bytes_for(len(s) - 1, width) for s in starts.values())
+    fixed = index_bytes_for([len(s) - 1 for s in starts.values()], width)
     remaining = budget_bytes - fixed
     if remaining < 0:
         raise ConfigError(f"budget of {budget_bytes} bytes is below the block index alone ({fixed} bytes)")

@@ -1,0 +1,95 @@
+"""Blockwise mixed dimensions, the MDE rule and pruning to a budget: bytes never exceed what was asked."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from embslim.data.fields import FieldSpec
+from embslim.embeddings import EmbeddingConfig, SparseBatch, create_embedding
+from embslim.embeddings.blocks import block_starts
+from embslim.embeddings.blockwise import VALUE_BYTES, BlockwiseEmbedding, FieldLayout, layout_bytes
+from embslim.embeddings.mde import mde_layout
+from embslim.search.prune import prune_by_threshold, prune_to_budget
+
+
+def zipf_field(name: str, n: int, total: int = 100_000) -> FieldSpec:
+    p = 1.0 / np.arange(1, n + 1)
+    return FieldSpec(name, n, np.r_[0, np.floor(total * p[:-1] / p.sum())].astype(np.int64))
+
+
+def test_blocks_cover_all_ids_and_put_frequent_values_in_small_blocks():
+    starts = block_starts(zipf_field("a", 5000), 6)
+    assert starts[0] == 0 and starts[-1] == 5000 and np.all(np.diff(starts) > 0)
+    assert np.diff(starts)[0] < np.diff(starts)[-1]
+
+
+def test_block_fractions_cut_at_those_shares_of_rows():
+    assert block_starts(zipf_field("a", 1000), [0.1, 0.5, 1.0]).tolist() == [0, 100, 500, 1000]
+
+
+def test_pruned_columns_are_zero_and_kept_ones_are_learned_values():
+    fields = [FieldSpec("a", 6, np.ones(6, dtype=np.int64))]
+    emb = BlockwiseEmbedding(fields, {"a": FieldLayout([0, 2, 6], [[1, 3], [0]])}, width=4)
+    out = emb(SparseBatch(torch.tensor([[1], [5]]), {}, torch.zeros(2)))[0]
+    assert (out[0, [0, 2]] == 0).all() and (out[0, [1, 3]] != 0).all()
+    assert (out[1, 1:] == 0).all() and out[1, 0] != 0
+
+
+def test_blockwise_bytes_are_computable_from_the_layout():
+    fields = [zipf_field("a", 300), zipf_field("b", 50)]
+    layouts = {"a": FieldLayout([0, 10, 300], [[0, 1, 2], [5]]), "b": FieldLayout([0, 50], [[1, 2]])}
+    assert BlockwiseEmbedding(fields, layouts, 8).memory_bytes() == layout_bytes(layouts, 8)
+
+
+@settings(max_examples=80, deadline=None)
+@given(cards=st.lists(st.integers(2, 3000), min_size=1, max_size=8), width=st.integers(1, 32),
+       share=st.floats(0.01, 1.0), seed=st.integers(0, 10**6))
+def test_pruning_never_exceeds_the_budget_and_leaves_no_pair_that_would_fit(cards, width, share, seed):
+    rng = np.random.default_rng(seed)
+    fields = [zipf_field(f"f{i}", c) for i, c in enumerate(cards)]
+    starts = {f.name: block_starts(f, 4).tolist() for f in fields}
+    importance = {n: rng.random((len(s) - 1, width)) for n, s in starts.items()}
+    full = layout_bytes({n: FieldLayout(s, [list(range(width))] * (len(s) - 1)) for n, s in starts.items()}, width)
+    empty = layout_bytes({n: FieldLayout(s, [[] for _ in s[:-1]]) for n, s in starts.items()}, width)
+    budget = int(empty + share * (full - empty))
+    layouts = prune_to_budget(importance, starts, width, budget)
+    used = layout_bytes(layouts, width)
+    assert used <= budget
+    unkept = [(s[b + 1] - s[b]) * VALUE_BYTES for n, s in starts.items() for b in range(len(s) - 1) for k in range(width) if k not in layouts[n].cols[b]]
+    assert not unkept or budget - used < min(unkept)
+
+
+@pytest.mark.parametrize("share", [0.05, 0.1, 0.2, 0.5])
+def test_pruning_lands_within_one_percent_of_realistic_budgets(share):
+    fields = [zipf_field(f"f{i}", c) for i, c in enumerate([944, 1653, 3, 62, 22, 796, 20])]
+    starts = {f.name: block_starts(f, 6).tolist() for f in fields}
+    importance = {n: np.random.default_rng(1).random((len(s) - 1, 16)) for n, s in starts.items()}
+    budget = int(share * sum(f.cardinality for f in fields) * 16 * 4)
+    used = layout_bytes(prune_to_budget(importance, starts, 16, budget), 16)
+    assert 0.99 * budget <= used <= budget
+
+
+def test_threshold_pruning_keeps_pairs_at_or_above_it():
+    layouts = prune_by_threshold({"a": np.array([[0.5, 0.1], [0.2, 0.9]])}, {"a": [0, 2, 5]}, 0.2)
+    assert layouts["a"].cols == [[0], [0, 1]]
+
+
+@settings(max_examples=40, deadline=None)
+@given(cards=st.lists(st.integers(2, 3000), min_size=1, max_size=6), width=st.integers(2, 32), share=st.floats(0.05, 1.0))
+def test_mde_layout_fits_the_budget(cards, width, share):
+    fields = [zipf_field(f"f{i}", c) for i, c in enumerate(cards)]
+    budget = int(share * sum(cards) * width * 4) + 10_000
+    assert layout_bytes(mde_layout(fields, width, budget), width) <= budget
+
+
+def test_mde_gives_popular_blocks_at_least_the_dimensions_of_rare_ones():
+    layouts = mde_layout([zipf_field("a", 5000)], 16, 5000 * 16 * 4 // 5)
+    dims = [len(c) for c in layouts["a"].cols]
+    assert dims == sorted(dims, reverse=True) and dims[0] > dims[-1]
+
+
+def test_mde_embedding_reports_bytes_within_budget():
+    fields = [zipf_field("a", 2000), zipf_field("b", 300)]
+    emb = create_embedding(fields, EmbeddingConfig("mde", dim=8, budget_bytes=20_000))
+    assert emb.memory_bytes() <= 20_000
