@@ -2,7 +2,8 @@
 
 Each field f draws its ids from a Zipf law over `cardinalities[f]` values. Every
 value v of field f has a latent vector u_f(v) in R^K whose coordinates beyond the
-field's planted rank r_f are zero, and a first-order weight w_f(v) (zero when r_f = 0).
+field's planted rank r_f are zero (the others are standard normal), and a first-order
+weight w_f(v) (zero when r_f = 0).
 The click logit is
 
     logit = b + sum_f w_f(v_f) + sum_{f<g} <u_f(v_f), u_g(v_g)>,
@@ -49,7 +50,7 @@ def generate(config: SyntheticConfig = SyntheticConfig()) -> RawColumns:
     ids, vectors, weights = [], [], []
     for n, r in zip(config.cardinalities, config.ranks):
         ids.append(zipf_ids(rng, n, config.rows, config.zipf))
-        u = rng.standard_normal((n, k)) / np.sqrt(max(r, 1))
+        u = rng.standard_normal((n, k))
         u[:, r:] = 0.0
         vectors.append(u)
         weights.append(rng.standard_normal(n) * 0.5 * (r > 0))

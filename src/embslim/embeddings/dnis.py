@@ -87,13 +87,14 @@ class DNISEmbedding(FullEmbedding):
 
     @torch.no_grad()
     def importance(self) -> dict[str, np.ndarray]:
-        """Per field, [blocks, width]: mean |e_v * alpha| over the block's values."""
+        """Per field, [blocks, width]: the expected |e_v * alpha| over the block's values, weighted by
+        training frequency (so a never-seen OOV row does not dilute the block of the most frequent values)."""
         table = self.tables[0]
-        rows = torch.arange(table.shape[0])
-        block = torch.searchsorted(self.global_starts, rows, right=True) - 1
-        sums = torch.zeros_like(self.alpha).index_add(0, block, table.abs())
-        sizes = torch.bincount(block, minlength=self.alpha.shape[0]).clamp(min=1).unsqueeze(1)
-        score = (sums / sizes * self.alpha).numpy()
+        weight = torch.from_numpy(np.concatenate([f.counts for f in self.fields]).astype(np.float32)) + 1e-3
+        block = torch.searchsorted(self.global_starts, torch.arange(table.shape[0]), right=True) - 1
+        sums = torch.zeros_like(self.alpha).index_add(0, block, table.abs() * weight.unsqueeze(1))
+        mass = torch.zeros(self.alpha.shape[0]).index_add(0, block, weight).unsqueeze(1)
+        score = (sums / mass * self.alpha).numpy()
         return {f.name: score[s] for f, s in zip(self.fields, self.block_slices())}
 
     def field_block_starts(self) -> dict[str, list[int]]:

@@ -28,6 +28,8 @@ class DNISConfig:
     l1: float = 1e-5
     alpha_lr: float = 0.01
     search_epochs: int = 2
+    frequency_exponent: float = 0.25
+    min_dims: int = 1
     fine_tune: bool = False
 
 
@@ -64,6 +66,16 @@ class AlphaStep:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.embedding.clamp_alpha()
+
+
+def layout_for_budget(embedding: DNISEmbedding, budget_bytes: int, config: DNISConfig = DNISConfig()) -> dict:
+    """Prune a searched DNIS embedding to `budget_bytes`: per-field block layouts for `BlockwiseEmbedding`."""
+    from embslim.search.prune import prune_to_budget, value_per_byte
+
+    starts = embedding.field_block_starts()
+    counts = {f.name: f.counts for f in embedding.fields}
+    scores = value_per_byte(embedding.importance(), starts, counts, config.frequency_exponent)
+    return prune_to_budget(scores, starts, embedding.width, budget_bytes, config.min_dims)
 
 
 def warm_start_from(search_model: Recommender, full_model: Recommender) -> None:

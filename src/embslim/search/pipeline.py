@@ -19,9 +19,8 @@ import torch
 from embslim.data.fields import PreparedData
 from embslim.embeddings import EmbeddingConfig
 from embslim.embeddings.blockwise import layout_to_json
-from embslim.search.dnis import AlphaStep, DNISConfig, pruned_values, search_train_config, warm_start_from
-from embslim.search.prune import prune_to_budget
-from embslim.search.report import kept_dims_table, plot_kept_dims, summary_lines
+from embslim.search.dnis import AlphaStep, DNISConfig, layout_for_budget, pruned_values, search_train_config, warm_start_from
+from embslim.search.report import dims_per_field, kept_dims_table, plot_kept_dims, summary_lines
 from embslim.train.run import RunConfig, build_model, describe_embedding, train_model, write_results
 from embslim.train.trainer import Trainer
 
@@ -52,17 +51,8 @@ def run_search(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: D
     full_model.load_state_dict(torch.load(full_state))
     full_bytes = runs["full"]["embedding"]["bytes"]
 
-    search_config = replace(config, embedding=EmbeddingConfig("dnis", width, init_std=config.embedding.init_std,
-                                                              options={"blocks": list(dnis.blocks) if isinstance(dnis.blocks, tuple) else dnis.blocks}),
-                            train=search_train_config(config.train, dnis))
-    search_model, sdata = build_model(data, search_config)
-    warm_start_from(search_model, full_model)
-    t0 = time.perf_counter()
-    callback = AlphaStep(search_model, sdata, dnis, config.train.batch_size, config.train.seed)
-    fit = Trainer(search_model, sdata, search_config.train, out / "search", [callback]).fit(resume=resume)
-    search_seconds = time.perf_counter() - t0
+    search_model, sdata, fit, search_seconds, layouts = search_dims(data, config, budget_bytes, dnis, full_model, out / "search", resume)
     emb = search_model.embedding
-    layouts = prune_to_budget(emb.importance(), emb.field_block_starts(), width, budget_bytes)
     layout = layout_to_json(layouts, width)
     (out / "layout.json").write_text(json.dumps(layout, indent=1))
 
@@ -80,13 +70,12 @@ def run_search(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: D
 
     runs["dnis"] = _stage(out / "dnis", resume, train_dnis)
     for name in baselines:
-        opts = {"blocks": search_config.embedding.options["blocks"]} if name == "mde" else {}
+        opts = {"blocks": emb.block_spec} if name == "mde" else {}
         method = "full" if name == "uniform" else name
         cfg = replace(config, embedding=EmbeddingConfig(method, width, budget_bytes=budget_bytes, init_std=config.embedding.init_std, options=opts))
         runs[name] = _stage(out / name, resume, lambda path, cfg=cfg: train_model(*build_model(data, cfg), cfg, path))
 
-    counts = {f.name: f.counts for f in sdata.table.fields}
-    kept = kept_dims_table(layouts, counts)
+    kept = kept_dims_table(layouts, {f.name: f.counts for f in sdata.table.fields})
     plot_kept_dims(kept, width, out / "kept_dims.png", f"DNIS kept dimensions, {data.name} {data.task} {config.model}")
     retrain = runs["dnis"]["timing"]["wall_seconds"]
     full_time = runs["full"]["timing"]["wall_seconds"]
@@ -97,12 +86,31 @@ def run_search(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: D
         "search": {"metrics": {"val": fit["val"], "test": fit["test"]}, "embedding": describe_embedding(search_model),
                    "history": fit["history"], "config": dnis.__dict__},
         "kept_dims": kept,
+        "dims_per_field": dims_per_field(kept),
         "timing": {"full_seconds": full_time, "search_seconds": search_seconds, "retrain_seconds": retrain,
                    "search_plus_retrain_over_full": (search_seconds + retrain) / max(full_time, 1e-9)},
     }
     write_results(report, out / "report.json")
     (out / "report.txt").write_text("\n".join(summary_lines(report)) + "\n")
     return report
+
+
+def search_dims(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: DNISConfig, full_model, out: Path | None = None,
+                resume: bool = False) -> tuple:
+    """Warm-start DNIS from a trained full model, search alpha, prune to the budget.
+
+    Returns (search model, its data, trainer results, search seconds, per-field layouts).
+    """
+    blocks = list(dnis.blocks) if isinstance(dnis.blocks, tuple) else dnis.blocks
+    search_config = replace(config, embedding=EmbeddingConfig("dnis", config.embedding.dim, init_std=config.embedding.init_std, options={"blocks": blocks}),
+                            train=search_train_config(config.train, dnis))
+    search_model, sdata = build_model(data, search_config)
+    warm_start_from(search_model, full_model)
+    t0 = time.perf_counter()
+    callback = AlphaStep(search_model, sdata, dnis, config.train.batch_size, config.train.seed)
+    fit = Trainer(search_model, sdata, search_config.train, out, [callback]).fit(resume=resume)
+    layouts = layout_for_budget(search_model.embedding, budget_bytes, dnis)
+    return search_model, sdata, fit, time.perf_counter() - t0, layouts
 
 
 def warm_start_from_network(model, search_model) -> None:

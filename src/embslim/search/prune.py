@@ -14,24 +14,49 @@ from embslim.embeddings.blockwise import VALUE_BYTES, FieldLayout, index_bytes_f
 from embslim.errors import ConfigError
 
 
-def prune_to_budget(importance: dict[str, np.ndarray], starts: dict[str, list[int]], width: int, budget_bytes: int) -> dict[str, FieldLayout]:
-    """Keep the most important (block, dim) pairs whose total serving bytes fit `budget_bytes`."""
+def prune_to_budget(importance: dict[str, np.ndarray], starts: dict[str, list[int]], width: int, budget_bytes: int,
+                    min_dims: int = 0) -> dict[str, FieldLayout]:
+    """Keep the most important (block, dim) pairs whose total serving bytes fit `budget_bytes`.
+
+    `min_dims` first gives every block its most important dimensions up to that count
+    (while they fit), so no value is left without a vector.
+    """
     fixed = index_bytes_for([len(s) - 1 for s in starts.values()], width)
     remaining = budget_bytes - fixed
     if remaining < 0:
         raise ConfigError(f"budget of {budget_bytes} bytes is below the block index alone ({fixed} bytes)")
     names = list(importance)
-    cand = [(float(importance[n][s, k]), n, s, k) for n in names for s, k in np.ndindex(importance[n].shape)]
-    cand.sort(key=lambda c: (-c[0], c[1], c[2], c[3]))
+    ranked = sorted(((float(importance[n][b, k]), n, b, k) for n in names for b, k in np.ndindex(importance[n].shape)),
+                    key=lambda c: (-c[0], c[1], c[2], c[3]))
+    floor_keys = {(n, b, int(k)) for n in names for b in range(importance[n].shape[0])
+                  for k in np.argsort(-importance[n][b], kind="stable")[:min_dims]}
+    order = [c for c in ranked if c[1:] in floor_keys] + [c for c in ranked if c[1:] not in floor_keys]
     kept: dict[str, list[list[int]]] = {n: [[] for _ in range(len(starts[n]) - 1)] for n in names}
-    for _, n, s, k in cand:
-        cost = (starts[n][s + 1] - starts[n][s]) * VALUE_BYTES
+    for _, n, b, k in order:
+        cost = (starts[n][b + 1] - starts[n][b]) * VALUE_BYTES
         if cost <= remaining:
-            kept[n][s].append(k)
+            kept[n][b].append(k)
             remaining -= cost
     layouts = {n: FieldLayout(list(starts[n]), [sorted(c) for c in kept[n]]) for n in names}
     assert layout_bytes(layouts, width) <= budget_bytes
     return layouts
+
+
+def value_per_byte(importance: dict[str, np.ndarray], starts: dict[str, list[int]], counts: dict[str, np.ndarray],
+                   exponent: float = 0.5) -> dict[str, np.ndarray]:
+    """Importance times the block's mean training frequency per row, raised to `exponent`.
+
+    A (block, dim) pair costs rows * 4 bytes and serves the block's occurrences. With
+    exponent 1 the ranking is the greedy knapsack of total signal per byte, which
+    lets frequency swamp importance; 0 ranks by importance alone. In between, frequent
+    blocks keep more dimensions while important fields still win over noise.
+    """
+    out = {}
+    for n, score in importance.items():
+        s = starts[n]
+        freq = np.array([counts[n][a:b].mean() for a, b in zip(s[:-1], s[1:])], dtype=np.float64)
+        out[n] = score * np.power(freq, exponent)[:, None]
+    return out
 
 
 def prune_by_threshold(importance: dict[str, np.ndarray], starts: dict[str, list[int]], threshold: float) -> dict[str, FieldLayout]:

@@ -18,6 +18,19 @@ def kept_dims_table(layouts: dict[str, FieldLayout], counts: dict[str, np.ndarra
     return table
 
 
+def dims_per_field(table: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+    """Each field's kept dimensions averaged over its values two ways: per stored row
+    (memory share) and per training occurrence (the width the model sees on average)."""
+    out = {}
+    for name, blocks in table.items():
+        rows = [b["rows"][1] - b["rows"][0] for b in blocks]
+        mass = [r * b["mean_frequency"] for r, b in zip(rows, blocks)]
+        dims = [b["kept_dims"] for b in blocks]
+        out[name] = {"per_row": float(np.average(dims, weights=rows)),
+                     "per_occurrence": float(np.average(dims, weights=mass)) if sum(mass) > 0 else 0.0}
+    return out
+
+
 def plot_kept_dims(table: dict[str, list[dict]], width: int, path: Path, title: str) -> None:
     """PNG: kept dimension against block mean frequency (log scale), one line per field."""
     import matplotlib

@@ -1,0 +1,108 @@
+"""DNIS: the soft selection layer, its bi-level search, and the planted-rank check on generated data."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from embslim.cli import main
+from embslim.data import SyntheticConfig, load_dataset
+from embslim.embeddings import EmbeddingConfig, SparseBatch
+from embslim.embeddings.full import full_bytes
+from embslim.search.dnis import AlphaStep, DNISConfig, warm_start_from
+from embslim.search.pipeline import search_dims
+from embslim.search.report import dims_per_field, kept_dims_table
+from embslim.train.run import RunConfig, build_model, train_model
+from embslim.train.trainer import TrainConfig, Trainer
+from conftest import load_tiny
+
+FAST = TrainConfig(epochs=2, batch_size=256, progress=False)
+
+
+def test_alpha_of_one_reproduces_the_full_model():
+    data = load_tiny()
+    full, d = build_model(data, RunConfig("deepfm", EmbeddingConfig(dim=4), train=FAST))
+    search, _ = build_model(data, RunConfig("deepfm", EmbeddingConfig("dnis", 4, options={"blocks": 3}), train=FAST))
+    warm_start_from(search, full)
+    batch = SparseBatch.from_table(d.split("val"))
+    full.eval(), search.eval()
+    assert torch.allclose(full(batch), search(batch), atol=1e-6)
+
+
+def test_trainer_never_updates_alpha_and_the_search_step_keeps_it_in_unit_interval():
+    data = load_tiny()
+    model, d = build_model(data, RunConfig("fm", EmbeddingConfig("dnis", 4, options={"blocks": 3}), train=FAST))
+    Trainer(model, d, FAST).train_epoch(0)
+    assert torch.equal(model.embedding.alpha, torch.ones_like(model.embedding.alpha))
+    step = AlphaStep(model, d, DNISConfig(alpha_lr=0.5), batch_size=256, seed=0)
+    for i in range(5):
+        step.on_batch_end(None, i)
+    alpha = model.embedding.alpha
+    assert alpha.min() >= 0 and alpha.max() <= 1 and (alpha < 1).any()
+
+
+@pytest.fixture(scope="module")
+def planted_search():
+    config = SyntheticConfig(rows=100_000, cardinalities=(200,) * 8, ranks=(8, 6, 5, 4, 3, 2, 1, 0), seed=0)
+    data = load_dataset("synthetic", synthetic=config)
+    run = RunConfig("deepfm", EmbeddingConfig(dim=8), train=TrainConfig(epochs=10, batch_size=512, patience=2, progress=False))
+    full, d = build_model(data, run)
+    train_model(full, d, run)
+    budget = int(0.3 * full_bytes(d.table.fields, [8] * 8))
+    search, sdata, _, _, layouts = search_dims(data, run, budget, DNISConfig(blocks=4), full)
+    table = kept_dims_table(layouts, {f.name: f.counts for f in sdata.table.fields})
+    return config, table
+
+
+def test_kept_dimensions_rank_fields_in_planted_order(planted_search):
+    config, table = planted_search
+    per_field = dims_per_field(table)
+    dims = [per_field[f"field{i}"]["per_occurrence"] for i in range(8)]
+    assert spearmanr(dims, config.ranks)[0] >= 0.8
+
+
+def test_frequent_blocks_keep_more_dimensions_than_rare_ones(planted_search):
+    _, table = planted_search
+    frequent = np.mean([b[1]["kept_dims"] for b in table.values()])
+    rare = np.mean([b[-1]["kept_dims"] for b in table.values()])
+    assert frequent > rare
+
+
+def test_search_command_writes_report_with_every_method_within_budget(tmp_path, capsys):
+    out = tmp_path / "search"
+    args = ["search", "--synthetic-rows", "4000", "--epochs", "2", "--search-epochs", "1", "--budget", "0.3", "--dim", "8", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["runs"]) == {"full", "dnis", "uniform", "mde"}
+    for name, run in report["runs"].items():
+        assert {"metrics", "embedding", "timing"} <= set(run)
+        assert "auc" in run["metrics"]["test"]
+        if name != "full":
+            assert run["embedding"]["bytes"] <= report["budget_bytes"]
+    assert report["runs"]["dnis"]["embedding"]["bytes"] >= 0.99 * report["budget_bytes"]
+    assert (out / "kept_dims.png").stat().st_size > 0
+    layout = json.loads((out / "layout.json").read_text())
+    assert set(layout["fields"]) == {f"field{i}" for i in range(8)}
+    assert "dnis" in capsys.readouterr().out
+
+
+def test_search_resume_reuses_finished_stages(tmp_path):
+    out = tmp_path / "search"
+    args = ["search", "--synthetic-rows", "3000", "--epochs", "1", "--search-epochs", "1", "--quiet", "--out", str(out), "--baselines", "uniform"]
+    assert main(args) == 0
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/results.json")}
+    assert main(args + ["--resume"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/results.json")} == stamps
+
+
+def test_custom_model_example_runs_and_returns_a_layout():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "custom_model_dnis.py"
+    spec = importlib.util.spec_from_file_location("custom_model_dnis", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    layout = module.main()
+    assert layout["width"] == 16 and len(layout["fields"]) == 8
