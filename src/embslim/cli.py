@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -132,6 +131,45 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from dataclasses import replace as dc_replace
+
+    from embslim.bench.grid import PRESETS, BenchSpec, benchmark_methods, spec_dict
+    from embslim.bench.report import PRIMARY, plot_pareto, summarise, write_markdown, write_table
+    from embslim.bench.runner import run_grid
+
+    spec = PRESETS[args.preset] if args.preset else BenchSpec()
+    overrides = {}
+    for key in ("dataset", "task", "model", "dim", "epochs", "synthetic_rows"):
+        value = getattr(args, key, None)
+        if value is not None:
+            overrides[key] = value
+    if args.data_path:
+        overrides["data_path"] = str(args.data_path)
+    if args.methods:
+        overrides["methods"] = tuple(benchmark_methods()) if args.methods == "all" else tuple(args.methods.split(","))
+    if args.budgets:
+        overrides["budgets"] = tuple(float(b) for b in args.budgets.split(","))
+    if args.seeds:
+        overrides["seeds"] = tuple(range(args.seeds))
+    spec = dc_replace(spec, **overrides)
+    out = args.out or Path("runs") / f"bench-{args.preset or spec.dataset}"
+    rows = run_grid(spec, out, workers=args.workers, ray_address=args.ray_address, progress=not args.quiet)
+    data_task = spec.task or get_source(spec.dataset).default_task
+    metric = PRIMARY[data_task]
+    write_table(rows, out)
+    summary = summarise(rows, metric)
+    title = f"{spec.dataset} {data_task} {spec.model}: test {metric} against embedding bytes"
+    plot_pareto(summary, metric, out, title)
+    command = "embslim " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("embslim") else "embslim bench (library call)"
+    header = [f"# {title}", "", f"Command: `{command}`", "", f"Spec: `{json.dumps(spec_dict(spec))}`"]
+    write_markdown(summary, metric, out, header)
+    (out / "spec.json").write_text(json.dumps(spec_dict(spec), indent=1))
+    print((out / "report.md").read_text())
+    print(f"results: {out / 'results.csv'}  plot: {out / 'pareto.png'}  report: {out / 'report.md'}")
+    return 0
+
+
 def print_summary(results: dict, out: Path) -> None:
     emb = results["embedding"]
     test = "  ".join(f"{k} {v:.4f}" for k, v in results["metrics"]["test"].items())
@@ -222,6 +260,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-unverified", action="store_true", help="accept an archive with no published checksum")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_data_fetch)
+    p = sub.add_parser("bench", help="every method at every budget and seed: results table, Pareto chart, report",
+                       description="Benchmark embedding methods at byte budgets on one dataset and backbone. Finished runs are kept on disk; rerunning skips them.")
+    p.add_argument("--preset", choices=["smoke", "paper"], help="smoke: generated data, < 3 minutes; paper: the MovieLens-100K CTR grid")
+    p.add_argument("--dataset")
+    p.add_argument("--task", choices=["ctr", "rating", "topk"])
+    p.add_argument("--data-path", type=Path)
+    p.add_argument("--model")
+    p.add_argument("--dim", type=int)
+    p.add_argument("--methods", help="comma-separated, or 'all' (full, uniform, dnis and every budgeted method in the registry)")
+    p.add_argument("--budgets", help="fractions of the full table, e.g. 1,0.5,0.2,0.1,0.05,0.01")
+    p.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--synthetic-rows", type=int)
+    p.add_argument("--workers", type=int, default=2, help="local worker processes (default 2)")
+    p.add_argument("--ray-address", help="run the cells as Ray tasks on this cluster ('local' starts one here)")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_bench)
     p = sub.add_parser("list", help="list datasets, models and embedding methods")
     p.set_defaults(func=cmd_list)
     return parser

@@ -11,3 +11,7 @@ class DataError(EmbslimError):
 
 class ConfigError(EmbslimError):
     """An option or combination of options is not valid."""
+
+
+class BudgetError(ConfigError):
+    """A method cannot be built within the requested byte budget."""

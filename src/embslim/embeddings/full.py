@@ -20,7 +20,7 @@ from embslim.data.fields import FieldSpec
 from embslim.embeddings.base import BYTES_PER_ELEMENT, EmbeddingConfig, FeatureEmbedding, tensor_bytes
 from embslim.embeddings.batch import SparseBatch
 from embslim.embeddings.registry import register_embedding
-from embslim.errors import ConfigError
+from embslim.errors import BudgetError, ConfigError
 
 OFFSET_BYTES = BYTES_PER_ELEMENT[torch.int64]
 
@@ -44,7 +44,7 @@ def uniform_dim_for_budget(fields: list[FieldSpec], budget_bytes: int) -> int:
     total_rows = sum(f.cardinality for f in fields)
     d = (budget_bytes - OFFSET_BYTES * len(fields)) // (total_rows * BYTES_PER_ELEMENT[torch.float32])
     if d < 1:
-        raise ConfigError(f"budget of {budget_bytes} bytes is below one dimension for all fields ({full_bytes(fields, [1] * len(fields))} bytes)")
+        raise BudgetError(f"budget of {budget_bytes} bytes is below one dimension for all fields ({full_bytes(fields, [1] * len(fields))} bytes)")
     return int(d)
 
 

@@ -16,7 +16,7 @@ from embslim.embeddings.base import EmbeddingConfig
 from embslim.embeddings.blocks import block_starts
 from embslim.embeddings.blockwise import VALUE_BYTES, BlockwiseEmbedding, FieldLayout, layout_bytes
 from embslim.embeddings.registry import register_embedding
-from embslim.errors import ConfigError
+from embslim.errors import BudgetError, ConfigError
 
 
 def mde_layout(fields: list[FieldSpec], width: int, budget_bytes: int, blocks: int | list[float] = 6,
@@ -33,7 +33,7 @@ def mde_layout(fields: list[FieldSpec], width: int, budget_bytes: int, blocks: i
         return {n: np.clip(np.round(scale * p**temperature), 0, width).astype(int) for n, p in pop.items()}
 
     if layout_bytes(build(dims_at(0.0)), width) > budget_bytes:
-        raise ConfigError(f"budget of {budget_bytes} bytes is below the block index alone")
+        raise BudgetError(f"budget of {budget_bytes} bytes is below the block index alone")
     lo, hi = 0.0, 1.0
     while layout_bytes(build(dims_at(hi)), width) <= budget_bytes and hi < 1e12:
         lo, hi = hi, hi * 2

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from embslim.embeddings.blockwise import VALUE_BYTES, FieldLayout, index_bytes_for, layout_bytes
-from embslim.errors import ConfigError
+from embslim.errors import BudgetError
 
 
 def prune_to_budget(importance: dict[str, np.ndarray], starts: dict[str, list[int]], width: int, budget_bytes: int,
@@ -24,7 +24,7 @@ def prune_to_budget(importance: dict[str, np.ndarray], starts: dict[str, list[in
     fixed = index_bytes_for([len(s) - 1 for s in starts.values()], width)
     remaining = budget_bytes - fixed
     if remaining < 0:
-        raise ConfigError(f"budget of {budget_bytes} bytes is below the block index alone ({fixed} bytes)")
+        raise BudgetError(f"budget of {budget_bytes} bytes is below the block index alone ({fixed} bytes)")
     names = list(importance)
     ranked = sorted(((float(importance[n][b, k]), n, b, k) for n in names for b, k in np.ndindex(importance[n].shape)),
                     key=lambda c: (-c[0], c[1], c[2], c[3]))

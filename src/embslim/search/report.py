@@ -32,7 +32,10 @@ def dims_per_field(table: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
 
 
 def plot_kept_dims(table: dict[str, list[dict]], width: int, path: Path, title: str) -> None:
-    """PNG: kept dimension against block mean frequency (log scale), one line per field."""
+    """PNG: kept dimension against block mean frequency (log scale), one line per field.
+
+    Blocks never seen in training (an OOV bucket alone) have no frequency to place and are left out.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,8 +43,9 @@ def plot_kept_dims(table: dict[str, list[dict]], width: int, path: Path, title: 
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, blocks in table.items():
-        freq = [max(b["mean_frequency"], 1e-2) for b in blocks]
-        ax.plot(freq, [b["kept_dims"] for b in blocks], marker="o", label=name)
+        points = sorted((b["mean_frequency"], b["kept_dims"]) for b in blocks if b["mean_frequency"] > 0)
+        if points:
+            ax.plot(*zip(*points), marker="o", label=name)
     ax.set_xscale("log")
     ax.set_xlabel("mean training frequency of the block's values (log)")
     ax.set_ylabel(f"kept dimensions (of {width})")

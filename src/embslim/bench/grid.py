@@ -1,0 +1,166 @@
+"""What a benchmark runs: the grid of (method, budget, seed) and how one cell is trained.
+
+Methods come from the embedding registry: every registered method that is built from
+a byte budget joins the grid by itself (`uniform` is `full` at a budget); `full` is the
+reference at the full width, once per seed; `dnis` runs the search pipeline. A new
+compression method that takes `budget_bytes` needs no change here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from embslim.embeddings import EmbeddingConfig, list_embeddings
+from embslim.embeddings.full import full_bytes
+from embslim.errors import BudgetError, ConfigError
+from embslim.models import model_class
+from embslim.search.dnis import DNISConfig
+from embslim.train.recipes import recipe
+from embslim.train.run import RunConfig, build_model, train_model, write_results
+from embslim.train.trainer import TrainConfig
+
+NOT_BUDGETED = {"full", "dnis", "blockwise"}
+
+
+def benchmark_methods() -> list[str]:
+    """`full`, `uniform`, `dnis`, and every other registered method that takes a budget."""
+    return ["full", "uniform", "dnis"] + [m for m in list_embeddings() if m not in NOT_BUDGETED]
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    dataset: str = "synthetic"
+    task: str | None = None
+    model: str = "deepfm"
+    dim: int = 16
+    methods: tuple[str, ...] = ("full", "uniform", "dnis", "mde")
+    budgets: tuple[float, ...] = (0.5, 0.2, 0.1)
+    seeds: tuple[int, ...] = (0,)
+    epochs: int | None = None
+    synthetic_rows: int | None = None
+    data_path: str | None = None
+    search_epochs: int = 2
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    budget: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-b{self.budget:g}-s{self.seed}"
+
+
+def cells(spec: BenchSpec) -> list[Cell]:
+    unknown = sorted(set(spec.methods) - set(benchmark_methods()))
+    if unknown:
+        raise ConfigError(f"unknown benchmark methods {unknown}; known: {benchmark_methods()}")
+    out = []
+    for seed in spec.seeds:
+        for method in spec.methods:
+            for budget in ((1.0,) if method == "full" else spec.budgets):
+                out.append(Cell(method, budget, seed))
+    return out
+
+
+def load(spec: BenchSpec):
+    from embslim.data import PrepareConfig, SyntheticConfig, load_dataset
+    from embslim.data.registry import get_source
+
+    source = get_source(spec.dataset)
+    config = PrepareConfig(task=spec.task or source.default_task, min_count=source.min_count)
+    synthetic = SyntheticConfig(rows=spec.synthetic_rows) if spec.synthetic_rows else None
+    return load_dataset(spec.dataset, config.task, Path(spec.data_path) if spec.data_path else None, config, synthetic=synthetic)
+
+
+def run_cell(spec: BenchSpec, cell: Cell, out: Path) -> dict:
+    """Train one cell into out/cell.name and return its row; a finished cell is read back."""
+    folder = out / "runs" / cell.name
+    if (folder / "row.json").exists():
+        return json.loads((folder / "row.json").read_text())
+    torch.set_num_threads(int(os.environ.get("EMBSLIM_BENCH_THREADS", torch.get_num_threads())))
+    data = load(spec)
+    rec = recipe(spec.model, data.task)
+    train = TrainConfig(**{k: v for k, v in rec.items() if k != "init_std"}, seed=cell.seed, progress=False)
+    if spec.epochs:
+        train = replace(train, epochs=spec.epochs)
+    fields = data.select_fields(model_class(spec.model).select_fields(data.table.fields, data.user_field, data.item_field)).table.fields
+    budget = int(cell.budget * full_bytes(fields, [spec.dim] * len(fields)))
+    base = RunConfig(spec.model, EmbeddingConfig("full", spec.dim, init_std=rec.get("init_std", 0.01)), train=train)
+    t0 = time.perf_counter()
+    try:
+        results = _train(spec, cell, data, base, budget, folder, out)
+    except BudgetError as exc:
+        row = {"method": cell.method, "budget": cell.budget, "budget_bytes": budget, "seed": cell.seed, "status": "infeasible", "reason": str(exc)}
+        write_results(row, folder / "row.json")
+        return row
+    row = {"method": cell.method, "budget": cell.budget, "budget_bytes": budget, "seed": cell.seed, "status": "ok",
+           "bytes": results["embedding"]["bytes"], "params": results["embedding"]["params"],
+           **{f"val_{k}": v for k, v in results["metrics"]["val"].items()},
+           **{f"test_{k}": v for k, v in results["metrics"]["test"].items()},
+           "train_seconds": results["timing"]["train_seconds"], "wall_seconds": time.perf_counter() - t0,
+           "inference_seconds": results["timing"].get("inference_seconds"),
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    write_results(row, folder / "row.json")
+    return row
+
+
+def _train(spec: BenchSpec, cell: Cell, data, base: RunConfig, budget: int, folder: Path, out: Path) -> dict:
+    """Results record of one cell: the search pipeline for dnis, one training run otherwise."""
+    if cell.method == "dnis":
+        from embslim.search.pipeline import run_search
+
+        shared_full = out / "runs" / Cell("full", 1.0, cell.seed).name
+        if (shared_full / "model.pt").exists() and not (folder / "full" / "model.pt").exists():
+            (folder / "full").mkdir(parents=True, exist_ok=True)
+            for name in ("model.pt", "results.json"):
+                shutil.copyfile(shared_full / name, folder / "full" / name)
+        report = run_search(data, base, budget, DNISConfig(search_epochs=spec.search_epochs), folder, resume=True, baselines=())
+        return report["runs"]["dnis"]
+    else:
+        method = "full" if cell.method == "uniform" else cell.method
+        emb = replace(base.embedding, method=method, budget_bytes=None if cell.method == "full" else budget)
+        config = replace(base, embedding=emb)
+        model, d = build_model(data, config)
+        results = train_model(model, d, config, folder, resume=True)
+        results["timing"]["inference_seconds"] = inference_seconds(model, d)
+        if cell.method == "full":
+            torch.save(model.state_dict(), folder / "model.pt")
+    return results
+
+
+def inference_seconds(model, data) -> float:
+    """Wall seconds to score the test split once (batch 16384), after training."""
+    import numpy as np
+    import torch
+
+    from embslim.embeddings.batch import SparseBatch
+
+    table = data.split("test")
+    model.eval()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for s in range(0, len(table), 16384):
+            model(SparseBatch.from_table(table, np.arange(s, min(s + 16384, len(table)))))
+    return time.perf_counter() - t0
+
+
+def spec_dict(spec: BenchSpec) -> dict:
+    return json.loads(json.dumps(asdict(spec)))
+
+
+PRESETS: dict[str, BenchSpec] = {
+    "smoke": BenchSpec(dataset="synthetic", synthetic_rows=40_000, dim=8, methods=("full", "uniform", "dnis", "mde"),
+                       budgets=(0.5, 0.2, 0.1), seeds=(0,), epochs=3, search_epochs=1),
+    "paper": BenchSpec(dataset="movielens-100k", task="ctr", model="deepfm", dim=16, methods=tuple(benchmark_methods()),
+                       budgets=(1.0, 0.5, 0.2, 0.1, 0.05, 0.01), seeds=(0, 1, 2)),
+}

@@ -1,0 +1,88 @@
+"""Benchmark outputs: the results table (CSV, JSON), the Pareto chart (PNG, SVG) and a Markdown report."""
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+HIGHER_IS_BETTER = {"auc": True, "logloss": False, "rmse": False, "mae": False, "hr@10": True, "ndcg@10": True, "recall@20": True, "mrr": True}
+PRIMARY = {"ctr": "auc", "rating": "rmse", "topk": "ndcg@10"}
+
+
+def write_table(rows: list[dict], out: Path) -> None:
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with open(out / "results.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "results.json").write_text(json.dumps(rows, indent=1))
+
+
+def summarise(rows: list[dict], metric: str) -> dict[str, dict[float, dict]]:
+    """method -> budget -> mean/std of the test metric and mean bytes over seeds."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r.get("status", "ok") == "ok":
+            groups[(r["method"], r["budget"])].append(r)
+    out: dict[str, dict[float, dict]] = defaultdict(dict)
+    order = list(dict.fromkeys(r["method"] for r in rows))
+    for (method, budget), rs in sorted(groups.items(), key=lambda kv: (order.index(kv[0][0]), -kv[0][1])):
+        values = np.array([r[f"test_{metric}"] for r in rs], dtype=float)
+        out[method][budget] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                               "bytes": float(np.mean([r["bytes"] for r in rs])), "seeds": len(rs)}
+    return dict(out)
+
+
+def plot_pareto(summary: dict, metric: str, out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, by_budget in summary.items():
+        points = sorted(by_budget.values(), key=lambda p: p["bytes"])
+        ax.errorbar([p["bytes"] for p in points], [p["mean"] for p in points], yerr=[p["std"] for p in points],
+                    marker="o" if method != "full" else "*", markersize=6 if method != "full" else 12, capsize=3, label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("embedding bytes to serve (log)")
+    ax.set_ylabel(f"test {metric}")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    for ext in ("png", "svg"):
+        fig.savefig(out / f"pareto.{ext}", dpi=120)
+    plt.close(fig)
+
+
+def winners(summary: dict, metric: str) -> dict[float, str]:
+    """Best method by mean test metric at each budget (the full reference excluded)."""
+    best: dict[float, tuple[float, str]] = {}
+    sign = 1 if HIGHER_IS_BETTER[metric] else -1
+    for method, by_budget in summary.items():
+        if method == "full":
+            continue
+        for budget, p in by_budget.items():
+            if budget not in best or sign * p["mean"] > sign * best[budget][0]:
+                best[budget] = (p["mean"], method)
+    return {b: m for b, (_, m) in sorted(best.items(), reverse=True)}
+
+
+def write_markdown(summary: dict, metric: str, out: Path, header: list[str]) -> None:
+    budgets = sorted({b for by in summary.values() for b in by if b != 1.0 or len(by) > 1}, reverse=True)
+    lines = [*header, "", "![Pareto chart](pareto.png)", "", f"Test {metric}, mean ± std over seeds (embedding bytes).", "",
+             "| method | " + " | ".join(f"budget {b:g}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+    for method, by in summary.items():
+        cells = [f"{by[b]['mean']:.4f} ± {by[b]['std']:.4f} ({by[b]['bytes']:,.0f} B)" if b in by else "n/a" for b in budgets]
+        if method == "full":
+            ref = next(iter(by.values()))
+            cells = [f"{ref['mean']:.4f} ± {ref['std']:.4f} ({ref['bytes']:,.0f} B) reference"] + [""] * (len(budgets) - 1)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", "n/a: the method cannot be built at that budget (e.g. uniform below one dimension per field).",
+              "", "Best method at each budget:", ""]
+    lines += [f"- budget {b:g}: **{m}** ({summary[m][b]['mean']:.4f})" for b, m in winners(summary, metric).items()]
+    (out / "report.md").write_text("\n".join(lines) + "\n")

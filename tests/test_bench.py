@@ -1,0 +1,63 @@
+"""`embslim bench`: the grid from the registry, files a user can read and plot, restart after a kill."""
+import csv
+import json
+
+import pytest
+
+from embslim.bench import runner
+from embslim.bench.grid import BenchSpec, benchmark_methods, cells
+from embslim.bench.report import summarise, winners
+from embslim.cli import main
+from embslim.embeddings import list_embeddings
+
+TINY = BenchSpec(dataset="synthetic", synthetic_rows=3000, dim=4, methods=("full", "uniform", "mde"), budgets=(0.5, 0.25), seeds=(0, 1), epochs=1)
+
+
+def test_every_budgeted_registered_method_joins_the_benchmark():
+    assert set(benchmark_methods()) >= {"full", "uniform", "dnis", "mde"}
+    assert set(benchmark_methods()) - {"uniform"} <= set(list_embeddings())
+
+
+def test_grid_runs_the_full_reference_once_per_seed():
+    grid = cells(TINY)
+    assert sum(c.method == "full" for c in grid) == 2
+    assert len(grid) == 2 * (1 + 2 * 2)
+
+
+def test_smoke_preset_writes_table_plot_and_report_naming_winners(tmp_path, capsys):
+    assert main(["bench", "--preset", "smoke", "--out", str(tmp_path), "--quiet"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert {r["method"] for r in rows} == {"full", "uniform", "dnis", "mde"}
+    assert all(float(r["bytes"]) <= float(r["budget_bytes"]) for r in rows if r["status"] == "ok" and r["method"] != "full")
+    assert (tmp_path / "pareto.png").stat().st_size > 0 and (tmp_path / "pareto.svg").exists()
+    report = (tmp_path / "report.md").read_text()
+    summary = summarise(json.loads((tmp_path / "results.json").read_text()), "auc")
+    for budget, method in winners(summary, "auc").items():
+        assert f"budget {budget:g}: **{method}** ({summary[method][budget]['mean']:.4f})" in report
+
+
+def test_killed_benchmark_restarts_without_repeating_finished_runs(tmp_path, monkeypatch):
+    real = runner.run_cell
+    calls = []
+
+    def dies_after_three(spec, cell, out):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(cell.name)
+        return real(spec, cell, out)
+
+    monkeypatch.setattr(runner, "run_cell", dies_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_grid(TINY, tmp_path, workers=1, progress=False)
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/row.json")}
+    assert sorted(finished) == sorted(calls)
+    monkeypatch.setattr(runner, "run_cell", real)
+    rows = runner.run_grid(TINY, tmp_path, workers=1, progress=False)
+    assert len(rows) == len(cells(TINY))
+    assert {name: (tmp_path / "runs" / name / "row.json").stat().st_mtime_ns for name in finished} == finished
+
+
+def test_budget_a_method_cannot_reach_is_reported_not_fatal(tmp_path):
+    spec = BenchSpec(dataset="synthetic", synthetic_rows=2000, dim=4, methods=("uniform",), budgets=(0.1,), seeds=(0,), epochs=1)
+    (row,) = runner.run_grid(spec, tmp_path, workers=1, progress=False)
+    assert row["status"] == "infeasible" and "below one dimension" in row["reason"]
