@@ -122,7 +122,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     budget = parse_budget(budget_text, full_bytes(fields, [args.dim] * len(fields)))
     blocks = int(args.blocks) if args.blocks.isdigit() else tuple(float(x) for x in args.blocks.split(","))
     dnis = DNISConfig(blocks=blocks, l1=args.l1, alpha_lr=args.alpha_lr, search_epochs=args.search_epochs,
-                      frequency_exponent=args.frequency_exponent, min_dims=args.min_dims, fine_tune=args.fine_tune)
+                      frequency_exponent=args.frequency_exponent, min_dims=args.min_dims, fine_tune=not args.from_scratch)
     out = args.out or Path("runs") / f"search-{args.dataset}-{data.task}-{args.model}-b{budget_text}-seed{args.seed}"
     baselines = tuple(b for b in args.baselines.split(",") if b)
     report = run_search(data, config, budget, dnis, out, resume=args.resume, baselines=baselines)
@@ -243,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--search-epochs", type=int, default=2, help="epochs of bi-level search after the full model (default 2)")
     s.add_argument("--frequency-exponent", type=float, default=0.25, help="weight of block frequency when pruning: 0 importance only, 1 signal per byte (default 0.25)")
     s.add_argument("--min-dims", type=int, default=1, help="dimensions every block keeps before the rest is ranked (default 1)")
-    s.add_argument("--fine-tune", action="store_true", help="start the slim model from the searched weights instead of from scratch")
+    s.add_argument("--from-scratch", action="store_true",
+                   help="retrain the slim model from a fresh initialisation instead of from the pruned, alpha-scaled searched weights")
     s.add_argument("--baselines", default="uniform,mde", help="baselines at the same bytes (default uniform,mde; empty for none)")
     p.set_defaults(func=cmd_search)
     data = sub.add_parser("data", help="fetch datasets or report what a dataset holds").add_subparsers(dest="data_command", required=True)

@@ -30,7 +30,7 @@ class DNISConfig:
     search_epochs: int = 2
     frequency_exponent: float = 0.25
     min_dims: int = 1
-    fine_tune: bool = False
+    fine_tune: bool = True
 
 
 class AlphaStep:

@@ -1,5 +1,8 @@
 """`embslim search`: full model, DNIS search, pruning to the budget, retrain, and the baselines.
 
+The retrain starts from the pruned, alpha-scaled searched weights and network unless
+`DNISConfig.fine_tune` is False (then from a fresh initialisation).
+
 Each stage writes its run folder (results.json, checkpoint) under OUT; with
 `resume=True` finished stages are read back instead of recomputed, so a killed search
 loses at most the stage in flight. OUT/report.json gathers them:
