@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from embslim.data import PrepareConfig, SyntheticConfig, load_dataset
-from embslim.data.synthetic import generate
-from embslim.data.encode import prepare
+from embslim.data import SyntheticConfig, load_dataset
 
 SHARED = Path(os.environ.get("EMBSLIM_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -28,11 +26,6 @@ def shared_dataset(folder: str) -> Path:
     if not path.exists():
         pytest.skip(f"real dataset {folder} not present under {SHARED}")
     return path
-
-
-@pytest.fixture
-def tiny_data():
-    return prepare(generate(TINY), PrepareConfig(task="ctr"))
 
 
 @pytest.fixture
