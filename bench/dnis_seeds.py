@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from embslim.bench.report import machine_line
 from embslim.cli import main as cli
 
 
@@ -35,7 +33,7 @@ def aggregate(reports: list[dict], metric: str) -> dict:
 def markdown(summary: dict, args: argparse.Namespace, metric: str, budget_bytes: int, full_bytes: int) -> str:
     lines = [f"# DNIS on {args.dataset} {args.task} {args.model}, budget {args.budget} ({budget_bytes:,} of {full_bytes:,} bytes)", "",
              f"Command: `python bench/dnis_seeds.py --dataset {args.dataset} --task {args.task} --model {args.model} --budget {args.budget} --seeds {args.seeds}`",
-             f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; date {time.strftime('%Y-%m-%d')}.", "",
+             machine_line(), "",
              f"| method | test {metric} mean | std | per seed | embedding bytes |", "|---|---|---|---|---|"]
     for m, s in summary.items():
         if m == "timing":

@@ -61,3 +61,14 @@ def test_budget_a_method_cannot_reach_is_reported_not_fatal(tmp_path):
     spec = BenchSpec(dataset="synthetic", synthetic_rows=2000, dim=4, methods=("uniform",), budgets=(0.1,), seeds=(0,), epochs=1)
     (row,) = runner.run_grid(spec, tmp_path, workers=1, progress=False)
     assert row["status"] == "infeasible" and "below one dimension" in row["reason"]
+
+
+def test_dnis_cells_of_one_seed_share_one_search(tmp_path):
+    spec = BenchSpec(dataset="synthetic", synthetic_rows=3000, dim=4, methods=("full", "dnis"), budgets=(0.5, 0.3), seeds=(0,), epochs=1,
+                     search_epochs=1)
+    rows = runner.run_grid(spec, tmp_path, workers=1, progress=False)
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    assert (tmp_path / "runs" / "dnis-search-s0" / "search" / "checkpoint.pt").exists()
+    assert not list((tmp_path / "runs").glob("dnis-b*/search")) and not list((tmp_path / "runs").glob("dnis-b*/full"))
+    first, second = (r for r in rows if r["method"] == "dnis")
+    assert first["search_seconds"] == second["search_seconds"] > 0

@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embslim.data import PrepareConfig, load_dataset
+from embslim.data import PrepareConfig, SyntheticConfig, load_dataset
 from embslim.data.avazu import load_avazu
 from embslim.data.criteo import load_criteo
 from embslim.data.fetch import Archive, fetch_archive
 from embslim.data.movielens import load_movielens
 from embslim.data.numeric import log2_bucket
+from embslim.data.synthetic import synthetic_config
 from embslim.data.tabular import TabularSchema, load_tabular
 from embslim.errors import ConfigError, DataError
 from conftest import shared_dataset
@@ -167,3 +168,19 @@ def test_fetch_with_wrong_checksum_deletes_download_and_extracts_nothing(tmp_pat
 def test_fetch_refuses_archives_without_a_checksum_unless_allowed(tmp_path):
     with pytest.raises(DataError, match="no fixed checksum"):
         fetch_archive(Archive(make_zip(tmp_path).as_uri(), None, "ml-100k"), tmp_path / "data", progress=False)
+
+
+def test_criteo_shaped_generated_data_has_26_fields_with_capped_criteo_cardinalities():
+    data = load_dataset("synthetic-criteo", synthetic=synthetic_config("synthetic-criteo", rows=5000))
+    planted = data.info["planted"]
+    assert len(data.table.fields) == 26 and len(planted) == 26
+    assert max(p["cardinality"] for p in planted.values()) == 1_000_000
+    assert data.info["rows"]["train"] + data.info["rows"]["val"] + data.info["rows"]["test"] == 5000
+
+
+def test_large_generated_data_is_cached_and_read_back_identically(isolated_cache):
+    config = SyntheticConfig(rows=1_000_000, cardinalities=(20, 10), ranks=(2, 1))
+    first = load_dataset("synthetic", synthetic=config)
+    assert list((isolated_cache / "prepared").glob("synthetic-ctr-*.npz"))
+    second = load_dataset("synthetic", synthetic=config)
+    assert (first.table.ids == second.table.ids).all() and (first.table.label == second.table.label).all()

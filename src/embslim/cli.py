@@ -8,9 +8,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from embslim.budget import parse_budget
-from embslim.data import DATASETS, PrepareConfig, SyntheticConfig, load_dataset
+from embslim.data import DATASETS, PrepareConfig, load_dataset
 from embslim.data.fetch import Archive, fetch_archive
 from embslim.data.registry import data_dirs, get_source
+from embslim.data.synthetic import SYNTHETIC_SHAPES, synthetic_config
 from embslim.embeddings import EmbeddingConfig, list_embeddings
 from embslim.embeddings.full import full_bytes
 from embslim.errors import ConfigError, EmbslimError
@@ -30,7 +31,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-count", type=int, help="values seen fewer times in training go to the OOV bucket (default per dataset)")
     g.add_argument("--max-bad-rows", type=float, default=0, help="malformed rows tolerated: a count, or a fraction if < 1 (default 0)")
     g.add_argument("--split-seed", type=int, default=0, help="seed of the random train/val/test split (default 0)")
-    g.add_argument("--synthetic-rows", type=int, help="rows of the generated dataset (default 200000)")
+    g.add_argument("--synthetic-rows", type=int, help="rows of a generated dataset (synthetic: 200000, synthetic-criteo: 2000000)")
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -63,7 +64,7 @@ def load_from_args(args: argparse.Namespace):
     source = get_source(args.dataset)
     config = PrepareConfig(task=args.task or source.default_task, min_count=args.min_count if args.min_count is not None else source.min_count,
                            split_seed=args.split_seed)
-    synthetic = SyntheticConfig(rows=args.synthetic_rows) if args.synthetic_rows else None
+    synthetic = synthetic_config(args.dataset, args.synthetic_rows) if args.synthetic_rows and args.dataset in SYNTHETIC_SHAPES else None
     return load_dataset(args.dataset, config.task, args.data_path, config, args.max_bad_rows, args.schema, synthetic)
 
 
@@ -135,7 +136,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from dataclasses import replace as dc_replace
 
     from embslim.bench.grid import PRESETS, BenchSpec, benchmark_methods, spec_dict
-    from embslim.bench.report import PRIMARY, plot_pareto, summarise, write_markdown, write_table
+    from embslim.bench.report import PRIMARY, machine_line, plot_pareto, summarise, write_markdown, write_table
     from embslim.bench.runner import run_grid
 
     spec = PRESETS[args.preset] if args.preset else BenchSpec()
@@ -162,7 +163,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     title = f"{spec.dataset} {data_task} {spec.model}: test {metric} against embedding bytes"
     plot_pareto(summary, metric, out, title)
     command = "embslim " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("embslim") else "embslim bench (library call)"
-    header = [f"# {title}", "", f"Command: `{command}`", "", f"Spec: `{json.dumps(spec_dict(spec))}`"]
+    header = [f"# {title}", "", f"Command: `{command}`", "", machine_line(), "", f"Spec: `{json.dumps(spec_dict(spec))}`"]
     write_markdown(summary, metric, out, header)
     (out / "spec.json").write_text(json.dumps(spec_dict(spec), indent=1))
     print((out / "report.md").read_text())
@@ -263,7 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_fetch)
     p = sub.add_parser("bench", help="every method at every budget and seed: results table, Pareto chart, report",
                        description="Benchmark embedding methods at byte budgets on one dataset and backbone. Finished runs are kept on disk; rerunning skips them.")
-    p.add_argument("--preset", choices=["smoke", "paper"], help="smoke: generated data, < 3 minutes; paper: the MovieLens-100K CTR grid")
+    p.add_argument("--preset", choices=["smoke", "paper", "paper-rating", "criteo-shaped"],
+                   help="smoke: generated data, < 3 minutes; paper: MovieLens-100K CTR DeepFM grid; paper-rating: MovieLens-100K "
+                        "rating MF grid; criteo-shaped: 26 generated fields with Criteo's cardinalities (up to 1M ids), 2M rows")
     p.add_argument("--dataset")
     p.add_argument("--task", choices=["ctr", "rating", "topk"])
     p.add_argument("--data-path", type=Path)

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import platform
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -10,6 +13,24 @@ import numpy as np
 
 HIGHER_IS_BETTER = {"auc": True, "logloss": False, "rmse": False, "mae": False, "hr@10": True, "ndcg@10": True, "recall@20": True, "mrr": True}
 PRIMARY = {"ctr": "auc", "rating": "rmse", "topk": "ndcg@10"}
+
+
+def machine_line() -> str:
+    """Where and when figures were measured, for the top of every report."""
+    import torch
+
+    return (f"Machine: {cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+            f"Python {platform.python_version()}; date {time.strftime('%Y-%m-%d')}.")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def write_table(rows: list[dict], out: Path) -> None:

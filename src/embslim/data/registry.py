@@ -14,7 +14,7 @@ from embslim.data.fetch import Archive
 from embslim.data.fields import PreparedData
 from embslim.data.movielens import load_movielens
 from embslim.data.sequences import load_sequences
-from embslim.data.synthetic import SyntheticConfig, generate
+from embslim.data.synthetic import GENERATOR_VERSION, SYNTHETIC_SHAPES, SyntheticConfig, generate
 from embslim.data.tabular import TabularSchema, load_tabular
 from embslim.errors import ConfigError, DataError
 
@@ -38,6 +38,7 @@ DATASETS: dict[str, DatasetSource] = {
     s.name: s
     for s in [
         DatasetSource("synthetic", None, "ctr", 1),
+        DatasetSource("synthetic-criteo", None, "ctr", 1),
         DatasetSource("movielens-100k", load_movielens, "ctr", 1, ("movielens-100k", "ml-100k"),
                       Archive(f"{GROUPLENS}/ml-100k.zip", "md5:0e33842e24a9c977be4e0107933c0723", "ml-100k")),
         DatasetSource("movielens-1m", load_movielens, "ctr", 1, ("movielens-1m", "ml-1m"),
@@ -97,8 +98,8 @@ def load_dataset(
     source = get_source(name)
     config = config or PrepareConfig(min_count=source.min_count)
     config = replace(config, task=task or config.task or source.default_task)
-    if name == "synthetic":
-        return prepare(generate(synthetic or SyntheticConfig()), config)
+    if name in SYNTHETIC_SHAPES:
+        return _generated(synthetic or SYNTHETIC_SHAPES[name], config, use_cache)
     if name == "tabular":
         if schema is None or path is None:
             raise ConfigError("dataset 'tabular' needs --data-path FILE and --schema SCHEMA.json")
@@ -117,4 +118,18 @@ def load_dataset(
     data = prepare(loader(resolved, max_bad_rows), config)
     if use_cache:
         save_prepared(data, entry)
+    return data
+
+
+def _generated(synthetic: SyntheticConfig, config: PrepareConfig, use_cache: bool) -> PreparedData:
+    """Generate and prepare; large generated sets (1M rows or more) are cached like files."""
+    if not use_cache or synthetic.rows < 1_000_000:
+        return prepare(generate(synthetic), config)
+    cache_dir = default_cache_dir()
+    key = cache_key({"generator": GENERATOR_VERSION, "synthetic": synthetic.__dict__, "config": config.__dict__}, [], cache_dir)
+    entry = cache_dir / "prepared" / f"synthetic-{config.task}-{key}.npz"
+    if entry.exists():
+        return load_prepared(entry)
+    data = prepare(generate(synthetic), config)
+    save_prepared(data, entry)
     return data

@@ -9,11 +9,16 @@ loses at most the stage in flight. OUT/report.json gathers them:
 {"budget_bytes", "full_bytes", "runs": {"full", "dnis", "uniform", "mde"}, "search",
 "kept_dims", "timing"}; OUT/layout.json is the pruned configuration and
 OUT/kept_dims.png its picture.
+
+The full model and the search do not depend on the budget: with `search_dir` several
+budgets share them (the benchmark does), and a file lock makes concurrent workers
+wait for one search instead of repeating it.
 """
 from __future__ import annotations
 
+import fcntl
 import json
-import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,25 +43,45 @@ def _stage(out: Path, resume: bool, train) -> dict:
     return train(out)
 
 
+@contextmanager
+def locked(folder: Path):
+    """Hold an exclusive lock on `folder` (created if needed) across processes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def run_search(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: DNISConfig, out: Path,
-               resume: bool = False, baselines: tuple[str, ...] = BASELINES) -> dict:
+               resume: bool = False, baselines: tuple[str, ...] = BASELINES, search_dir: Path | None = None) -> dict:
+    """Full model, search, prune to `budget_bytes`, retrain and baselines; returns the report.
+
+    The full model and the search live in `search_dir` (default `out`) and are reused
+    from there when finished, whatever the budget.
+    """
     width = config.embedding.dim
+    search_dir = search_dir or out
     full_config = replace(config, embedding=EmbeddingConfig("full", width, init_std=config.embedding.init_std))
     full_model, fdata = build_model(data, full_config)
-    full_state = out / "full" / "model.pt"
+    full_state = search_dir / "full" / "model.pt"
 
     def train_full(path: Path) -> dict:
         results = train_model(full_model, fdata, full_config, path)
         torch.save(full_model.state_dict(), full_state)
         return results
 
-    runs = {"full": _stage(out / "full", resume and full_state.exists(), train_full)}
-    full_model.load_state_dict(torch.load(full_state))
+    with locked(search_dir):
+        runs = {"full": _stage(search_dir / "full", resume and full_state.exists(), train_full)}
+        full_model.load_state_dict(torch.load(full_state))
+        search_model, sdata, fit, search_seconds, layouts = search_dims(
+            data, config, budget_bytes, dnis, full_model, search_dir / "search", resume or search_dir != out)
     full_bytes = runs["full"]["embedding"]["bytes"]
-
-    search_model, sdata, fit, search_seconds, layouts = search_dims(data, config, budget_bytes, dnis, full_model, out / "search", resume)
     emb = search_model.embedding
     layout = layout_to_json(layouts, width)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "layout.json").write_text(json.dumps(layout, indent=1))
 
     def train_dnis(path: Path) -> dict:
@@ -102,18 +127,20 @@ def search_dims(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: 
                 resume: bool = False) -> tuple:
     """Warm-start DNIS from a trained full model, search alpha, prune to the budget.
 
-    Returns (search model, its data, trainer results, search seconds, per-field layouts).
+    Returns (search model, its data, trainer results, search seconds, per-field layouts);
+    the seconds are those of the search's training epochs (alpha steps included), also when it
+    was finished earlier and only read back.
     """
     blocks = list(dnis.blocks) if isinstance(dnis.blocks, tuple) else dnis.blocks
     search_config = replace(config, embedding=EmbeddingConfig("dnis", config.embedding.dim, init_std=config.embedding.init_std, options={"blocks": blocks}),
                             train=search_train_config(config.train, dnis))
     search_model, sdata = build_model(data, search_config)
     warm_start_from(search_model, full_model)
-    t0 = time.perf_counter()
     callback = AlphaStep(search_model, sdata, dnis, config.train.batch_size, config.train.seed)
     fit = Trainer(search_model, sdata, search_config.train, out, [callback]).fit(resume=resume)
     layouts = layout_for_budget(search_model.embedding, budget_bytes, dnis)
-    return search_model, sdata, fit, time.perf_counter() - t0, layouts
+    seconds = fit["timing"]["train_seconds"]
+    return search_model, sdata, fit, seconds, layouts
 
 
 def warm_start_from_network(model, search_model) -> None:
