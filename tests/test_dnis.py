@@ -10,6 +10,8 @@ from embslim.cli import main
 from embslim.data import SyntheticConfig, load_dataset
 from embslim.embeddings import EmbeddingConfig, SparseBatch
 from embslim.embeddings.full import full_bytes
+from embslim.models import ModelOptions
+from embslim.search.align import align_to_principal_axes
 from embslim.search.dnis import AlphaStep, DNISConfig, warm_start_from
 from embslim.search.pipeline import search_dims
 from embslim.search.report import dims_per_field, kept_dims_table
@@ -106,3 +108,41 @@ def test_custom_model_example_runs_and_returns_a_layout():
     spec.loader.exec_module(module)
     layout = module.main()
     assert layout["width"] == 16 and len(layout["fields"]) == 8
+
+
+def test_principal_axis_alignment_keeps_outputs_and_orders_dimensions_by_energy():
+    data = load_tiny()
+    model, d = build_model(data, RunConfig("deepfm", EmbeddingConfig("full", 6), ModelOptions(hidden=(8,))))
+    model.eval()
+    with torch.no_grad():
+        table = model.embedding.sparse_parameters()[0]
+        table.copy_(torch.randn(table.shape[0], 6) * torch.tensor([0.1, 1.0, 0.3, 2.0, 0.5, 0.2]))
+    batch = SparseBatch.from_table(d.split("val"))
+    before = model(batch)
+    assert align_to_principal_axes(model)
+    torch.testing.assert_close(model(batch), before, rtol=1e-4, atol=1e-4)
+    weights = torch.from_numpy(np.concatenate([f.counts for f in model.embedding.fields]).astype(np.float32)) + 1e-3
+    energy = (model.embedding.sparse_parameters()[0].detach().pow(2) * weights[:, None]).sum(0)
+    assert torch.all(energy[:-1] >= energy[1:])
+
+
+def test_alignment_is_skipped_for_backbones_it_would_change():
+    model, _ = build_model(load_tiny(), RunConfig("dcnv2", EmbeddingConfig("full", 4), ModelOptions(hidden=(8,), cross_layers=1)))
+    table = model.embedding.sparse_parameters()[0].detach().clone()
+    assert not align_to_principal_axes(model)
+    assert torch.equal(model.embedding.sparse_parameters()[0].detach(), table)
+
+
+def test_pruning_during_search_ends_with_alpha_zero_outside_the_target_layout():
+    data = load_tiny()
+    full, _ = build_model(data, RunConfig("deepfm", EmbeddingConfig("full", 4), train=FAST))
+    budget = full_bytes(data.table.fields, [4] * 4) // 3
+    run = RunConfig("deepfm", EmbeddingConfig("full", 4), train=FAST)
+    search, _, _, _, layouts = search_dims(data, run, budget, DNISConfig(blocks=3, search_epochs=2, prune_during_search=True), full)
+    alpha = search.embedding.alpha.detach()
+    base = 0
+    for f in search.embedding.fields:
+        for b, cols in enumerate(layouts[f.name].cols):
+            assert set(torch.nonzero(alpha[base + b]).flatten().tolist()) <= set(cols)
+        base += len(layouts[f.name].cols)
+    assert sum(len(c) for lay in layouts.values() for c in lay.cols) < alpha.numel()

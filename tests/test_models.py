@@ -50,3 +50,34 @@ def test_aligner_projects_only_fields_of_another_width():
     aligner = FieldAligner([4, 2, 4])
     out = aligner([torch.ones(3, 4), torch.ones(3, 2), torch.zeros(3, 4)])
     assert out.shape == (3, 3, 4) and list(aligner.proj) == ["1"]
+
+
+ROTATION_INVARIANT = {"lr", "fm", "deepfm", "mf"}
+
+
+def tiny_model(name: str):
+    data = load_tiny().select_fields(["field0", "field1", "field2", "field3"])
+    data.user_field, data.item_field = "field0", "field1"
+    model, data = build_model(data, RunConfig(name, EmbeddingConfig(dim=4), ModelOptions(hidden=(16,), attention_layers=1, cross_layers=1)))
+    return model.eval(), SparseBatch.from_table(data.split("val"))
+
+
+@pytest.mark.parametrize("name", sorted(ROTATION_INVARIANT))
+def test_rotation_of_all_embeddings_leaves_invariant_backbones_unchanged(name):
+    model, batch = tiny_model(name)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_()
+    before = model(batch)
+    rotation, _ = torch.linalg.qr(torch.randn(4, 4, generator=torch.Generator().manual_seed(0)))
+    model.absorb_rotation(rotation)
+    with torch.no_grad():
+        model.embedding.sparse_parameters()[0].copy_(model.embedding.sparse_parameters()[0] @ rotation)
+    torch.testing.assert_close(model(batch), before, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(set(list_models()) - ROTATION_INVARIANT))
+def test_backbones_that_are_not_rotation_invariant_refuse_to_absorb_one(name):
+    model, _ = tiny_model(name)
+    with pytest.raises(NotImplementedError):
+        model.absorb_rotation(torch.eye(4))

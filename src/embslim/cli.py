@@ -16,7 +16,7 @@ from embslim.embeddings import EmbeddingConfig, list_embeddings
 from embslim.embeddings.full import full_bytes
 from embslim.errors import ConfigError, EmbslimError
 from embslim.models import ModelOptions, list_models, model_class
-from embslim.train.recipes import recipe
+from embslim.train.recipes import dnis_recipe, recipe
 from embslim.train.trainer import TrainConfig
 
 TRAIN_KEYS = {"epochs", "lr", "batch_size", "patience", "negatives", "embedding_l2", "weight_decay", "optimizer"}
@@ -122,8 +122,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     fields = data.select_fields(names).table.fields
     budget = parse_budget(budget_text, full_bytes(fields, [args.dim] * len(fields)))
     blocks = int(args.blocks) if args.blocks.isdigit() else tuple(float(x) for x in args.blocks.split(","))
+    tuned = {**dnis_recipe(args.model, data.task), **({"align": args.align} if args.align is not None else {})}
     dnis = DNISConfig(blocks=blocks, l1=args.l1, alpha_lr=args.alpha_lr, search_epochs=args.search_epochs,
-                      frequency_exponent=args.frequency_exponent, min_dims=args.min_dims, fine_tune=not args.from_scratch)
+                      frequency_exponent=args.frequency_exponent, min_dims=args.min_dims, fine_tune=not args.from_scratch,
+                      prune_during_search=args.prune_during_search, **tuned)
     out = args.out or Path("runs") / f"search-{args.dataset}-{data.task}-{args.model}-b{budget_text}-seed{args.seed}"
     baselines = tuple(b for b in args.baselines.split(",") if b)
     report = run_search(data, config, budget, dnis, out, resume=args.resume, baselines=baselines)
@@ -246,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-dims", type=int, default=1, help="dimensions every block keeps before the rest is ranked (default 1)")
     s.add_argument("--from-scratch", action="store_true",
                    help="retrain the slim model from a fresh initialisation instead of from the pruned, alpha-scaled searched weights")
+    s.add_argument("--prune-during-search", action="store_true",
+                   help="prune gradually to the budget during the search (cubic schedule) instead of once after it")
+    s.add_argument("--align", action=argparse.BooleanOptionalAction, default=None,
+                   help="rotate the full model's embeddings to their principal axes before the search, where the backbone "
+                        "is invariant to it (MF, FM, DeepFM, LR); default per model and task (embslim/train/recipes.py: on for MF rating)")
     s.add_argument("--baselines", default="uniform,mde", help="baselines at the same bytes (default uniform,mde; empty for none)")
     p.set_defaults(func=cmd_search)
     data = sub.add_parser("data", help="fetch datasets or report what a dataset holds").add_subparsers(dest="data_command", required=True)

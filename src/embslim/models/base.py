@@ -51,6 +51,16 @@ class Recommender(nn.Module):
     def score(self, vectors: list[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
+    def absorb_rotation(self, rotation: torch.Tensor) -> None:
+        """Compensate an orthogonal `rotation` [d, d] applied to every field's vector (v -> v @ R).
+
+        Backbones whose only non-linear use of the vectors is through inner products
+        between fields (MF, FM, DeepFM) stay exactly the same function when every
+        linear layer reading the vectors is rotated too. Others raise
+        NotImplementedError, and searches that would align dimensions skip it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} is not invariant to a rotation of its embeddings")
+
     def forward(self, batch: SparseBatch) -> torch.Tensor:
         return self.score(self.embedding(batch)) + self.bias
 
@@ -68,3 +78,13 @@ class Recommender(nn.Module):
     def embedding_params(self) -> int:
         aligner = getattr(self, "aligner", None)
         return self.embedding.parameter_count() + (sum(p.numel() for p in aligner.parameters()) if aligner is not None else 0)
+
+
+@torch.no_grad()
+def rotate_concat_reader(linear: nn.Linear, rotation: torch.Tensor, fields: int) -> None:
+    """Rotate the input columns of a Linear that reads `fields` concatenated vectors of width d."""
+    d = rotation.shape[0]
+    if linear.in_features != d * fields:
+        raise NotImplementedError("rotation needs every field at the same width")
+    weight = linear.weight.view(linear.out_features, fields, d)
+    linear.weight.copy_(torch.einsum("ofd,de->ofe", weight, rotation.to(weight.dtype)).reshape_as(linear.weight))

@@ -7,7 +7,7 @@ from torch import nn
 from embslim.data.fields import FieldSpec
 from embslim.embeddings.base import FeatureEmbedding
 from embslim.errors import ConfigError
-from embslim.models.base import ModelOptions, Recommender
+from embslim.models.base import ModelOptions, Recommender, rotate_concat_reader
 from embslim.models.layers import FieldAligner, mlp
 from embslim.models.registry import register_model
 
@@ -38,6 +38,12 @@ class MF(UserItemModel):
         aligned = self.aligner(vectors)
         dot = (aligned[:, 0] * aligned[:, 1]).sum(dim=1)
         return dot + self.user_bias(vectors[0]).squeeze(1) + self.item_bias(vectors[1]).squeeze(1)
+
+    def absorb_rotation(self, rotation: torch.Tensor) -> None:
+        if self.aligner.proj:
+            raise NotImplementedError("rotation needs the user and item vectors at the same width")
+        for linear in (self.user_bias, self.item_bias):
+            rotate_concat_reader(linear, rotation, 1)
 
 
 @register_model("neumf", tasks=("rating", "topk", "ctr"))

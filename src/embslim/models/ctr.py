@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from embslim.embeddings.base import FeatureEmbedding
-from embslim.models.base import ModelOptions, Recommender
+from embslim.models.base import ModelOptions, Recommender, rotate_concat_reader
 from embslim.models.layers import FieldAligner, fm_interaction, mlp
 from embslim.models.registry import register_model
 
@@ -25,6 +25,9 @@ class LR(Recommender):
     def score(self, vectors: list[torch.Tensor]) -> torch.Tensor:
         return self.linear(torch.cat(vectors, dim=1)).squeeze(1)
 
+    def absorb_rotation(self, rotation: torch.Tensor) -> None:
+        rotate_concat_reader(self.linear, rotation, len(self.embedding.dims))
+
 
 @register_model("fm")
 class FM(Recommender):
@@ -38,6 +41,11 @@ class FM(Recommender):
     def score(self, vectors: list[torch.Tensor]) -> torch.Tensor:
         return self.linear(torch.cat(vectors, dim=1)).squeeze(1) + fm_interaction(self.aligner(vectors))
 
+    def absorb_rotation(self, rotation: torch.Tensor) -> None:
+        if self.aligner.proj:
+            raise NotImplementedError("rotation needs every field at the same width")
+        rotate_concat_reader(self.linear, rotation, len(self.embedding.dims))
+
 
 @register_model("deepfm")
 class DeepFM(FM):
@@ -49,6 +57,10 @@ class DeepFM(FM):
 
     def score(self, vectors: list[torch.Tensor]) -> torch.Tensor:
         return super().score(vectors) + self.deep(torch.cat(vectors, dim=1)).squeeze(1)
+
+    def absorb_rotation(self, rotation: torch.Tensor) -> None:
+        super().absorb_rotation(rotation)
+        rotate_concat_reader(self.deep[0], rotation, len(self.embedding.dims))
 
 
 class CrossLayer(nn.Module):

@@ -18,26 +18,44 @@ import torch.nn.functional as F
 
 from embslim.data.fields import PreparedData
 from embslim.embeddings.batch import SparseBatch
+from embslim.embeddings.blockwise import layout_bytes
 from embslim.embeddings.dnis import DNISEmbedding
 from embslim.models.base import Recommender
 
 
 @dataclass(frozen=True)
 class DNISConfig:
-    blocks: int | tuple[float, ...] = 6
-    l1: float = 1e-5
+    """Search settings; per (model, task) overrides live in `embslim.train.recipes.DNIS_RECIPES`."""
+
+    blocks: int | tuple[float, ...] = 6  # frequency blocks per field, or fractions of its rows
+    l1: float = 1e-5  # L1 penalty on alpha
     alpha_lr: float = 0.01
     search_epochs: int = 2
-    frequency_exponent: float = 0.25
-    min_dims: int = 1
-    fine_tune: bool = True
+    frequency_exponent: float = 0.25  # pruning score = importance * block frequency ** this
+    min_dims: int = 1  # dimensions every block keeps before the rest compete for the budget
+    fine_tune: bool = True  # retrain from the pruned searched weights (False: from scratch)
+    prune_during_search: bool = False  # cubic schedule towards the budget inside the search
+    align: bool = False  # rotate to principal axes first (see embslim.search.align)
 
 
 class AlphaStep:
-    """Trainer callback: one validation step of alpha after every training step."""
+    """Trainer callback: one validation step of alpha after every training step.
 
-    def __init__(self, model: Recommender, data: PreparedData, config: DNISConfig, batch_size: int, seed: int) -> None:
+    With `budget_bytes` (and `DNISConfig.prune_during_search`) it also prunes gradually:
+    at PRUNE_EVENTS evenly spaced steps over the first PRUNE_SPAN of the search, the
+    dimensions outside a budget that shrinks cubically from the full table to
+    `budget_bytes` get alpha = 0 for good, so the network adapts to each loss before
+    the next and the search ends at the target layout.
+    """
+
+    PRUNE_EVENTS = 8
+    PRUNE_SPAN = 0.75
+
+    def __init__(self, model: Recommender, data: PreparedData, config: DNISConfig, batch_size: int, seed: int,
+                 budget_bytes: int | None = None) -> None:
         self.model, self.config = model, config
+        self.budget_bytes = budget_bytes
+        self.events: dict[int, int] | None = None
         self.embedding: DNISEmbedding = model.embedding
         self.optimizer = torch.optim.Adam([self.embedding.alpha], lr=config.alpha_lr)
         self.val = data.split("val")
@@ -46,6 +64,7 @@ class AlphaStep:
         self.rng = np.random.default_rng([seed, 99])
         self.order, self.cursor = self.rng.permutation(len(self.val)), 0
         self.slices = self.embedding.block_slices()
+        self.mask = (self.embedding.alpha.detach() > 0).float()  # a resumed search keeps what it pruned
 
     def next_batch(self) -> SparseBatch:
         if self.cursor >= len(self.order):
@@ -66,6 +85,32 @@ class AlphaStep:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.embedding.clamp_alpha()
+        if self.budget_bytes is not None:
+            if self.events is None:
+                self.events = self.prune_schedule(trainer)
+            if step in self.events:
+                self.prune_to(self.events[step])
+            with torch.no_grad():
+                alpha.mul_(self.mask)
+
+    def prune_schedule(self, trainer) -> dict[int, int]:
+        """Global step -> budget of each pruning event."""
+        steps = self.config.search_epochs * -(-len(trainer.epoch_table(0)) // self.batch_size)
+        start = layout_bytes(layout_for_budget(self.embedding, 2**62, self.config), self.embedding.width)
+        n = self.PRUNE_EVENTS
+        return {max(1, round(j / n * self.PRUNE_SPAN * steps)): int(self.budget_bytes + (start - self.budget_bytes) * (1 - j / n) ** 3)
+                for j in range(1, n + 1)}
+
+    @torch.no_grad()
+    def prune_to(self, budget_bytes: int) -> None:
+        layouts = layout_for_budget(self.embedding, budget_bytes, self.config)
+        mask = torch.zeros_like(self.mask)
+        base = 0
+        for f in self.embedding.fields:
+            for b, cols in enumerate(layouts[f.name].cols):
+                mask[base + b, cols] = 1.0
+            base += len(layouts[f.name].cols)
+        self.mask = mask
 
 
 def layout_for_budget(embedding: DNISEmbedding, budget_bytes: int, config: DNISConfig = DNISConfig()) -> dict:
@@ -87,8 +132,10 @@ def warm_start_from(search_model: Recommender, full_model: Recommender) -> None:
 
 
 def search_train_config(train_config, dnis: DNISConfig):
-    """The trainer settings of the search phase: a fixed number of epochs, no early stop."""
-    return replace(train_config, epochs=dnis.search_epochs, patience=dnis.search_epochs + 1)
+    """The trainer settings of the search phase: a fixed number of epochs, no early stop; a search
+    that prunes as it goes ends with its last state (the one at the target budget)."""
+    return replace(train_config, epochs=dnis.search_epochs, patience=dnis.search_epochs + 1,
+                   keep_best=train_config.keep_best and not dnis.prune_during_search)
 
 
 @torch.no_grad()

@@ -27,6 +27,7 @@ import torch
 from embslim.data.fields import PreparedData
 from embslim.embeddings import EmbeddingConfig
 from embslim.embeddings.blockwise import layout_to_json
+from embslim.search.align import align_to_principal_axes
 from embslim.search.dnis import AlphaStep, DNISConfig, layout_for_budget, pruned_values, search_train_config, warm_start_from
 from embslim.search.report import dims_per_field, kept_dims_table, plot_kept_dims, summary_lines
 from embslim.train.run import RunConfig, build_model, describe_embedding, train_model, write_results
@@ -76,8 +77,10 @@ def run_search(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: D
     with locked(search_dir):
         runs = {"full": _stage(search_dir / "full", resume and full_state.exists(), train_full)}
         full_model.load_state_dict(torch.load(full_state))
+    search_folder = out / "search" if dnis.prune_during_search else search_dir / "search"  # a pruning search depends on the budget
+    with locked(search_folder):
         search_model, sdata, fit, search_seconds, layouts = search_dims(
-            data, config, budget_bytes, dnis, full_model, search_dir / "search", resume or search_dir != out)
+            data, config, budget_bytes, dnis, full_model, search_folder, resume or search_folder.parent != out)
     full_bytes = runs["full"]["embedding"]["bytes"]
     emb = search_model.embedding
     layout = layout_to_json(layouts, width)
@@ -112,7 +115,8 @@ def run_search(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: D
         "budget_bytes": budget_bytes, "full_bytes": full_bytes,
         "runs": runs,
         "search": {"metrics": {"val": fit["val"], "test": fit["test"]}, "embedding": describe_embedding(search_model),
-                   "history": fit["history"], "config": dnis.__dict__},
+                   "history": fit["history"], "config": dnis.__dict__,
+                   "aligned_to_principal_axes": fit["aligned"]},
         "kept_dims": kept,
         "dims_per_field": dims_per_field(kept),
         "timing": {"full_seconds": full_time, "search_seconds": search_seconds, "retrain_seconds": retrain,
@@ -125,7 +129,8 @@ def run_search(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: D
 
 def search_dims(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: DNISConfig, full_model, out: Path | None = None,
                 resume: bool = False) -> tuple:
-    """Warm-start DNIS from a trained full model, search alpha, prune to the budget.
+    """Warm-start DNIS from a trained full model (rotated to principal axes where the backbone allows,
+    `DNISConfig.align`), search alpha, prune to the budget.
 
     Returns (search model, its data, trainer results, search seconds, per-field layouts);
     the seconds are those of the search's training epochs (alpha steps included), also when it
@@ -136,10 +141,13 @@ def search_dims(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: 
                             train=search_train_config(config.train, dnis))
     search_model, sdata = build_model(data, search_config)
     warm_start_from(search_model, full_model)
-    callback = AlphaStep(search_model, sdata, dnis, config.train.batch_size, config.train.seed)
+    aligned = dnis.align and align_to_principal_axes(search_model)
+    callback = AlphaStep(search_model, sdata, dnis, config.train.batch_size, config.train.seed,
+                         budget_bytes if dnis.prune_during_search else None)
     fit = Trainer(search_model, sdata, search_config.train, out, [callback]).fit(resume=resume)
     layouts = layout_for_budget(search_model.embedding, budget_bytes, dnis)
     seconds = fit["timing"]["train_seconds"]
+    fit["aligned"] = aligned
     return search_model, sdata, fit, seconds, layouts
 
 

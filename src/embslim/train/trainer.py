@@ -42,6 +42,8 @@ class TrainConfig:
     negatives: int = 4
     eval_batch_size: int = 16384
     progress: bool = True
+    keep_best: bool = True  # end with the weights of the best validation epoch (False: the last epoch's)
+    lr_decay: float = 1.0  # multiply the learning rate by this after each epoch without validation improvement
 
 
 class Callback(Protocol):
@@ -71,8 +73,8 @@ class Trainer:
             self.optimizers.append(torch.optim.SparseAdam(sparse, lr=config.lr))
         train_label = data.split("train").label
         self.label_range = (float(train_label.min()), float(train_label.max()))
-        if data.task == "rating":
-            with torch.no_grad():
+        if data.task == "rating" and not model.bias.detach().any():
+            with torch.no_grad():  # a fresh model starts at the mean rating; a warm-started one keeps its bias
                 model.bias.fill_(float(train_label.mean()))
         self.step = 0
 
@@ -148,9 +150,12 @@ class Trainer:
             if cfg.progress:
                 tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  " + "  ".join(f"val {k} {v:.4f}" for k, v in val.items()))
             if is_better(task, val[metric], best):
-                best, best_state, bad = val[metric], copy.deepcopy(self.model.state_dict()), 0
+                best, best_state, bad = val[metric], copy.deepcopy(self.model.state_dict()) if cfg.keep_best else None, 0
             else:
                 bad += 1
+                for opt in self.optimizers:
+                    for group in opt.param_groups:
+                        group["lr"] *= cfg.lr_decay
             if ckpt_path:
                 save_checkpoint({"epoch": epoch, "model": self.model.state_dict(), "optimizers": [o.state_dict() for o in self.optimizers],
                                  "rng": torch.get_rng_state(), "best": best, "best_state": best_state, "bad_epochs": bad,
