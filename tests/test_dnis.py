@@ -146,3 +146,15 @@ def test_pruning_during_search_ends_with_alpha_zero_outside_the_target_layout():
             assert set(torch.nonzero(alpha[base + b]).flatten().tolist()) <= set(cols)
         base += len(layouts[f.name].cols)
     assert sum(len(c) for lay in layouts.values() for c in lay.cols) < alpha.numel()
+
+
+def test_fixed_threshold_keeps_exactly_the_pairs_at_or_above_it_and_baselines_get_its_bytes(tmp_path):
+    out = tmp_path / "search"
+    args = ["search", "--synthetic-rows", "3000", "--epochs", "1", "--search-epochs", "1", "--dim", "4", "--threshold", "0.004",
+            "--quiet", "--out", str(out), "--baselines", "uniform"]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    kept = sum(len(b["dims"]) for f in json.loads((out / "layout.json").read_text())["fields"].values() for b in f["blocks"])
+    assert 0 < kept < 8 * 6 * 4
+    assert report["runs"]["dnis"]["embedding"]["bytes"] == report["budget_bytes"]
+    assert report["runs"]["uniform"]["embedding"]["bytes"] <= report["budget_bytes"]

@@ -13,7 +13,7 @@ from embslim.embeddings import EmbeddingConfig
 from embslim.train.metrics import ranking_metrics
 from embslim.train.run import RunConfig, build_model, run, train_model
 from embslim.train.topk import held_out_ranks
-from embslim.train.trainer import TrainConfig
+from embslim.train.trainer import TrainConfig, Trainer
 from conftest import load_tiny
 
 FAST = TrainConfig(epochs=3, batch_size=256, patience=5, progress=False, seed=7)
@@ -88,6 +88,29 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement():
     data = load_tiny()
     r = run(data, RunConfig("deepfm", train=TrainConfig(epochs=30, batch_size=64, lr=0.05, patience=1, progress=False)))
     assert len(r["history"]) < 30
+
+
+def test_learning_rate_decays_after_each_epoch_without_improvement():
+    data = load_tiny()
+    model, d = build_model(data, RunConfig("deepfm"))
+    trainer = Trainer(model, d, TrainConfig(epochs=6, batch_size=64, lr=0.05, patience=10, lr_decay=0.5, progress=False))
+    history = trainer.fit()["history"]
+    best, bad = None, 0
+    for h in history:
+        if best is None or h["val_auc"] > best:
+            best = h["val_auc"]
+        else:
+            bad += 1
+    assert bad > 0
+    assert all(g["lr"] == pytest.approx(0.05 * 0.5 ** bad) for opt in trainer.optimizers for g in opt.param_groups)
+
+
+def test_keep_best_false_ends_with_the_last_epoch_weights():
+    data = load_tiny()
+    model, d = build_model(data, RunConfig("deepfm"))
+    config = TrainConfig(epochs=4, batch_size=64, lr=0.05, patience=10, keep_best=False, progress=False)
+    result = Trainer(model, d, config).fit()
+    assert result["val"]["auc"] == pytest.approx(result["history"][-1]["val_auc"])
 
 
 def test_rating_task_reports_rmse_and_mae(ml100k):

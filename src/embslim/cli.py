@@ -125,7 +125,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     tuned = {**dnis_recipe(args.model, data.task), **({"align": args.align} if args.align is not None else {})}
     dnis = DNISConfig(blocks=blocks, l1=args.l1, alpha_lr=args.alpha_lr, search_epochs=args.search_epochs,
                       frequency_exponent=args.frequency_exponent, min_dims=args.min_dims, fine_tune=not args.from_scratch,
-                      prune_during_search=args.prune_during_search, **tuned)
+                      prune_during_search=args.prune_during_search, threshold=args.threshold, **tuned)
     out = args.out or Path("runs") / f"search-{args.dataset}-{data.task}-{args.model}-b{budget_text}-seed{args.seed}"
     baselines = tuple(b for b in args.baselines.split(",") if b)
     report = run_search(data, config, budget, dnis, out, resume=args.resume, baselines=baselines)
@@ -248,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-dims", type=int, default=1, help="dimensions every block keeps before the rest is ranked (default 1)")
     s.add_argument("--from-scratch", action="store_true",
                    help="retrain the slim model from a fresh initialisation instead of from the pruned, alpha-scaled searched weights")
+    s.add_argument("--threshold", type=float,
+                   help="prune by a fixed importance threshold (keep block dimensions with E|e*alpha| >= it) instead of "
+                        "--budget; the baselines get the bytes it reached")
     s.add_argument("--prune-during-search", action="store_true",
                    help="prune gradually to the budget during the search (cubic schedule) instead of once after it")
     s.add_argument("--align", action=argparse.BooleanOptionalAction, default=None,

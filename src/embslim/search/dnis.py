@@ -36,6 +36,7 @@ class DNISConfig:
     fine_tune: bool = True  # retrain from the pruned searched weights (False: from scratch)
     prune_during_search: bool = False  # cubic schedule towards the budget inside the search
     align: bool = False  # rotate to principal axes first (see embslim.search.align)
+    threshold: float | None = None  # keep (block, dim) pairs with importance >= this instead of fitting the budget
 
 
 class AlphaStep:
@@ -121,6 +122,13 @@ def layout_for_budget(embedding: DNISEmbedding, budget_bytes: int, config: DNISC
     counts = {f.name: f.counts for f in embedding.fields}
     scores = value_per_byte(embedding.importance(), starts, counts, config.frequency_exponent)
     return prune_to_budget(scores, starts, embedding.width, budget_bytes, config.min_dims)
+
+
+def layout_for_threshold(embedding: DNISEmbedding, threshold: float) -> dict:
+    """Prune a searched DNIS embedding by a fixed importance threshold: the pairs whose E|e_v * alpha| is at least it."""
+    from embslim.search.prune import prune_by_threshold
+
+    return prune_by_threshold(embedding.importance(), embedding.field_block_starts(), threshold)
 
 
 def warm_start_from(search_model: Recommender, full_model: Recommender) -> None:

@@ -26,9 +26,9 @@ import torch
 
 from embslim.data.fields import PreparedData
 from embslim.embeddings import EmbeddingConfig
-from embslim.embeddings.blockwise import layout_to_json
+from embslim.embeddings.blockwise import layout_bytes, layout_to_json
 from embslim.search.align import align_to_principal_axes
-from embslim.search.dnis import AlphaStep, DNISConfig, layout_for_budget, pruned_values, search_train_config, warm_start_from
+from embslim.search.dnis import AlphaStep, DNISConfig, layout_for_budget, layout_for_threshold, pruned_values, search_train_config, warm_start_from
 from embslim.search.report import dims_per_field, kept_dims_table, plot_kept_dims, summary_lines
 from embslim.train.run import RunConfig, build_model, describe_embedding, train_model, write_results
 from embslim.train.trainer import Trainer
@@ -83,6 +83,8 @@ def run_search(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: D
             data, config, budget_bytes, dnis, full_model, search_folder, resume or search_folder.parent != out)
     full_bytes = runs["full"]["embedding"]["bytes"]
     emb = search_model.embedding
+    if dnis.threshold is not None:  # the baselines get the bytes the threshold reached
+        budget_bytes = layout_bytes(layouts, width)
     layout = layout_to_json(layouts, width)
     out.mkdir(parents=True, exist_ok=True)
     (out / "layout.json").write_text(json.dumps(layout, indent=1))
@@ -145,7 +147,10 @@ def search_dims(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: 
     callback = AlphaStep(search_model, sdata, dnis, config.train.batch_size, config.train.seed,
                          budget_bytes if dnis.prune_during_search else None)
     fit = Trainer(search_model, sdata, search_config.train, out, [callback]).fit(resume=resume)
-    layouts = layout_for_budget(search_model.embedding, budget_bytes, dnis)
+    if dnis.threshold is None:
+        layouts = layout_for_budget(search_model.embedding, budget_bytes, dnis)
+    else:
+        layouts = layout_for_threshold(search_model.embedding, dnis.threshold)
     seconds = fit["timing"]["train_seconds"]
     fit["aligned"] = aligned
     return search_model, sdata, fit, seconds, layouts
