@@ -17,7 +17,11 @@ $(VENV)/.installed: requirements-ci.txt pyproject.toml
 demo: setup
 	$(VENV)/bin/embslim train --out runs/demo
 
-test: setup
+$(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt
+	$(PY) -m pip install -q -r requirements-test.txt
+	touch $@
+
+test: setup $(VENV)/.test-installed
 	$(PY) -m pytest
 
 bench: setup

@@ -72,3 +72,16 @@ def test_dnis_cells_of_one_seed_share_one_search(tmp_path):
     assert not list((tmp_path / "runs").glob("dnis-b*/search")) and not list((tmp_path / "runs").glob("dnis-b*/full"))
     first, second = (r for r in rows if r["method"] == "dnis")
     assert first["search_seconds"] == second["search_seconds"] > 0
+
+
+def test_the_same_grid_runs_as_ray_tasks_on_a_local_cluster(tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    spec = BenchSpec(dataset="synthetic", synthetic_rows=2000, dim=4, methods=("full", "uniform"), budgets=(0.5,), seeds=(0,), epochs=1)
+    try:
+        rows = runner.run_grid(spec, tmp_path / "out", ray_address="local", progress=False)
+    finally:
+        ray.shutdown()
+    assert [(r["method"], r["status"]) for r in rows] == [("full", "ok"), ("uniform", "ok")]
+    assert all((tmp_path / "out" / "runs" / c.name / "row.json").exists() for c in cells(spec))

@@ -55,8 +55,9 @@ def _run_ray(spec: BenchSpec, pending: list[Cell], out: Path, address: str, done
         import ray
     except ImportError:
         raise ConfigError("--ray-address needs Ray: pip install 'ray[default]'") from None
-    ray.init(address=None if address == "local" else address, ignore_reinit_error=True)
-    remote = ray.remote(run_cell)
+    ray.init(address=None if address == "local" else address, ignore_reinit_error=True,
+             runtime_env={"env_vars": {"EMBSLIM_BENCH_THREADS": os.environ.get("EMBSLIM_BENCH_THREADS", "1")}})
+    remote = ray.remote(num_cpus=1)(run_cell)
     refs = {remote.remote(spec, c, out): c for c in pending}
     while refs:
         ready, _ = ray.wait(list(refs), num_returns=1)
