@@ -158,3 +158,30 @@ def test_fixed_threshold_keeps_exactly_the_pairs_at_or_above_it_and_baselines_ge
     assert 0 < kept < 8 * 6 * 4
     assert report["runs"]["dnis"]["embedding"]["bytes"] == report["budget_bytes"]
     assert report["runs"]["uniform"]["embedding"]["bytes"] <= report["budget_bytes"]
+
+
+class Interrupt:
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_batch_end(self, trainer, step: int) -> None:
+        if step == self.at_step:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_search_resumes_with_alpha_optimiser_and_batch_order_intact(tmp_path):
+    data = load_tiny()
+    config = RunConfig("deepfm", EmbeddingConfig("dnis", 4, options={"blocks": 3}), train=TrainConfig(epochs=3, batch_size=256, patience=9, progress=False))
+    dnis = DNISConfig(blocks=3)
+
+    def search(out, callbacks=(), resume=False):
+        model, d = build_model(data, config)
+        step = AlphaStep(model, d, dnis, 256, 0)
+        Trainer(model, d, config.train, out, [step, *callbacks]).fit(resume=resume)
+        return model.embedding.alpha.detach()
+
+    straight = search(tmp_path / "a")
+    steps_per_epoch = -(-len(data.split("train")) // 256)
+    with pytest.raises(KeyboardInterrupt):
+        search(tmp_path / "b", [Interrupt(at_step=steps_per_epoch + 2)])
+    torch.testing.assert_close(search(tmp_path / "b", resume=True), straight)

@@ -67,6 +67,16 @@ class AlphaStep:
         self.slices = self.embedding.block_slices()
         self.mask = (self.embedding.alpha.detach() > 0).float()  # a resumed search keeps what it pruned
 
+    def state_dict(self) -> dict:
+        """Alpha's optimiser, the validation batch order and the pruning mask, for checkpoints."""
+        return {"optimizer": self.optimizer.state_dict(), "rng": self.rng.bit_generator.state, "order": self.order,
+                "cursor": self.cursor, "mask": self.mask}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.bit_generator.state = state["rng"]
+        self.order, self.cursor, self.mask = state["order"], state["cursor"], state["mask"]
+
     def next_batch(self) -> SparseBatch:
         if self.cursor >= len(self.order):
             self.order, self.cursor = self.rng.permutation(len(self.val)), 0

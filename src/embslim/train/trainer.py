@@ -47,6 +47,9 @@ class TrainConfig:
 
 
 class Callback(Protocol):
+    """Called after every training step. A callback with state of its own may also define
+    `state_dict()` and `load_state_dict(state)`: that state is checkpointed with the trainer's."""
+
     def on_batch_end(self, trainer: "Trainer", step: int) -> None: ...
 
 
@@ -138,6 +141,9 @@ class Trainer:
             torch.set_rng_state(state["rng"])
             start_epoch, best, best_state, bad = state["epoch"] + 1, state["best"], state["best_state"], state["bad_epochs"]
             history, self.step, train_time, samples = state["history"], state["step"], state["train_time"], state["samples"]
+            for cb, cb_state in zip(self.callbacks, state.get("callbacks", [])):
+                if cb_state is not None:
+                    cb.load_state_dict(cb_state)
         for epoch in range(start_epoch, cfg.epochs):
             if bad >= cfg.patience:
                 break
@@ -160,6 +166,7 @@ class Trainer:
                 save_checkpoint({"epoch": epoch, "model": self.model.state_dict(), "optimizers": [o.state_dict() for o in self.optimizers],
                                  "rng": torch.get_rng_state(), "best": best, "best_state": best_state, "bad_epochs": bad,
                                  "history": history, "step": self.step, "train_time": train_time, "samples": samples,
+                                 "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else None for cb in self.callbacks],
                                  "config": asdict(cfg)}, ckpt_path)
         if best_state is not None:
             self.model.load_state_dict(best_state)
