@@ -166,7 +166,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     plot_pareto(summary, metric, out, title)
     command = "embslim " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("embslim") else "embslim bench (library call)"
     header = [f"# {title}", "", f"Command: `{command}`", "", machine_line(), "", f"Spec: `{json.dumps(spec_dict(spec))}`"]
-    write_markdown(summary, metric, out, header)
+    write_markdown(summary, metric, out, header, spec.budgets)
     (out / "spec.json").write_text(json.dumps(spec_dict(spec), indent=1))
     print((out / "report.md").read_text())
     print(f"results: {out / 'results.csv'}  plot: {out / 'pareto.png'}  report: {out / 'report.md'}")

@@ -93,8 +93,9 @@ def winners(summary: dict, metric: str) -> dict[float, str]:
     return {b: m for b, (_, m) in sorted(best.items(), reverse=True)}
 
 
-def write_markdown(summary: dict, metric: str, out: Path, header: list[str]) -> None:
-    budgets = sorted({b for by in summary.values() for b in by if b != 1.0 or len(by) > 1}, reverse=True)
+def write_markdown(summary: dict, metric: str, out: Path, header: list[str], asked: tuple[float, ...] = ()) -> None:
+    """Table of mean ± std per method and budget (every budget asked, n/a where infeasible) and the winners."""
+    budgets = sorted({b for by in summary.values() for b in by if b != 1.0 or len(by) > 1} | set(asked), reverse=True)
     lines = [*header, "", "![Pareto chart](pareto.png)", "", f"Test {metric}, mean ± std over seeds (embedding bytes).", "",
              "| method | " + " | ".join(f"budget {b:g}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
     for method, by in summary.items():
@@ -105,5 +106,7 @@ def write_markdown(summary: dict, metric: str, out: Path, header: list[str]) -> 
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", "n/a: the method cannot be built at that budget (e.g. uniform below one dimension per field).",
               "", "Best method at each budget:", ""]
-    lines += [f"- budget {b:g}: **{m}** ({summary[m][b]['mean']:.4f})" for b, m in winners(summary, metric).items()]
+    best = winners(summary, metric)
+    lines += [f"- budget {b:g}: **{best[b]}** ({summary[best[b]][b]['mean']:.4f})" if b in best else f"- budget {b:g}: no method fits"
+              for b in budgets]
     (out / "report.md").write_text("\n".join(lines) + "\n")
