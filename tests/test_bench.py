@@ -85,3 +85,18 @@ def test_the_same_grid_runs_as_ray_tasks_on_a_local_cluster(tmp_path, monkeypatc
         ray.shutdown()
     assert [(r["method"], r["status"]) for r in rows] == [("full", "ok"), ("uniform", "ok")]
     assert all((tmp_path / "out" / "runs" / c.name / "row.json").exists() for c in cells(spec))
+
+
+def test_peak_memory_is_measured_per_cell_not_per_worker_lifetime():
+    import numpy as np
+    from pathlib import Path
+
+    from embslim.bench.grid import peak_rss_mb, reset_peak_rss
+
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc")
+    big = np.ones(40_000_000)
+    before = peak_rss_mb()
+    del big
+    reset_peak_rss()
+    assert peak_rss_mb() < before - 200
