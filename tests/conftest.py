@@ -35,3 +35,14 @@ def ml100k() -> Path:
 
 def load_tiny(task: str = "ctr"):
     return load_dataset("synthetic", task, synthetic=TINY)
+
+
+class Interrupt:
+    """Trainer callback that stops training mid-epoch as a kill would (nothing after the last checkpoint survives)."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_batch_end(self, trainer, step: int) -> None:
+        if step == self.at_step:
+            raise KeyboardInterrupt

@@ -17,7 +17,7 @@ from embslim.search.pipeline import search_dims
 from embslim.search.report import dims_per_field, kept_dims_table
 from embslim.train.run import RunConfig, build_model, train_model
 from embslim.train.trainer import TrainConfig, Trainer
-from conftest import load_tiny
+from conftest import Interrupt, load_tiny
 
 FAST = TrainConfig(epochs=2, batch_size=256, progress=False)
 
@@ -158,15 +158,6 @@ def test_fixed_threshold_keeps_exactly_the_pairs_at_or_above_it_and_baselines_ge
     assert 0 < kept < 8 * 6 * 4
     assert report["runs"]["dnis"]["embedding"]["bytes"] == report["budget_bytes"]
     assert report["runs"]["uniform"]["embedding"]["bytes"] <= report["budget_bytes"]
-
-
-class Interrupt:
-    def __init__(self, at_step: int) -> None:
-        self.at_step = at_step
-
-    def on_batch_end(self, trainer, step: int) -> None:
-        if step == self.at_step:
-            raise KeyboardInterrupt
 
 
 def test_interrupted_search_resumes_with_alpha_optimiser_and_batch_order_intact(tmp_path):

@@ -14,20 +14,9 @@ from embslim.train.metrics import ranking_metrics
 from embslim.train.run import RunConfig, build_model, run, train_model
 from embslim.train.topk import held_out_ranks
 from embslim.train.trainer import TrainConfig, Trainer
-from conftest import load_tiny
+from conftest import Interrupt, load_tiny
 
 FAST = TrainConfig(epochs=3, batch_size=256, patience=5, progress=False, seed=7)
-
-
-class Interrupt:
-    """Stops training mid-epoch as a kill would (nothing after the last checkpoint survives)."""
-
-    def __init__(self, at_step: int) -> None:
-        self.at_step = at_step
-
-    def on_batch_end(self, trainer, step: int) -> None:
-        if step == self.at_step:
-            raise KeyboardInterrupt
 
 
 def test_same_seed_gives_the_same_metrics():
