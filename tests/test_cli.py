@@ -58,3 +58,12 @@ def test_data_info_accounts_for_every_criteo_row(capsys):
 def test_unknown_model_option_is_rejected(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--model", "nope"])
+
+
+def test_bench_dnis_options_are_parsed_and_unknown_keys_named():
+    from embslim.cli import parse_dnis_options
+    from embslim.errors import ConfigError
+
+    assert parse_dnis_options("fine_tune=false,search_epochs=1,l1=1e-4") == {"fine_tune": False, "search_epochs": 1, "l1": 1e-4}
+    with pytest.raises(ConfigError, match="fine_tuning"):
+        parse_dnis_options("fine_tuning=false")

@@ -77,6 +77,25 @@ def parse_dims(text: str | None) -> dict[str, int] | None:
         raise ConfigError(f"cannot read --dims {text!r}: expected name=int,name=int") from None
 
 
+def parse_dnis_options(text: str) -> dict:
+    """`fine_tune=false,search_epochs=1` -> DNISConfig overrides, each checked against its fields."""
+    from dataclasses import fields
+
+    from embslim.search.dnis import DNISConfig
+
+    known = {f.name for f in fields(DNISConfig)}
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        if key.strip() not in known or not value:
+            raise ConfigError(f"cannot read --dnis {item!r}: expected KEY=VALUE with KEY one of {sorted(known)}")
+        try:
+            out[key.strip()] = json.loads(value.strip().lower() if value.strip().lower() in ("true", "false") else value)
+        except json.JSONDecodeError:
+            raise ConfigError(f"cannot read --dnis {item!r}: VALUE must be a number, true or false") from None
+    return out
+
+
 def configs_from_args(args: argparse.Namespace, data) -> tuple:
     """RunConfig pieces from flags over the recipe for this model and task."""
     from embslim.train.run import RunConfig
@@ -155,6 +174,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         overrides["budgets"] = tuple(float(b) for b in args.budgets.split(","))
     if args.seeds:
         overrides["seeds"] = tuple(range(args.seeds))
+    if args.dnis:
+        overrides["dnis"] = {**spec.dnis, **parse_dnis_options(args.dnis)}
     spec = dc_replace(spec, **overrides)
     out = args.out or Path("runs") / f"bench-{args.preset or spec.dataset}"
     rows = run_grid(spec, out, workers=args.workers, ray_address=args.ray_address, progress=not args.quiet)
@@ -287,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--synthetic-rows", type=int)
+    p.add_argument("--dnis", help="DNIS settings for the dnis cells, e.g. fine_tune=false,search_epochs=1 (see DNISConfig)")
     p.add_argument("--workers", type=int, default=2, help="local worker processes (default 2)")
     p.add_argument("--ray-address", help="run the cells as Ray tasks on this cluster ('local' starts one here)")
     p.add_argument("--out", type=Path)
