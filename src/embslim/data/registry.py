@@ -99,7 +99,11 @@ def load_dataset(
     config = config or PrepareConfig(min_count=source.min_count)
     config = replace(config, task=task or config.task or source.default_task)
     if name in SYNTHETIC_SHAPES:
-        return _generated(synthetic or SYNTHETIC_SHAPES[name], config, use_cache)
+        generated = synthetic or SYNTHETIC_SHAPES[name]
+        parts = {"generator": GENERATOR_VERSION, "synthetic": generated.__dict__, "config": config.__dict__}
+        # small generated sets are quicker to make than to load; 1M rows or more are cached like files
+        return _cached(f"synthetic-{config.task}", parts, [], use_cache and generated.rows >= 1_000_000,
+                       lambda: prepare(generate(generated), config))
     if name == "tabular":
         if schema is None or path is None:
             raise ConfigError("dataset 'tabular' needs --data-path FILE and --schema SCHEMA.json")
@@ -110,26 +114,18 @@ def load_dataset(
         loader = source.loader
         parts = {}
     resolved = resolve_path(source, path)
-    cache_dir = default_cache_dir()
-    key = cache_key({"dataset": name, "config": config.__dict__, "max_bad_rows": max_bad_rows, **parts}, input_files(resolved), cache_dir)
-    entry = cache_dir / "prepared" / f"{name}-{config.task}-{key}.npz"
-    if use_cache and entry.exists():
-        return load_prepared(entry)
-    data = prepare(loader(resolved, max_bad_rows), config)
-    if use_cache:
-        save_prepared(data, entry)
-    return data
+    parts = {"dataset": name, "config": config.__dict__, "max_bad_rows": max_bad_rows, **parts}
+    return _cached(f"{name}-{config.task}", parts, input_files(resolved), use_cache, lambda: prepare(loader(resolved, max_bad_rows), config))
 
 
-def _generated(synthetic: SyntheticConfig, config: PrepareConfig, use_cache: bool) -> PreparedData:
-    """Generate and prepare; large generated sets (1M rows or more) are cached like files."""
-    if not use_cache or synthetic.rows < 1_000_000:
-        return prepare(generate(synthetic), config)
+def _cached(prefix: str, parts: dict, files: list[Path], use_cache: bool, build: Callable[[], PreparedData]) -> PreparedData:
+    """`build()`, or its cached result keyed by `parts` and the checksums of `files`."""
+    if not use_cache:
+        return build()
     cache_dir = default_cache_dir()
-    key = cache_key({"generator": GENERATOR_VERSION, "synthetic": synthetic.__dict__, "config": config.__dict__}, [], cache_dir)
-    entry = cache_dir / "prepared" / f"synthetic-{config.task}-{key}.npz"
+    entry = cache_dir / "prepared" / f"{prefix}-{cache_key(parts, files, cache_dir)}.npz"
     if entry.exists():
         return load_prepared(entry)
-    data = prepare(generate(synthetic), config)
+    data = build()
     save_prepared(data, entry)
     return data

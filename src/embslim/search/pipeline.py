@@ -61,7 +61,8 @@ def run_search(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: D
     """Full model, search, prune to `budget_bytes`, retrain and baselines; returns the report.
 
     The full model and the search live in `search_dir` (default `out`) and are reused
-    from there when finished, whatever the budget.
+    from there when finished, whatever the budget; a search that prunes as it goes
+    (`prune_during_search`) depends on the budget and stays in `out`.
     """
     width = config.embedding.dim
     search_dir = search_dir or out
