@@ -12,7 +12,7 @@ from embslim.embeddings.blockwise import BlockwiseEmbedding, layout_from_json, l
 from embslim.embeddings.dnis import DNISEmbedding
 from embslim.embeddings.full import full_bytes
 from embslim.models import Recommender
-from embslim.search.dnis import AlphaStep, DNISConfig, layout_for_budget
+from embslim.search.dnis import AlphaStep, DNISConfig, layout_for_budget, pruning_scores
 from embslim.train.trainer import TrainConfig, Trainer
 
 
@@ -40,9 +40,11 @@ def main() -> dict:
     # 2. The search loop: every training step is followed by one validation step of alpha.
     search = DNISConfig()
     Trainer(model, data, train, callbacks=[AlphaStep(model, data, search, batch_size=512, seed=0)]).fit()
-    # 3. Prune to a quarter of the full table's bytes and read the configuration.
+    # 3. Score every (block, dimension) by the validation loss its removal costs, prune to a
+    #    quarter of the full table's bytes and read the configuration.
     budget = full_bytes(fields, [16] * len(fields)) // 4
-    layout = layout_to_json(layout_for_budget(model.embedding, budget, search), width=16)
+    scores = pruning_scores(model, data, search)
+    layout = layout_to_json(layout_for_budget(model.embedding, budget, search, scores), width=16)
     print("kept dims per block:", json.dumps({name: [len(b["dims"]) for b in f["blocks"]] for name, f in layout["fields"].items()}))
     # 4. Retrain your model on the slim tables; the same layout serves from embedding.export().
     slim = SumOfDots(BlockwiseEmbedding(fields, *layout_from_json(layout)))

@@ -144,7 +144,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     tuned = {**dnis_recipe(args.model, data.task), **({"align": args.align} if args.align is not None else {})}
     dnis = DNISConfig(blocks=blocks, l1=args.l1, alpha_lr=args.alpha_lr, search_epochs=args.search_epochs,
                       frequency_exponent=args.frequency_exponent, min_dims=args.min_dims, fine_tune=not args.from_scratch,
-                      prune_during_search=args.prune_during_search, threshold=args.threshold, **tuned)
+                      prune_during_search=args.prune_during_search, threshold=args.threshold, score=args.score, **tuned)
     out = args.out or Path("runs") / f"search-{args.dataset}-{data.task}-{args.model}-b{budget_text}-seed{args.seed}"
     baselines = tuple(b for b in args.baselines.split(",") if b)
     report = run_search(data, config, budget, dnis, out, resume=args.resume, baselines=baselines)
@@ -265,7 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--l1", type=float, default=1e-5, help="L1 penalty on alpha (default 1e-5)")
     s.add_argument("--alpha-lr", type=float, default=0.01, help="Adam learning rate of alpha (default 0.01)")
     s.add_argument("--search-epochs", type=int, default=2, help="epochs of bi-level search after the full model (default 2)")
-    s.add_argument("--frequency-exponent", type=float, default=0.25, help="weight of block frequency when pruning: 0 importance only, 1 signal per byte (default 0.25)")
+    s.add_argument("--score", choices=["loss", "magnitude"], default="loss",
+                   help="what pruning ranks (block, dimension) pairs by: loss = the validation loss increase of dropping it, per byte "
+                        "(default); magnitude = E|e*alpha| times block frequency to --frequency-exponent")
+    s.add_argument("--frequency-exponent", type=float, default=0.25, help="with --score magnitude: weight of block frequency, 0 importance only, 1 signal per byte (default 0.25)")
     s.add_argument("--min-dims", type=int, default=1, help="dimensions every block keeps before the rest is ranked (default 1)")
     s.add_argument("--from-scratch", action="store_true",
                    help="retrain the slim model from a fresh initialisation instead of from the pruned, alpha-scaled searched weights")

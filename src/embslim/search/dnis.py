@@ -14,13 +14,18 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from embslim.data.fields import PreparedData
 from embslim.embeddings.batch import SparseBatch
 from embslim.embeddings.blockwise import layout_bytes
 from embslim.embeddings.dnis import DNISEmbedding
+from embslim.errors import ConfigError
 from embslim.models.base import Recommender
+from embslim.search.importance import loss_increase, per_byte
+from embslim.train.trainer import task_loss
+
+
+SCORES = ("loss", "magnitude")
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,13 @@ class DNISConfig:
     prune_during_search: bool = False  # cubic schedule towards the budget inside the search
     align: bool = False  # rotate to principal axes first (see embslim.search.align)
     threshold: float | None = None  # keep (block, dim) pairs with importance >= this instead of fitting the budget
+    score: str = "loss"  # budget pruning ranks by: "loss" (validation loss increase per byte) or "magnitude" (E|e*alpha|)
+    noise_z: float = 2.0  # "loss": confidence bound, in standard errors, a pair's loss increase must clear
+    importance_rows: int = 100_000  # "loss": validation rows measured (a seeded sample beyond this)
+
+    def __post_init__(self) -> None:
+        if self.score not in SCORES:
+            raise ConfigError(f"DNIS score must be one of {SCORES}, got {self.score!r}")
 
 
 class AlphaStep:
@@ -59,6 +71,7 @@ class AlphaStep:
         self.events: dict[int, int] | None = None
         self.embedding: DNISEmbedding = model.embedding
         self.optimizer = torch.optim.Adam([self.embedding.alpha], lr=config.alpha_lr)
+        self.data = data
         self.val = data.split("val")
         self.task = data.task
         self.batch_size = batch_size
@@ -87,7 +100,7 @@ class AlphaStep:
     def on_batch_end(self, trainer, step: int) -> None:
         batch = self.next_batch()
         out = self.model(batch)
-        loss = F.mse_loss(out, batch.label) if self.task == "rating" else F.binary_cross_entropy_with_logits(out, batch.label)
+        loss = task_loss(self.task, out, batch.label)
         alpha = self.embedding.alpha
         loss = loss + self.config.l1 * alpha.abs().sum()
         (grad,) = torch.autograd.grad(loss, [alpha])
@@ -107,14 +120,15 @@ class AlphaStep:
     def prune_schedule(self, trainer) -> dict[int, int]:
         """Global step -> budget of each pruning event."""
         steps = self.config.search_epochs * -(-len(trainer.epoch_table(0)) // self.batch_size)
-        start = layout_bytes(layout_for_budget(self.embedding, 2**62, self.config), self.embedding.width)
+        everything = {f.name: np.ones((n, self.embedding.width)) for f, n in zip(self.embedding.fields, self.embedding.field_blocks)}
+        start = layout_bytes(layout_for_budget(self.embedding, 2**62, self.config, everything), self.embedding.width)
         n = self.PRUNE_EVENTS
         return {max(1, round(j / n * self.PRUNE_SPAN * steps)): int(self.budget_bytes + (start - self.budget_bytes) * (1 - j / n) ** 3)
                 for j in range(1, n + 1)}
 
     @torch.no_grad()
     def prune_to(self, budget_bytes: int) -> None:
-        layouts = layout_for_budget(self.embedding, budget_bytes, self.config)
+        layouts = layout_for_budget(self.embedding, budget_bytes, self.config, pruning_scores(self.model, self.data, self.config))
         mask = torch.zeros_like(self.mask)
         base = 0
         for f in self.embedding.fields:
@@ -124,14 +138,28 @@ class AlphaStep:
         self.mask = mask
 
 
-def layout_for_budget(embedding: DNISEmbedding, budget_bytes: int, config: DNISConfig = DNISConfig()) -> dict:
-    """Prune a searched DNIS embedding to `budget_bytes`: per-field block layouts for `BlockwiseEmbedding`."""
-    from embslim.search.prune import prune_to_budget, value_per_byte
+def pruning_scores(model: Recommender, data: PreparedData, config: DNISConfig = DNISConfig(), seed: int = 0) -> dict[str, np.ndarray]:
+    """Per field, [blocks, width]: what budget pruning ranks (block, dimension) pairs by.
 
-    starts = embedding.field_block_starts()
-    counts = {f.name: f.counts for f in embedding.fields}
-    scores = value_per_byte(embedding.importance(), starts, counts, config.frequency_exponent)
-    return prune_to_budget(scores, starts, embedding.width, budget_bytes, config.min_dims)
+    "loss": the validation loss increase of dropping the pair (lower confidence bound) per byte,
+    see `embslim.search.importance`; "magnitude": E|e * alpha| times block frequency to
+    `frequency_exponent`.
+    """
+    from embslim.search.prune import value_per_byte
+
+    emb: DNISEmbedding = model.embedding
+    starts = emb.field_block_starts()
+    if config.score == "loss":
+        return per_byte(loss_increase(model, data, config.noise_z, config.importance_rows, seed), starts)
+    return value_per_byte(emb.importance(), starts, {f.name: f.counts for f in emb.fields}, config.frequency_exponent)
+
+
+def layout_for_budget(embedding: DNISEmbedding, budget_bytes: int, config: DNISConfig, scores: dict[str, np.ndarray]) -> dict:
+    """Prune a searched DNIS embedding to `budget_bytes` by `scores` (see `pruning_scores`):
+    per-field block layouts for `BlockwiseEmbedding`."""
+    from embslim.search.prune import prune_to_budget
+
+    return prune_to_budget(scores, embedding.field_block_starts(), embedding.width, budget_bytes, config.min_dims)
 
 
 def layout_for_threshold(embedding: DNISEmbedding, threshold: float) -> dict:

@@ -28,7 +28,7 @@ from embslim.data.fields import PreparedData
 from embslim.embeddings import EmbeddingConfig
 from embslim.embeddings.blockwise import layout_bytes, layout_to_json
 from embslim.search.align import align_to_principal_axes
-from embslim.search.dnis import AlphaStep, DNISConfig, layout_for_budget, layout_for_threshold, pruned_values, search_train_config, warm_start_from
+from embslim.search.dnis import AlphaStep, DNISConfig, layout_for_budget, layout_for_threshold, pruned_values, pruning_scores, search_train_config, warm_start_from
 from embslim.search.report import dims_per_field, kept_dims_table, plot_kept_dims, summary_lines
 from embslim.train.run import RunConfig, build_model, describe_embedding, train_model, write_results
 from embslim.train.trainer import Trainer
@@ -149,7 +149,8 @@ def search_dims(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: 
                          budget_bytes if dnis.prune_during_search else None)
     fit = Trainer(search_model, sdata, search_config.train, out, [callback]).fit(resume=resume)
     if dnis.threshold is None:
-        layouts = layout_for_budget(search_model.embedding, budget_bytes, dnis)
+        scores = pruning_scores(search_model, sdata, dnis, config.train.seed)
+        layouts = layout_for_budget(search_model.embedding, budget_bytes, dnis, scores)
     else:
         layouts = layout_for_threshold(search_model.embedding, dnis.threshold)
     seconds = fit["timing"]["train_seconds"]

@@ -46,6 +46,13 @@ class TrainConfig:
     lr_decay: float = 1.0  # multiply the learning rate by this after each epoch without validation improvement
 
 
+def task_loss(task: str, out: torch.Tensor, label: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """The training loss of a task: squared error for ratings, logistic loss on logits otherwise."""
+    if task == "rating":
+        return F.mse_loss(out, label, reduction=reduction)
+    return F.binary_cross_entropy_with_logits(out, label, reduction=reduction)
+
+
 class Callback(Protocol):
     """Called after every training step. A callback with state of its own may also define
     `state_dict()` and `load_state_dict(state)`: that state is checkpointed with the trainer's."""
@@ -95,10 +102,7 @@ class Trainer:
     # -- training --------------------------------------------------------------
     def loss(self, batch: SparseBatch) -> torch.Tensor:
         out, vectors = self.model.forward_train(batch)
-        if self.data.task == "rating":
-            loss = F.mse_loss(out, batch.label)
-        else:
-            loss = F.binary_cross_entropy_with_logits(out, batch.label)
+        loss = task_loss(self.data.task, out, batch.label)
         if self.config.embedding_l2:
             loss = loss + self.config.embedding_l2 * sum(v.pow(2).sum(dim=1).mean() for v in vectors)
         aux = self.model.embedding.aux_loss()
