@@ -119,3 +119,12 @@ def test_ray_address_without_ray_fails_before_any_cell_runs(capsys, monkeypatch,
     monkeypatch.setitem(sys.modules, "ray", None)
     err = error_of(capsys, ["bench", "--ray-address", "local", "--synthetic-rows", "300", "--out", str(tmp_path / "b")])
     assert 'pip install "embslim[distributed]"' in err and not (tmp_path / "b").exists()
+
+
+def test_seed_beyond_32_bits_is_rejected(capsys):
+    assert "argument --seed" in usage_error(capsys, ["train", "--seed", str(2**32)])
+
+
+def test_too_few_rows_to_split_is_a_one_line_error(capsys, tmp_path):
+    err = error_of(capsys, ["train", "--synthetic-rows", "3", "--epochs", "1", "--quiet", "--out", str(tmp_path)])
+    assert "too small to train on" in err

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from embslim.data.fields import FeatureTable, PreparedData
 from embslim.embeddings.batch import SparseBatch
-from embslim.errors import ConfigError
+from embslim.errors import ConfigError, DataError
 from embslim.models.base import Recommender
 from embslim.train.checkpoint import load_checkpoint, save_checkpoint
 from embslim.train.metrics import PRIMARY, ctr_metrics, is_better, ranking_metrics, rating_metrics
@@ -64,6 +64,10 @@ class Trainer:
                  out_dir: Path | None = None, callbacks: list[Callback] | None = None) -> None:
         if config.optimizer not in ("adam", "adamw"):
             raise ConfigError(f"optimizer must be adam or adamw, got {config.optimizer!r}")
+        empty = [name for name, rows in data.splits.items() if len(rows) == 0]
+        if empty:
+            sizes = ", ".join(f"{name} {len(rows)}" for name, rows in data.splits.items())
+            raise DataError(f"dataset {data.name!r} is too small to train on: no rows in its {'/'.join(empty)} split ({sizes})")
         self.model, self.data, self.config = model, data, config
         self.out_dir = out_dir
         self.callbacks = callbacks or []
