@@ -128,3 +128,13 @@ def test_seed_beyond_32_bits_is_rejected(capsys):
 def test_too_few_rows_to_split_is_a_one_line_error(capsys, tmp_path):
     err = error_of(capsys, ["train", "--synthetic-rows", "3", "--epochs", "1", "--quiet", "--out", str(tmp_path)])
     assert "too small to train on" in err
+
+
+def test_diverging_training_is_a_one_line_error(capsys, tmp_path):
+    argv = ["train", "--synthetic-rows", "300", "--epochs", "1", "--lr", "1e6", "--weight-decay", "3e38", "--quiet", "--out", str(tmp_path)]
+    assert "training diverged" in error_of(capsys, argv)
+
+
+def test_budget_above_the_full_table_is_rejected(capsys, tmp_path):
+    err = error_of(capsys, ["train", "--synthetic-rows", "300", "--budget", "9GB", "--quiet", "--out", str(tmp_path)])
+    assert "more than the full table at --dim 16" in err

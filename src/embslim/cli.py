@@ -9,7 +9,7 @@ from pathlib import Path
 
 from embslim.budget import parse_budget
 from embslim.cli_types import (blocks_spec, budget_fractions, budget_text, dnis_options, dropout_rate, field_dims, int_list,
-                               non_negative_float, non_negative_int, positive_float, positive_int, seed_int)
+                               learning_rate, non_negative_float, non_negative_int, positive_int, seed_int)
 from embslim.data import DATASETS, PrepareConfig, load_dataset
 from embslim.data.fetch import Archive, fetch_archive
 from embslim.data.registry import data_dirs, get_source
@@ -49,7 +49,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dropout", type=dropout_rate, help="dropout rate of the MLP, in [0, 1)")
     t = p.add_argument_group("training (defaults per model and task: embslim/train/recipes.py)")
     t.add_argument("--epochs", type=positive_int)
-    t.add_argument("--lr", type=positive_float)
+    t.add_argument("--lr", type=learning_rate)
     t.add_argument("--batch-size", type=positive_int)
     t.add_argument("--patience", type=positive_int, help="epochs without validation improvement before stopping")
     t.add_argument("--embedding-l2", type=non_negative_float, help="L2 penalty on the embedding rows a batch uses")
@@ -71,6 +71,15 @@ def load_from_args(args: argparse.Namespace):
     return load_dataset(args.dataset, config.task, args.data_path, config, args.max_bad_rows, args.schema, synthetic)
 
 
+def budget_bytes(text: str, fields: list, dim: int) -> int:
+    """--budget in bytes; more than the full table at --dim would grow the tables instead of slimming them."""
+    full = full_bytes(fields, [dim] * len(fields))
+    budget = parse_budget(text, full)
+    if budget > full:
+        raise ConfigError(f"--budget {text} is {budget:,} bytes, more than the full table at --dim {dim} ({full:,} bytes)")
+    return budget
+
+
 def configs_from_args(args: argparse.Namespace, data) -> tuple:
     """RunConfig pieces from flags over the recipe for this model and task."""
     from embslim.train.run import RunConfig
@@ -80,7 +89,7 @@ def configs_from_args(args: argparse.Namespace, data) -> tuple:
     train = TrainConfig(**{k: v for k, v in {**defaults, **flags}.items() if k in TRAIN_KEYS}, seed=args.seed, progress=not args.quiet)
     names = model_class(args.model).select_fields(data.table.fields, data.user_field, data.item_field)
     fields = data.select_fields(names).table.fields
-    budget = parse_budget(args.budget, full_bytes(fields, [args.dim] * len(fields))) if args.budget else None
+    budget = budget_bytes(args.budget, fields, args.dim) if args.budget else None
     emb = EmbeddingConfig(args.embedding, args.dim, args.dims, budget, defaults.get("init_std", 0.01))
     opts = {}
     if args.hidden:
@@ -114,7 +123,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     config = configs_from_args(args, data)
     names = model_class(args.model).select_fields(data.table.fields, data.user_field, data.item_field)
     fields = data.select_fields(names).table.fields
-    budget = parse_budget(budget_flag, full_bytes(fields, [args.dim] * len(fields)))
+    budget = budget_bytes(budget_flag, fields, args.dim)
     tuned = {**dnis_recipe(args.model, data.task), **({"align": args.align} if args.align is not None else {})}
     dnis = DNISConfig(blocks=args.blocks, l1=args.l1, alpha_lr=args.alpha_lr, search_epochs=args.search_epochs,
                       frequency_exponent=args.frequency_exponent, min_dims=args.min_dims, fine_tune=not args.from_scratch,
@@ -237,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = p.add_argument_group("search")
     s.add_argument("--blocks", type=blocks_spec, default=6, help="frequency blocks per field: a count (equal frequency mass) or fractions of rows, e.g. 0.01,0.1,1")
     s.add_argument("--l1", type=non_negative_float, default=1e-5, help="L1 penalty on alpha (default 1e-5)")
-    s.add_argument("--alpha-lr", type=positive_float, default=0.01, help="Adam learning rate of alpha (default 0.01)")
+    s.add_argument("--alpha-lr", type=learning_rate, default=0.01, help="Adam learning rate of alpha (default 0.01)")
     s.add_argument("--search-epochs", type=positive_int, default=2, help="epochs of bi-level search after the full model (default 2)")
     s.add_argument("--frequency-exponent", type=non_negative_float, default=0.25, help="weight of block frequency when pruning: 0 importance only, 1 signal per byte (default 0.25)")
     s.add_argument("--min-dims", type=non_negative_int, default=1, help="dimensions every block keeps before the rest is ranked (default 1)")

@@ -5,13 +5,14 @@ run that silently does nothing.
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable
 
 from embslim.budget import parse_budget
 from embslim.errors import ConfigError
 
 SEED_MAX = 2**32 - 1  # numpy's legacy seeding and most RNGs take 32-bit seeds
+FLOAT_MAX = 3.4028234663852886e38  # largest float32: rates and penalties become float32 tensors
+LR_MAX = 1e6
 
 
 def _int(text: str) -> int:
@@ -26,8 +27,8 @@ def _float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    if not abs(value) <= FLOAT_MAX:
+        raise argparse.ArgumentTypeError(f"expected a finite number (float32 range), got {text!r}")
     return value
 
 
@@ -50,11 +51,11 @@ non_negative_int = int_at_least(0)
 seed_int = int_at_least(0, SEED_MAX)
 
 
-def positive_float(text: str) -> float:
-    """A finite number > 0 (learning rates)."""
+def learning_rate(text: str) -> float:
+    """A number in (0, LR_MAX]: larger rates only diverge, and near float32's maximum Adam's step overflows."""
     value = _float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    if not 0 < value <= LR_MAX:
+        raise argparse.ArgumentTypeError(f"must be a learning rate in (0, {LR_MAX:g}], got {text!r}")
     return value
 
 
@@ -125,7 +126,7 @@ def boolean(text: str) -> bool:
 
 
 DNIS_VALUES: dict[str, Callable[[str], object]] = {
-    "blocks": positive_int, "l1": non_negative_float, "alpha_lr": positive_float, "search_epochs": positive_int,
+    "blocks": positive_int, "l1": non_negative_float, "alpha_lr": learning_rate, "search_epochs": positive_int,
     "frequency_exponent": non_negative_float, "min_dims": non_negative_int, "fine_tune": boolean,
     "prune_during_search": boolean, "align": boolean, "threshold": non_negative_float,
 }  # one check per DNISConfig field, the same as the `embslim search` flags

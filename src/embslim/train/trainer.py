@@ -186,7 +186,10 @@ class Trainer:
         self.model.eval()
         out = [self.model(SparseBatch.from_table(table, np.arange(s, min(s + self.config.eval_batch_size, len(table)))))
                for s in range(0, len(table), self.config.eval_batch_size)]
-        return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+        pred = torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+        if not np.isfinite(pred).all():
+            raise ConfigError("training diverged (the model predicts NaN or infinity): lower --lr, --embedding-l2 or --weight-decay")
+        return pred
 
     def evaluate(self, split: str) -> dict[str, float]:
         if self.data.task == "topk":
