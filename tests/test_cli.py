@@ -1,5 +1,6 @@
 """The command line: help that reads well, and one-line errors instead of tracebacks."""
 import json
+import sys
 
 import pytest
 
@@ -61,9 +62,79 @@ def test_unknown_model_option_is_rejected(capsys):
 
 
 def test_bench_dnis_options_are_parsed_and_unknown_keys_named():
-    from embslim.cli import parse_dnis_options
-    from embslim.errors import ConfigError
+    from argparse import ArgumentTypeError
 
-    assert parse_dnis_options("fine_tune=false,search_epochs=1,l1=1e-4") == {"fine_tune": False, "search_epochs": 1, "l1": 1e-4}
-    with pytest.raises(ConfigError, match="fine_tuning"):
-        parse_dnis_options("fine_tuning=false")
+    from embslim.cli_types import dnis_options
+
+    assert dnis_options("fine_tune=false,search_epochs=1,l1=1e-4") == {"fine_tune": False, "search_epochs": 1, "l1": 1e-4}
+    with pytest.raises(ArgumentTypeError, match="fine_tuning"):
+        dnis_options("fine_tuning=false")
+
+
+def usage_error(capsys, argv) -> str:
+    """The last stderr line of an argparse rejection (exit 2, usage plus one error line, no traceback)."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "Traceback" not in err
+    return err.splitlines()[-1]
+
+
+def test_zero_batch_size_is_a_one_line_error(capsys):
+    assert "argument --batch-size: must be an integer at least 1, got '0'" in usage_error(capsys, ["train", "--batch-size", "0"])
+
+
+def test_nan_learning_rate_is_a_one_line_error(capsys):
+    assert "argument --lr: expected a finite number" in usage_error(capsys, ["train", "--lr", "nan"])
+
+
+def test_zero_epochs_is_rejected(capsys):
+    assert "argument --epochs" in usage_error(capsys, ["search", "--epochs", "0"])
+
+
+def test_bench_budget_above_one_is_rejected(capsys):
+    assert "argument --budgets" in usage_error(capsys, ["bench", "--budgets", "0.5,2"])
+
+
+def test_search_blocks_must_be_a_count_or_increasing_fractions(capsys):
+    assert "argument --blocks" in usage_error(capsys, ["search", "--blocks", "0.5,0.1,1"])
+
+
+def test_every_dnis_setting_has_a_check():
+    from dataclasses import fields
+
+    from embslim.cli_types import DNIS_VALUES
+    from embslim.search.dnis import DNISConfig
+
+    assert set(DNIS_VALUES) == {f.name for f in fields(DNISConfig)}
+
+
+def test_parquet_without_pyarrow_fails_up_front_with_install_hint(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    err = error_of(capsys, ["train", "--dataset", "tabular", "--data-path", str(tmp_path / "absent.parquet"), "--schema", "s.json"])
+    assert 'pip install "embslim[parquet]"' in err
+
+
+def test_ray_address_without_ray_fails_before_any_cell_runs(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    err = error_of(capsys, ["bench", "--ray-address", "local", "--synthetic-rows", "300", "--out", str(tmp_path / "b")])
+    assert 'pip install "embslim[distributed]"' in err and not (tmp_path / "b").exists()
+
+
+def test_seed_beyond_32_bits_is_rejected(capsys):
+    assert "argument --seed" in usage_error(capsys, ["train", "--seed", str(2**32)])
+
+
+def test_too_few_rows_to_split_is_a_one_line_error(capsys, tmp_path):
+    err = error_of(capsys, ["train", "--synthetic-rows", "3", "--epochs", "1", "--quiet", "--out", str(tmp_path)])
+    assert "too small to train on" in err
+
+
+def test_diverging_training_is_a_one_line_error(capsys, tmp_path):
+    argv = ["train", "--synthetic-rows", "300", "--epochs", "1", "--lr", "1e6", "--weight-decay", "3e38", "--quiet", "--out", str(tmp_path)]
+    assert "training diverged" in error_of(capsys, argv)
+
+
+def test_budget_above_the_full_table_is_rejected(capsys, tmp_path):
+    err = error_of(capsys, ["train", "--synthetic-rows", "300", "--budget", "9GB", "--quiet", "--out", str(tmp_path)])
+    assert "more than the full table at --dim 16" in err

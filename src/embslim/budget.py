@@ -1,6 +1,7 @@
 """Parsing memory budgets: bytes with a unit, or a fraction of the full table."""
 from __future__ import annotations
 
+import math
 import re
 
 from embslim.errors import ConfigError
@@ -16,6 +17,6 @@ def parse_budget(text: str, full_bytes: int) -> int:
     value, unit = float(m.group(1)), m.group(2).lower()
     if unit == "" and 0 < value <= 1:
         return int(value * full_bytes)
-    if value <= 0:
-        raise ConfigError(f"budget must be positive, got {text!r}")
+    if value <= 0 or not math.isfinite(value):
+        raise ConfigError(f"budget must be positive and finite, got {text!r}")
     return int(value * UNITS[unit])

@@ -8,6 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from embslim.budget import parse_budget
+from embslim.cli_types import (blocks_spec, budget_fractions, budget_text, dnis_options, dropout_rate, field_dims, int_list,
+                               learning_rate, non_negative_float, non_negative_int, positive_int, seed_int)
 from embslim.data import DATASETS, PrepareConfig, load_dataset
 from embslim.data.fetch import Archive, fetch_archive
 from embslim.data.registry import data_dirs, get_source
@@ -15,6 +17,7 @@ from embslim.data.synthetic import SYNTHETIC_SHAPES, synthetic_config
 from embslim.embeddings import EmbeddingConfig, list_embeddings
 from embslim.embeddings.full import full_bytes
 from embslim.errors import ConfigError, EmbslimError
+from embslim.extras import require
 from embslim.models import ModelOptions, list_models, model_class
 from embslim.train.recipes import dnis_recipe, recipe
 from embslim.train.trainer import TrainConfig
@@ -28,10 +31,10 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--task", choices=["ctr", "rating", "topk"], help="ctr (AUC, logloss), rating (RMSE, MAE) or topk (HR, NDCG, Recall, MRR); default: ctr")
     g.add_argument("--data-path", type=Path, help="file or folder of the dataset (default: found under $EMBSLIM_DATA_DIR)")
     g.add_argument("--schema", type=Path, help="JSON schema for --dataset tabular")
-    g.add_argument("--min-count", type=int, help="values seen fewer times in training go to the OOV bucket (default per dataset)")
-    g.add_argument("--max-bad-rows", type=float, default=0, help="malformed rows tolerated: a count, or a fraction if < 1 (default 0)")
-    g.add_argument("--split-seed", type=int, default=0, help="seed of the random train/val/test split (default 0)")
-    g.add_argument("--synthetic-rows", type=int, help="rows of a generated dataset (synthetic: 200000, synthetic-criteo: 2000000)")
+    g.add_argument("--min-count", type=non_negative_int, help="values seen fewer times in training go to the OOV bucket (default per dataset)")
+    g.add_argument("--max-bad-rows", type=non_negative_float, default=0, help="malformed rows tolerated: a count, or a fraction if < 1 (default 0)")
+    g.add_argument("--split-seed", type=seed_int, default=0, help="seed of the random train/val/test split (default 0)")
+    g.add_argument("--synthetic-rows", type=positive_int, help="rows of a generated dataset (synthetic: 200000, synthetic-criteo: 2000000)")
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -39,21 +42,21 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="deepfm", choices=list_models())
     g.add_argument("--embedding", default="full", choices=list_embeddings(), help="embedding method (default full)")
-    g.add_argument("--dim", type=int, default=16, help="embedding dimension of every field (default 16)")
-    g.add_argument("--dims", help="per-field dimensions, e.g. user_id=32,zip=4")
-    g.add_argument("--budget", help="memory budget: fraction of the full table at --dim (0.2) or bytes (150000, 512KiB)")
-    g.add_argument("--hidden", help="MLP widths, e.g. 256,128")
-    g.add_argument("--dropout", type=float)
+    g.add_argument("--dim", type=positive_int, default=16, help="embedding dimension of every field (default 16)")
+    g.add_argument("--dims", type=field_dims, help="per-field dimensions, e.g. user_id=32,zip=4")
+    g.add_argument("--budget", type=budget_text, help="memory budget: fraction of the full table at --dim (0.2) or bytes (150000, 512KiB)")
+    g.add_argument("--hidden", type=int_list, help="MLP widths, e.g. 256,128")
+    g.add_argument("--dropout", type=dropout_rate, help="dropout rate of the MLP, in [0, 1)")
     t = p.add_argument_group("training (defaults per model and task: embslim/train/recipes.py)")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--patience", type=int, help="epochs without validation improvement before stopping")
-    t.add_argument("--embedding-l2", type=float, help="L2 penalty on the embedding rows a batch uses")
-    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--epochs", type=positive_int)
+    t.add_argument("--lr", type=learning_rate)
+    t.add_argument("--batch-size", type=positive_int)
+    t.add_argument("--patience", type=positive_int, help="epochs without validation improvement before stopping")
+    t.add_argument("--embedding-l2", type=non_negative_float, help="L2 penalty on the embedding rows a batch uses")
+    t.add_argument("--weight-decay", type=non_negative_float)
     t.add_argument("--optimizer", choices=["adam", "adamw"])
-    t.add_argument("--negatives", type=int, help="sampled negatives per positive (topk)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--negatives", type=positive_int, help="sampled negatives per positive (topk)")
+    t.add_argument("--seed", type=seed_int, default=0)
     o = p.add_argument_group("output")
     o.add_argument("--out", type=Path, help="run folder (default runs/train-DATASET-TASK-MODEL-seedN)")
     o.add_argument("--resume", action="store_true", help="continue a killed run in --out from its last finished epoch")
@@ -68,32 +71,13 @@ def load_from_args(args: argparse.Namespace):
     return load_dataset(args.dataset, config.task, args.data_path, config, args.max_bad_rows, args.schema, synthetic)
 
 
-def parse_dims(text: str | None) -> dict[str, int] | None:
-    if not text:
-        return None
-    try:
-        return {k.strip(): int(v) for k, v in (item.split("=") for item in text.split(","))}
-    except ValueError:
-        raise ConfigError(f"cannot read --dims {text!r}: expected name=int,name=int") from None
-
-
-def parse_dnis_options(text: str) -> dict:
-    """`fine_tune=false,search_epochs=1` -> DNISConfig overrides, each checked against its fields."""
-    from dataclasses import fields
-
-    from embslim.search.dnis import DNISConfig
-
-    known = {f.name for f in fields(DNISConfig)}
-    out = {}
-    for item in filter(None, text.split(",")):
-        key, _, value = item.partition("=")
-        if key.strip() not in known or not value:
-            raise ConfigError(f"cannot read --dnis {item!r}: expected KEY=VALUE with KEY one of {sorted(known)}")
-        try:
-            out[key.strip()] = json.loads(value.strip().lower() if value.strip().lower() in ("true", "false") else value)
-        except json.JSONDecodeError:
-            raise ConfigError(f"cannot read --dnis {item!r}: VALUE must be a number, true or false") from None
-    return out
+def budget_bytes(text: str, fields: list, dim: int) -> int:
+    """--budget in bytes; more than the full table at --dim would grow the tables instead of slimming them."""
+    full = full_bytes(fields, [dim] * len(fields))
+    budget = parse_budget(text, full)
+    if budget > full:
+        raise ConfigError(f"--budget {text} is {budget:,} bytes, more than the full table at --dim {dim} ({full:,} bytes)")
+    return budget
 
 
 def configs_from_args(args: argparse.Namespace, data) -> tuple:
@@ -105,11 +89,11 @@ def configs_from_args(args: argparse.Namespace, data) -> tuple:
     train = TrainConfig(**{k: v for k, v in {**defaults, **flags}.items() if k in TRAIN_KEYS}, seed=args.seed, progress=not args.quiet)
     names = model_class(args.model).select_fields(data.table.fields, data.user_field, data.item_field)
     fields = data.select_fields(names).table.fields
-    budget = parse_budget(args.budget, full_bytes(fields, [args.dim] * len(fields))) if args.budget else None
-    emb = EmbeddingConfig(args.embedding, args.dim, parse_dims(args.dims), budget, defaults.get("init_std", 0.01))
+    budget = budget_bytes(args.budget, fields, args.dim) if args.budget else None
+    emb = EmbeddingConfig(args.embedding, args.dim, args.dims, budget, defaults.get("init_std", 0.01))
     opts = {}
     if args.hidden:
-        opts["hidden"] = tuple(int(h) for h in args.hidden.split(","))
+        opts["hidden"] = args.hidden
     if args.dropout is not None:
         opts["dropout"] = args.dropout
     return RunConfig(args.model, emb, ModelOptions.from_dict(opts), train)
@@ -134,18 +118,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     from embslim.search.report import summary_lines
 
     data = load_from_args(args)
-    budget_text = args.budget
+    budget_flag = args.budget
     args.budget = None
     config = configs_from_args(args, data)
     names = model_class(args.model).select_fields(data.table.fields, data.user_field, data.item_field)
     fields = data.select_fields(names).table.fields
-    budget = parse_budget(budget_text, full_bytes(fields, [args.dim] * len(fields)))
-    blocks = int(args.blocks) if args.blocks.isdigit() else tuple(float(x) for x in args.blocks.split(","))
+    budget = budget_bytes(budget_flag, fields, args.dim)
     tuned = {**dnis_recipe(args.model, data.task), **({"align": args.align} if args.align is not None else {})}
-    dnis = DNISConfig(blocks=blocks, l1=args.l1, alpha_lr=args.alpha_lr, search_epochs=args.search_epochs,
+    dnis = DNISConfig(blocks=args.blocks, l1=args.l1, alpha_lr=args.alpha_lr, search_epochs=args.search_epochs,
                       frequency_exponent=args.frequency_exponent, min_dims=args.min_dims, fine_tune=not args.from_scratch,
                       prune_during_search=args.prune_during_search, threshold=args.threshold, score=args.score, **tuned)
-    out = args.out or Path("runs") / f"search-{args.dataset}-{data.task}-{args.model}-b{budget_text}-seed{args.seed}"
+    out = args.out or Path("runs") / f"search-{args.dataset}-{data.task}-{args.model}-b{budget_flag}-seed{args.seed}"
     baselines = tuple(b for b in args.baselines.split(",") if b)
     report = run_search(data, config, budget, dnis, out, resume=args.resume, baselines=baselines)
     print("\n".join(summary_lines(report)))
@@ -171,15 +154,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.methods:
         overrides["methods"] = tuple(benchmark_methods()) if args.methods == "all" else tuple(args.methods.split(","))
     if args.budgets:
-        overrides["budgets"] = tuple(float(b) for b in args.budgets.split(","))
+        overrides["budgets"] = args.budgets
     if args.seeds:
         overrides["seeds"] = tuple(range(args.seeds))
     if args.dnis:
-        overrides["dnis"] = {**spec.dnis, **parse_dnis_options(args.dnis)}
+        overrides["dnis"] = {**spec.dnis, **args.dnis}
     spec = dc_replace(spec, **overrides)
     out = args.out or Path("runs") / f"bench-{args.preset or spec.dataset}"
-    rows = run_grid(spec, out, workers=args.workers, ray_address=args.ray_address, progress=not args.quiet)
     data_task = spec.task or get_source(spec.dataset).default_task
+    rows = run_grid(spec, out, workers=args.workers, ray_address=args.ray_address, progress=not args.quiet)
     metric = PRIMARY[data_task]
     write_table(rows, out)
     summary = summarise(rows, metric)
@@ -261,18 +244,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_args(p)
     p.set_defaults(budget="0.2")
     s = p.add_argument_group("search")
-    s.add_argument("--blocks", default="6", help="frequency blocks per field: a count (equal frequency mass) or fractions of rows, e.g. 0.01,0.1,1")
-    s.add_argument("--l1", type=float, default=1e-5, help="L1 penalty on alpha (default 1e-5)")
-    s.add_argument("--alpha-lr", type=float, default=0.01, help="Adam learning rate of alpha (default 0.01)")
-    s.add_argument("--search-epochs", type=int, default=2, help="epochs of bi-level search after the full model (default 2)")
+    s.add_argument("--blocks", type=blocks_spec, default=6, help="frequency blocks per field: a count (equal frequency mass) or fractions of rows, e.g. 0.01,0.1,1")
+    s.add_argument("--l1", type=non_negative_float, default=1e-5, help="L1 penalty on alpha (default 1e-5)")
+    s.add_argument("--alpha-lr", type=learning_rate, default=0.01, help="Adam learning rate of alpha (default 0.01)")
+    s.add_argument("--search-epochs", type=positive_int, default=2, help="epochs of bi-level search after the full model (default 2)")
     s.add_argument("--score", choices=["loss", "magnitude"], default="loss",
                    help="what pruning ranks (block, dimension) pairs by: loss = the validation loss increase of dropping it, per byte "
                         "(default); magnitude = E|e*alpha| times block frequency to --frequency-exponent")
-    s.add_argument("--frequency-exponent", type=float, default=0.25, help="with --score magnitude: weight of block frequency, 0 importance only, 1 signal per byte (default 0.25)")
-    s.add_argument("--min-dims", type=int, default=1, help="dimensions every block keeps before the rest is ranked (default 1)")
+    s.add_argument("--frequency-exponent", type=non_negative_float, default=0.25,
+                   help="with --score magnitude: weight of block frequency, 0 importance only, 1 signal per byte (default 0.25)")
+    s.add_argument("--min-dims", type=non_negative_int, default=1, help="dimensions every block keeps before the rest is ranked (default 1)")
     s.add_argument("--from-scratch", action="store_true",
                    help="retrain the slim model from a fresh initialisation instead of from the pruned, alpha-scaled searched weights")
-    s.add_argument("--threshold", type=float,
+    s.add_argument("--threshold", type=non_negative_float,
                    help="prune by a fixed importance threshold (keep block dimensions with E|e*alpha| >= it) instead of "
                         "--budget; the baselines get the bytes it reached")
     s.add_argument("--prune-during-search", action="store_true",
@@ -304,15 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset")
     p.add_argument("--task", choices=["ctr", "rating", "topk"])
     p.add_argument("--data-path", type=Path)
-    p.add_argument("--model")
-    p.add_argument("--dim", type=int)
+    p.add_argument("--model", choices=list_models())
+    p.add_argument("--dim", type=positive_int)
     p.add_argument("--methods", help="comma-separated, or 'all' (full, uniform, dnis and every budgeted method in the registry)")
-    p.add_argument("--budgets", help="fractions of the full table, e.g. 1,0.5,0.2,0.1,0.05,0.01")
-    p.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--synthetic-rows", type=int)
-    p.add_argument("--dnis", help="DNIS settings for the dnis cells, e.g. fine_tune=false,search_epochs=1 (see DNISConfig)")
-    p.add_argument("--workers", type=int, default=2, help="local worker processes (default 2)")
+    p.add_argument("--budgets", type=budget_fractions, help="fractions of the full table, e.g. 1,0.5,0.2,0.1,0.05,0.01")
+    p.add_argument("--seeds", type=positive_int, help="number of seeds (0..N-1)")
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--synthetic-rows", type=positive_int)
+    p.add_argument("--dnis", type=dnis_options, help="DNIS settings for the dnis cells, e.g. fine_tune=false,search_epochs=1 (see DNISConfig)")
+    p.add_argument("--workers", type=positive_int, default=2, help="local worker processes (default 2)")
     p.add_argument("--ray-address", help="run the cells as Ray tasks on this cluster ('local' starts one here)")
     p.add_argument("--out", type=Path)
     p.add_argument("--quiet", action="store_true")
@@ -322,11 +306,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def require_extras(args: argparse.Namespace) -> None:
+    """Optional dependencies that the flags ask for, checked before any data is read or model trained."""
+    path = getattr(args, "data_path", None)
+    if path is not None and path.suffix == ".parquet":
+        require("pyarrow", "reading Parquet")
+    if getattr(args, "ray_address", None):
+        require("ray", "--ray-address")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "name", None) and args.command == "data" and args.data_command == "info":
         args.dataset = args.name
     try:
+        require_extras(args)
         return args.func(args)
     except EmbslimError as exc:
         print(f"embslim: error: {exc}", file=sys.stderr)

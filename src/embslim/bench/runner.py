@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from embslim.bench.grid import BenchSpec, Cell, cells, run_cell
-from embslim.errors import ConfigError
+from embslim.extras import require
 
 
 def run_grid(spec: BenchSpec, out: Path, workers: int = 2, ray_address: str | None = None, progress: bool = True) -> list[dict]:
@@ -51,10 +51,9 @@ def run_grid(spec: BenchSpec, out: Path, workers: int = 2, ray_address: str | No
 
 
 def _run_ray(spec: BenchSpec, pending: list[Cell], out: Path, address: str, done) -> None:
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError("--ray-address needs Ray: pip install 'ray[default]'") from None
+    require("ray", "--ray-address")
+    import ray
+
     ray.init(address=None if address == "local" else address, ignore_reinit_error=True,
              runtime_env={"env_vars": {"EMBSLIM_BENCH_THREADS": os.environ.get("EMBSLIM_BENCH_THREADS", "1")}})
     remote = ray.remote(num_cpus=1)(run_cell)

@@ -17,6 +17,7 @@ from embslim.data.numeric import MISSING, parse_numeric_token
 from embslim.data.reader import ReadReport, read_rows, require_file
 from embslim.data.vocab import flatten_bags
 from embslim.errors import ConfigError, DataError
+from embslim.extras import require
 
 
 @dataclass
@@ -117,10 +118,9 @@ def _csv_records(path: Path, schema: TabularSchema, report: ReadReport):
 
 
 def _parquet_records(path: Path, schema: TabularSchema):
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ConfigError("reading Parquet needs pyarrow: pip install 'embslim[parquet]'") from None
+    require("pyarrow", "reading Parquet")
+    import pyarrow.parquet as pq
+
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several unrelated types for a bad file

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from embslim.data.fields import FeatureTable, PreparedData
 from embslim.embeddings.batch import SparseBatch
-from embslim.errors import ConfigError
+from embslim.errors import ConfigError, DataError
 from embslim.models.base import Recommender
 from embslim.train.checkpoint import load_checkpoint, save_checkpoint
 from embslim.train.metrics import PRIMARY, ctr_metrics, is_better, ranking_metrics, rating_metrics
@@ -71,6 +71,10 @@ class Trainer:
                  out_dir: Path | None = None, callbacks: list[Callback] | None = None) -> None:
         if config.optimizer not in ("adam", "adamw"):
             raise ConfigError(f"optimizer must be adam or adamw, got {config.optimizer!r}")
+        empty = [name for name, rows in data.splits.items() if len(rows) == 0]
+        if empty:
+            sizes = ", ".join(f"{name} {len(rows)}" for name, rows in data.splits.items())
+            raise DataError(f"dataset {data.name!r} is too small to train on: no rows in its {'/'.join(empty)} split ({sizes})")
         self.model, self.data, self.config = model, data, config
         self.out_dir = out_dir
         self.callbacks = callbacks or []
@@ -186,7 +190,10 @@ class Trainer:
         self.model.eval()
         out = [self.model(SparseBatch.from_table(table, np.arange(s, min(s + self.config.eval_batch_size, len(table)))))
                for s in range(0, len(table), self.config.eval_batch_size)]
-        return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+        pred = torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+        if not np.isfinite(pred).all():
+            raise ConfigError("training diverged (the model predicts NaN or infinity): lower --lr, --embedding-l2 or --weight-decay")
+        return pred
 
     def evaluate(self, split: str) -> dict[str, float]:
         if self.data.task == "topk":

@@ -1,0 +1,21 @@
+"""Optional dependencies: which pip extra provides each, and one check that names it.
+
+Everything `embslim train|search|bench` needs by default is a core dependency; these
+modules are needed only for an input format or a way of running that a flag asks for,
+so their absence is one line with the install command, before any work starts.
+"""
+from __future__ import annotations
+
+import importlib
+
+from embslim.errors import ConfigError
+
+OPTIONAL = {"pyarrow": "parquet", "ray": "distributed"}  # import name -> extra in pyproject.toml
+
+
+def require(module: str, purpose: str) -> None:
+    """Raise ConfigError with the install command when optional `module` cannot be imported."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f'{purpose} needs {module}: pip install "embslim[{OPTIONAL[module]}]"') from None
