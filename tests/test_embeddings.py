@@ -6,7 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from embslim.data.fields import FieldSpec
-from embslim.embeddings import EmbeddingConfig, SparseBatch, create_embedding, list_embeddings, load_artifact
+from safetensors import safe_open
+
+from embslim.embeddings import EmbeddingConfig, SparseBatch, create_embedding, list_embeddings, load_artifact, method_info
 from embslim.embeddings.full import full_bytes, uniform_dim_for_budget
 from embslim.errors import ConfigError
 
@@ -77,26 +79,37 @@ def test_unknown_method_and_unknown_field_are_config_errors():
         create_embedding(make_fields(), EmbeddingConfig(dims={"zz": 3}))
 
 
-LAYOUT = {"width": 5, "fields": {"f0": {"blocks": [{"rows": [0, 3], "dims": [0, 4]}, {"rows": [3, 10], "dims": [2]}]},
-                                  "f1": {"blocks": [{"rows": [0, 7], "dims": []}]},
-                                  "f2": {"blocks": [{"rows": [0, 5], "dims": [0, 1, 2, 3, 4]}]},
-                                  "tags": {"blocks": [{"rows": [0, 1], "dims": [1]}, {"rows": [1, 4], "dims": [3, 0]}]}}}
+CARDS, BAG = (300, 200, 100), 50
+LAYOUT = {"width": 5, "fields": {"f0": {"blocks": [{"rows": [0, 30], "dims": [0, 4]}, {"rows": [30, 300], "dims": [2]}]},
+                                  "f1": {"blocks": [{"rows": [0, 200], "dims": []}]},
+                                  "f2": {"blocks": [{"rows": [0, 100], "dims": [0, 1, 2, 3, 4]}]},
+                                  "tags": {"blocks": [{"rows": [0, 1], "dims": [1]}, {"rows": [1, 50], "dims": [3, 0]}]}}}
 EXAMPLES = {
     "full": EmbeddingConfig(dims={"f1": 2}, dim=5),
     "dnis": EmbeddingConfig("dnis", dim=5, options={"blocks": 2}),
     "blockwise": EmbeddingConfig("blockwise", dim=5, options={"layout": LAYOUT}),
-    "mde": EmbeddingConfig("mde", dim=5, budget_bytes=600, options={"blocks": 2}),
 }
+BUDGET = 8_000  # bytes; the full tables of make_fields(CARDS, BAG) at dim 5 take 13,032
 
 
-def test_every_registered_method_has_an_example_config():
-    assert sorted(EXAMPLES) == list_embeddings()
+def example(method: str) -> EmbeddingConfig:
+    """A config every method can be built from: its own example, or a budget it fits."""
+    if method in EXAMPLES:
+        return EXAMPLES[method]
+    assert method_info(method).budgeted, f"{method} is not built from a budget: add an example config here"
+    return EmbeddingConfig(method, dim=5, budget_bytes=BUDGET)
+
+
+@pytest.mark.parametrize("method", [m for m in list_embeddings() if method_info(m).budgeted])
+def test_every_budgeted_method_fits_a_budget_it_can_reach(method):
+    emb = create_embedding(make_fields(CARDS, BAG), EmbeddingConfig(method, dim=5, budget_bytes=BUDGET))
+    assert 0 < emb.memory_bytes("serve") <= BUDGET
 
 
 @pytest.mark.parametrize("method", list_embeddings())
 def test_exported_artifact_serves_the_same_vectors(method, tmp_path):
-    fields = make_fields()
-    emb = create_embedding(fields, EXAMPLES[method])
+    fields = make_fields(CARDS, BAG)
+    emb = create_embedding(fields, example(method))
     emb.export(tmp_path / "emb.safetensors")
     served = load_artifact(tmp_path / "emb.safetensors")
     batch = make_batch(fields, seed=4)
@@ -106,17 +119,51 @@ def test_exported_artifact_serves_the_same_vectors(method, tmp_path):
 
 
 @pytest.mark.parametrize("method", list_embeddings())
+def test_exported_tensor_bytes_equal_serving_bytes(method, tmp_path):
+    emb = create_embedding(make_fields(CARDS, BAG), example(method))
+    emb.export(tmp_path / "emb.safetensors")
+    with safe_open(str(tmp_path / "emb.safetensors"), framework="pt") as fh:
+        stored = sum(packed_bytes(fh.get_tensor(k)) for k in fh.keys())
+    assert stored == emb.memory_bytes("serve")
+
+
+def packed_bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+@pytest.mark.parametrize("method", list_embeddings())
+def test_unknown_setting_is_a_one_line_config_error_naming_it(method):
+    config = EmbeddingConfig(method, dim=5, budget_bytes=BUDGET, options={"no_such_setting": "1"})
+    with pytest.raises(ConfigError, match="no_such_setting") as err:
+        create_embedding(make_fields(CARDS, BAG), config)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("method", list_embeddings())
+def test_unpooled_and_whole_table_lookups_match_the_pooled_ones(method):
+    fields = make_fields(CARDS, BAG)
+    emb = create_embedding(fields, example(method))
+    batch = make_batch(fields, seed=2)
+    pooled = emb(batch)
+    padded = torch.tensor([[1, 2], [-1, -1], [3, -1], [0, -1], [-1, -1], [2, -1]])
+    seq = emb.lookup_sequence(3, padded)
+    assert seq.shape == (6, 2, emb.dims[3]) and torch.equal(seq[1], torch.zeros_like(seq[1]))
+    assert torch.allclose(seq.sum(1) / (padded >= 0).sum(1, keepdim=True).clamp(min=1), pooled[3], atol=1e-6)
+    table = emb.field_table(0)
+    assert table.shape == (CARDS[0], emb.dims[0]) and torch.allclose(table[batch.ids[:, 0]], pooled[0])
+
+
+@pytest.mark.parametrize("method", list_embeddings())
 def test_tables_receive_sparse_gradients(method):
-    fields = make_fields()
-    emb = create_embedding(fields, EXAMPLES[method])
-    sum(v.sum() for v in emb(make_batch(fields))).backward()
+    fields = make_fields(CARDS, BAG)
+    emb = create_embedding(fields, example(method))
+    loss = sum(v.sum() for v in emb(make_batch(fields)))
+    if emb.sparse_parameters():
+        loss.backward()
     assert all(p.grad.is_sparse for p in emb.sparse_parameters())
 
 
 @pytest.mark.parametrize("method", list_embeddings())
-def test_memory_bytes_equals_parameters_plus_buffers(method):
-    emb = create_embedding(make_fields(), EXAMPLES[method])
-    weights = sum(p.numel() * p.element_size() for p in emb.parameters())
-    buffers = sum(b.numel() * b.element_size() for b in emb.buffers())
-    assert emb.memory_bytes() <= weights + buffers
-    assert emb.memory_bytes() >= weights + buffers - 4  # blockwise may hold one placeholder value when nothing is kept
+def test_training_bytes_add_two_adam_copies_of_the_weights(method):
+    emb = create_embedding(make_fields(CARDS, BAG), example(method))
+    assert emb.memory_bytes("train") - emb.memory_bytes("serve") == 2 * emb.weight_bytes()

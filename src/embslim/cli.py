@@ -14,7 +14,7 @@ from embslim.data import DATASETS, PrepareConfig, load_dataset
 from embslim.data.fetch import Archive, fetch_archive
 from embslim.data.registry import data_dirs, get_source
 from embslim.data.synthetic import SYNTHETIC_SHAPES, synthetic_config
-from embslim.embeddings import EmbeddingConfig, list_embeddings
+from embslim.embeddings import EmbeddingConfig, list_embeddings, method_info, settings_from, split_key_values
 from embslim.embeddings.full import full_bytes
 from embslim.errors import ConfigError, EmbslimError
 from embslim.extras import require
@@ -45,6 +45,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dim", type=positive_int, default=16, help="embedding dimension of every field (default 16)")
     g.add_argument("--dims", type=field_dims, help="per-field dimensions, e.g. user_id=32,zip=4")
     g.add_argument("--budget", type=budget_text, help="memory budget: fraction of the full table at --dim (0.2) or bytes (150000, 512KiB)")
+    g.add_argument("--embedding-opt", action="append", metavar="KEY=VALUE",
+                   help="a setting of the embedding method, repeatable or comma-separated, e.g. shared=true (see `embslim list`)")
     g.add_argument("--hidden", type=int_list, help="MLP widths, e.g. 256,128")
     g.add_argument("--dropout", type=dropout_rate, help="dropout rate of the MLP, in [0, 1)")
     t = p.add_argument_group("training (defaults per model and task: embslim/train/recipes.py)")
@@ -80,6 +82,20 @@ def budget_bytes(text: str, fields: list, dim: int) -> int:
     return budget
 
 
+def parse_method_options(items: list[str]) -> dict[str, dict[str, str]]:
+    """`["hash:shared=true", "svd:fine_tune_epochs=1"]` -> {method: {key: value}}, each checked against the method's settings."""
+    from embslim.bench.grid import registry_name
+
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        method, sep, rest = item.partition(":")
+        if not sep:
+            raise ConfigError(f"cannot read --method-opt {item!r}: expected METHOD:KEY=VALUE")
+        out.setdefault(method, {}).update(split_key_values(rest, "--method-opt"))
+        method_info(registry_name(method)).parse(out[method])
+    return out
+
+
 def configs_from_args(args: argparse.Namespace, data) -> tuple:
     """RunConfig pieces from flags over the recipe for this model and task."""
     from embslim.train.run import RunConfig
@@ -90,7 +106,9 @@ def configs_from_args(args: argparse.Namespace, data) -> tuple:
     names = model_class(args.model).select_fields(data.table.fields, data.user_field, data.item_field)
     fields = data.select_fields(names).table.fields
     budget = budget_bytes(args.budget, fields, args.dim) if args.budget else None
-    emb = EmbeddingConfig(args.embedding, args.dim, args.dims, budget, defaults.get("init_std", 0.01))
+    options = split_key_values(args.embedding_opt, "--embedding-opt")
+    method_info(args.embedding).parse(options)
+    emb = EmbeddingConfig(args.embedding, args.dim, args.dims, budget, defaults.get("init_std", 0.01), options)
     opts = {}
     if args.hidden:
         opts["hidden"] = args.hidden
@@ -159,6 +177,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         overrides["seeds"] = tuple(range(args.seeds))
     if args.dnis:
         overrides["dnis"] = {**spec.dnis, **args.dnis}
+    if args.method_opt:
+        overrides["method_options"] = {**spec.method_options, **parse_method_options(args.method_opt)}
     spec = dc_replace(spec, **overrides)
     out = args.out or Path("runs") / f"bench-{args.preset or spec.dataset}"
     data_task = spec.task or get_source(spec.dataset).default_task
@@ -224,8 +244,20 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     print("datasets:   " + ", ".join(sorted(DATASETS)) + ", tabular")
     print("models:     " + ", ".join(list_models()))
-    print("embeddings: " + ", ".join(list_embeddings()))
+    print("embeddings:")
+    for name in list_embeddings():
+        print("  " + describe_method(name))
     return 0
+
+
+def describe_method(name: str) -> str:
+    """One line: name, kind, and settings with their defaults."""
+    from dataclasses import MISSING, fields
+
+    info = method_info(name)
+    kind = {"scratch": "trained from scratch", "trained": "converted from the trained full model", "search": "searched"}[info.source]
+    settings = ", ".join(f"{f.name}={f.default if f.default is not MISSING else '(required)'}" for f in fields(info.settings))
+    return f"{name:<10} {kind}{', built from a budget' if info.budgeted else ''}; settings: {settings or 'none'}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -296,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=positive_int)
     p.add_argument("--synthetic-rows", type=positive_int)
     p.add_argument("--dnis", type=dnis_options, help="DNIS settings for the dnis cells, e.g. fine_tune=false,search_epochs=1 (see DNISConfig)")
+    p.add_argument("--method-opt", action="append", metavar="METHOD:KEY=VALUE",
+                   help="a setting of one method's cells, repeatable, e.g. hash:shared=true (see `embslim list`)")
     p.add_argument("--workers", type=positive_int, default=2, help="local worker processes (default 2)")
     p.add_argument("--ray-address", help="run the cells as Ray tasks on this cluster ('local' starts one here)")
     p.add_argument("--out", type=Path)

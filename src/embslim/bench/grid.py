@@ -1,9 +1,10 @@
 """What a benchmark runs: the grid of (method, budget, seed) and how one cell is trained.
 
 Methods come from the embedding registry: every registered method that is built from
-a byte budget joins the grid by itself (`uniform` is `full` at a budget); `full` is the
-reference at the full width, once per seed; `dnis` runs the search pipeline. A new
-compression method that takes `budget_bytes` needs no change here.
+a byte budget joins the grid by itself (`uniform` is `full` at a budget), converters
+train the full model and convert it, and search layers run the search pipeline; `full`
+is the reference at the full width, once per seed. A new compression method needs no
+change here; `method_options` sets its settings (`embslim bench --method-opt`).
 """
 from __future__ import annotations
 
@@ -17,21 +18,28 @@ from pathlib import Path
 
 import torch
 
-from embslim.embeddings import EmbeddingConfig, list_embeddings
+from embslim.embeddings import EmbeddingConfig, list_embeddings, method_info
 from embslim.embeddings.full import full_bytes
 from embslim.errors import BudgetError, ConfigError
 from embslim.models import model_class
 from embslim.search.dnis import DNISConfig
 from embslim.train.recipes import dnis_recipe, recipe
-from embslim.train.run import RunConfig, build_model, train_model, write_results
+from embslim.train.run import RunConfig, fit, write_results
 from embslim.train.trainer import TrainConfig
 
-NOT_BUDGETED = {"full", "dnis", "blockwise"}
+REFERENCE = "full"
 
 
 def benchmark_methods() -> list[str]:
-    """`full`, `uniform`, `dnis`, and every other registered method that takes a budget."""
-    return ["full", "uniform", "dnis"] + [m for m in list_embeddings() if m not in NOT_BUDGETED]
+    """The reference `full`, `uniform` (the reference at a budget), and every registered method that a budget
+    builds or a search prunes to a budget."""
+    infos = [method_info(m) for m in list_embeddings() if m != REFERENCE]
+    return [REFERENCE, "uniform"] + [i.name for i in infos if i.budgeted or i.source == "search"]
+
+
+def registry_name(method: str) -> str:
+    """The registered method behind a benchmark method (`uniform` is the reference at a budget)."""
+    return REFERENCE if method == "uniform" else method
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,7 @@ class BenchSpec:
     data_path: str | None = None
     search_epochs: int = 2
     dnis: dict = field(default_factory=dict)
+    method_options: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -68,7 +77,7 @@ def cells(spec: BenchSpec) -> list[Cell]:
     out = []
     for seed in spec.seeds:
         for method in spec.methods:
-            for budget in ((1.0,) if method == "full" else spec.budgets):
+            for budget in ((1.0,) if method == REFERENCE else spec.budgets):
                 out.append(Cell(method, budget, seed))
     return out
 
@@ -97,7 +106,7 @@ def run_cell(spec: BenchSpec, cell: Cell, out: Path) -> dict:
         train = replace(train, epochs=spec.epochs)
     fields = data.select_fields(model_class(spec.model).select_fields(data.table.fields, data.user_field, data.item_field)).table.fields
     budget = int(cell.budget * full_bytes(fields, [spec.dim] * len(fields)))
-    base = RunConfig(spec.model, EmbeddingConfig("full", spec.dim, init_std=rec.get("init_std", 0.01)), train=train)
+    base = RunConfig(spec.model, EmbeddingConfig(REFERENCE, spec.dim, init_std=rec.get("init_std", 0.01)), train=train)
     reset_peak_rss()
     t0 = time.perf_counter()
     try:
@@ -107,7 +116,7 @@ def run_cell(spec: BenchSpec, cell: Cell, out: Path) -> dict:
         write_results(row, folder / "row.json")
         return row
     row = {"method": cell.method, "budget": cell.budget, "budget_bytes": budget, "seed": cell.seed, "status": "ok",
-           "bytes": results["embedding"]["bytes"], "params": results["embedding"]["params"],
+           "bytes": results["embedding"]["bytes"], "params": results["embedding"]["params"], "note": results["embedding"].get("note"),
            **{f"val_{k}": v for k, v in results["metrics"]["val"].items()},
            **{f"test_{k}": v for k, v in results["metrics"]["test"].items()},
            "train_seconds": results["timing"]["train_seconds"], "wall_seconds": time.perf_counter() - t0,
@@ -119,12 +128,12 @@ def run_cell(spec: BenchSpec, cell: Cell, out: Path) -> dict:
 
 
 def _train(spec: BenchSpec, cell: Cell, data, base: RunConfig, budget: int, folder: Path, out: Path) -> dict:
-    """Results record of one cell: the search pipeline for dnis, one training run otherwise."""
-    if cell.method == "dnis":
+    """Results record of one cell: the search pipeline for a search layer, one training (and conversion) run otherwise."""
+    if method_info(registry_name(cell.method)).source == "search":
         from embslim.search.pipeline import locked, run_search
 
-        shared = out / "runs" / f"dnis-search-s{cell.seed}"
-        full_cell = out / "runs" / Cell("full", 1.0, cell.seed).name
+        shared = out / "runs" / f"{cell.method}-search-s{cell.seed}"
+        full_cell = out / "runs" / Cell(REFERENCE, 1.0, cell.seed).name
         with locked(shared):
             if (full_cell / "row.json").exists() and not (shared / "full" / "model.pt").exists():
                 (shared / "full").mkdir(parents=True, exist_ok=True)
@@ -135,15 +144,14 @@ def _train(spec: BenchSpec, cell: Cell, data, base: RunConfig, budget: int, fold
         results = report["runs"]["dnis"]
         results["timing"]["search_seconds"] = report["timing"]["search_seconds"]
         return results
-    else:
-        method = "full" if cell.method == "uniform" else cell.method
-        emb = replace(base.embedding, method=method, budget_bytes=None if cell.method == "full" else budget)
-        config = replace(base, embedding=emb)
-        model, d = build_model(data, config)
-        results = train_model(model, d, config, folder, resume=True)
-        results["timing"]["inference_seconds"] = inference_seconds(model, d)
-        if cell.method == "full":
-            torch.save(model.state_dict(), folder / "model.pt")
+    method = registry_name(cell.method)
+    emb = replace(base.embedding, method=method, budget_bytes=None if cell.method == REFERENCE else budget,
+                  options=dict(spec.method_options.get(cell.method, {})))
+    config = replace(base, embedding=emb)
+    model, d, results = fit(data, config, folder, resume=True)
+    results["timing"]["inference_seconds"] = inference_seconds(model, d)
+    if cell.method == REFERENCE:
+        torch.save(model.state_dict(), folder / "model.pt")
     return results
 
 

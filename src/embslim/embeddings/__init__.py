@@ -1,7 +1,11 @@
 """Embedding methods behind one interface; importing a method's module registers it."""
-from embslim.embeddings import blockwise, dnis, full, mde  # noqa: F401  (register methods)
+from embslim.embeddings import blockwise, dnis, full, hashing, lowrank, mde, quantized  # noqa: F401  (register methods)
 from embslim.embeddings.base import EmbeddingConfig, FeatureEmbedding
 from embslim.embeddings.batch import SparseBatch
-from embslim.embeddings.registry import create_embedding, list_embeddings, load_artifact, register_embedding
+from embslim.embeddings.registry import (MethodInfo, convert_embedding, create_embedding, list_embeddings, load_artifact, method_info,
+                                         register_embedding, unregister_embedding)
+from embslim.embeddings.settings import NoSettings, settings_from, split_key_values
 
-__all__ = ["EmbeddingConfig", "FeatureEmbedding", "SparseBatch", "create_embedding", "list_embeddings", "load_artifact", "register_embedding"]
+__all__ = ["EmbeddingConfig", "FeatureEmbedding", "MethodInfo", "NoSettings", "SparseBatch", "convert_embedding", "create_embedding",
+           "list_embeddings", "load_artifact", "method_info", "register_embedding", "settings_from", "split_key_values",
+           "unregister_embedding"]

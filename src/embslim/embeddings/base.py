@@ -1,38 +1,57 @@
 """The interface every embedding method implements, and exact byte accounting.
 
-A method is built from field specs and an `EmbeddingConfig` (a dimension, per-field
-dimensions, or a budget in bytes), maps a `SparseBatch` to one vector per field,
-and reports the bytes it needs to serve (`stage="serve"`) or to train
-(`stage="train"`: parameters plus Adam's two moment buffers). Byte counts include
-every index and offset table that serving needs, not just the weights.
+A method implements `lookup(field, ids)`: ids of one field, any shape, to vectors of
+that field's width. The base class does the rest once for every method: one vector per
+field from a `SparseBatch` (single-valued fields, and multi-valued bags pooled by sum
+or mean), unpooled sequence lookups `[B, L, d]`, whole-table reads, bytes, export and
+loading. A method whose fields share storage may override `lookup_fields` to serve
+all single-valued fields with one gather.
+
+Bytes come from one table of bits per stored value (`BITS`, which knows 4- and 2-bit
+codes); serving bytes count every tensor an exported artifact holds (weights, codes,
+scales, offsets, hash salts), and training adds Adam's moment buffers.
 """
 from __future__ import annotations
 
+import json
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from embslim.data.fields import FieldSpec
 from embslim.embeddings.batch import SparseBatch
+from embslim.embeddings.settings import NoSettings, settings_dict
 
 Stage = Literal["serve", "train"]
-BYTES_PER_ELEMENT = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2, torch.int64: 8, torch.int32: 4, torch.int16: 2, torch.int8: 1, torch.uint8: 1}
+BITS = {"fp32": 32, "fp16": 16, "bf16": 16, "int64": 64, "int32": 32, "int16": 16, "int8": 8, "uint8": 8, "int4": 4, "int2": 2}
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int64: "int64", torch.int32: "int32",
+               torch.int16: "int16", torch.int8: "int8", torch.uint8: "uint8"}
+BYTES_PER_ELEMENT = {dtype: BITS[name] // 8 for dtype, name in DTYPE_NAMES.items()}
 ADAM_STATE_COPIES = 2
 
 
+def storage_bytes(count: int, kind: str = "fp32") -> int:
+    """Bytes of `count` values stored as `kind` (a key of BITS), packed: two int4 or four int2 per byte."""
+    return math.ceil(count * BITS[kind] / 8)
+
+
 def tensor_bytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
+    return storage_bytes(t.numel(), DTYPE_NAMES[t.dtype])
 
 
 @dataclass(frozen=True)
 class EmbeddingConfig:
     """What to build: `method` from the registry and one of dim, per-field dims, or budget_bytes.
 
-    `options` carries method-specific settings; each method rejects keys it does not know.
+    `options` holds the method's settings by name (typed values or `KEY=VALUE` strings);
+    the registry turns them into the method's frozen settings dataclass and rejects unknown keys.
     """
 
     method: str = "full"
@@ -43,10 +62,25 @@ class EmbeddingConfig:
     options: dict = field(default_factory=dict)
 
 
+def field_meta(fields: list[FieldSpec]) -> list[dict]:
+    return [{"name": f.name, "cardinality": f.cardinality, "multivalued": f.multivalued, "pooling": f.pooling, "side": f.side} for f in fields]
+
+
+def fields_from_meta(meta: list[dict]) -> list[FieldSpec]:
+    return [FieldSpec(counts=np.zeros(m["cardinality"], dtype=np.int64), **m) for m in meta]
+
+
 class FeatureEmbedding(nn.Module, ABC):
-    """Per-field embedding vectors from sparse ids; the one interface all methods share."""
+    """Per-field embedding vectors from sparse ids; the one interface all methods share.
+
+    Registered methods also provide `from_config(fields, config, settings)` and
+    `from_artifact_meta(fields, settings, meta)` classmethods (see registry.py).
+    """
 
     fields: list[FieldSpec]
+    method_name: ClassVar[str] = "?"
+    settings: Any = NoSettings()
+    note: str | None = None
 
     @property
     @abstractmethod
@@ -54,12 +88,49 @@ class FeatureEmbedding(nn.Module, ABC):
         """Output width of each field, in field order."""
 
     @abstractmethod
-    def forward(self, batch: SparseBatch) -> list[torch.Tensor]:
-        """One [B, dims[i]] tensor per field."""
+    def lookup(self, field: int, ids: torch.Tensor) -> torch.Tensor:
+        """Vectors of ids of field number `field`: shape ids.shape + (dims[field],)."""
 
-    @abstractmethod
-    def index_bytes(self) -> int:
-        """Bytes of the non-trainable structures serving needs (offsets, masks, hash seeds)."""
+    def lookup_fields(self, ids: torch.Tensor, fields: list[int]) -> list[torch.Tensor]:
+        """[B, k] ids of k single-valued fields -> k tensors [B, d]; override to batch the gathers."""
+        return [self.lookup(f, ids[:, j]) for j, f in enumerate(fields)]
+
+    def forward(self, batch: SparseBatch) -> list[torch.Tensor]:
+        """One [B, dims[i]] tensor per field; bags pooled by their field's pooling."""
+        out: list[torch.Tensor | None] = [None] * len(self.fields)
+        single = [i for i, f in enumerate(self.fields) if not f.multivalued]
+        if single:
+            for i, vec in zip(single, self.lookup_fields(batch.ids, single)):
+                out[i] = vec
+        for i, f in enumerate(self.fields):
+            if f.multivalued:
+                out[i] = self.pool(i, *batch.bags[f.name])
+        return out
+
+    def pool(self, field: int, values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Sum or mean of each bag (values, offsets[B+1]) of a multi-valued field; empty bags are zero."""
+        lengths = offsets[1:] - offsets[:-1]
+        bag = torch.repeat_interleave(torch.arange(len(lengths), device=values.device), lengths)
+        vecs = self.lookup(field, values)
+        pooled = vecs.new_zeros((len(lengths), vecs.shape[-1])).index_add(0, bag, vecs)
+        if self.fields[field].pooling == "mean":
+            pooled = pooled / lengths.clamp(min=1).unsqueeze(1).to(pooled.dtype)
+        return pooled
+
+    def lookup_sequence(self, field: int, ids: torch.Tensor) -> torch.Tensor:
+        """Unpooled lookups for sequence models: [B, L] ids padded with -1 -> [B, L, d], zeros at padding."""
+        mask = (ids >= 0).unsqueeze(-1)
+        return self.lookup(field, ids.clamp(min=0)) * mask
+
+    def field_table(self, field: int) -> torch.Tensor:
+        """Every row of a field's table as served: [cardinality, d] (graph models, retrieval)."""
+        ids = torch.arange(self.fields[field].cardinality, device=self._device())
+        return self.lookup(field, ids)
+
+    def _device(self) -> torch.device:
+        for t in list(self.parameters()) + list(self.buffers()):
+            return t.device
+        return torch.device("cpu")
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         """Parameters that receive sparse gradients (updated by a sparse optimizer)."""
@@ -72,12 +143,20 @@ class FeatureEmbedding(nn.Module, ABC):
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def weight_bytes(self) -> int:
+        """Bytes of the trainable values."""
+        return sum(tensor_bytes(p) for p in self.parameters())
+
+    def index_bytes(self) -> int:
+        """Bytes of the non-trainable structures serving needs (offsets, codes, scales, hash salts)."""
+        return sum(tensor_bytes(b) for b in self.buffers())
+
     def memory_bytes(self, stage: Stage = "serve") -> int:
-        """Exact bytes: parameters and indices; in training also Adam's moment buffers."""
-        params = sum(tensor_bytes(p) for p in self.parameters())
+        """Exact bytes: weights and indices; in training also Adam's moment buffers of the weights."""
+        weights = self.weight_bytes()
         if stage == "train":
-            params *= 1 + ADAM_STATE_COPIES
-        return params + self.index_bytes()
+            weights *= 1 + ADAM_STATE_COPIES
+        return weights + self.index_bytes()
 
     def aux_loss(self) -> torch.Tensor | None:
         """A regulariser the trainer adds to the loss (search methods); None for most."""
@@ -86,6 +165,19 @@ class FeatureEmbedding(nn.Module, ABC):
     def on_step_end(self, step: int) -> None:
         """Called after each optimiser step (clamping, pruning schedules)."""
 
-    @abstractmethod
+    def artifact_tensors(self) -> dict[str, torch.Tensor]:
+        """What an artifact stores: by default every parameter and buffer, as served."""
+        return {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+
+    def artifact_meta(self) -> dict:
+        """Shape information beyond fields and settings needed to rebuild the module (e.g. chosen dims)."""
+        return {}
+
+    def load_artifact_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.load_state_dict(tensors)
+
     def export(self, path: Path) -> None:
-        """Write a compact, servable artifact (safetensors + metadata)."""
+        """Write a compact, servable artifact: safetensors, with fields and settings in its metadata."""
+        meta = {"method": self.method_name, "fields": field_meta(self.fields), "settings": settings_dict(self.settings),
+                **self.artifact_meta()}
+        save_file(self.artifact_tensors(), str(path), metadata={"embslim": json.dumps(meta)})

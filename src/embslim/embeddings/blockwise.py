@@ -11,24 +11,26 @@ int16 column map: everything `forward` reads.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
 from embslim.data.fields import FieldSpec
-from embslim.embeddings.base import EmbeddingConfig, FeatureEmbedding, tensor_bytes
-from embslim.embeddings.batch import SparseBatch
-from embslim.embeddings.full import field_meta, fields_from_meta
+from embslim.embeddings.base import EmbeddingConfig, FeatureEmbedding, storage_bytes
 from embslim.embeddings.registry import register_embedding
 from embslim.errors import ConfigError
 
-VALUE_BYTES, INDEX_BYTES, COLUMN_BYTES = 4, 8, 2
+VALUE_BYTES, INDEX_BYTES, COLUMN_BYTES = storage_bytes(1, "fp32"), storage_bytes(1, "int64"), storage_bytes(1, "int16")
+
+
+@dataclass(frozen=True)
+class BlockwiseSettings:
+    """layout: a mapping in the shape of `layout_to_json`, or the path of a JSON file holding one."""
+
+    layout: dict
 
 
 @dataclass
@@ -71,7 +73,7 @@ def layout_from_json(spec: dict) -> tuple[dict[str, FieldLayout], int]:
     return layouts, int(spec["width"])
 
 
-@register_embedding("blockwise")
+@register_embedding("blockwise", settings=BlockwiseSettings)
 class BlockwiseEmbedding(FeatureEmbedding):
     """Per-block kept dimensions, configured by a layout (see `layout_to_json`).
 
@@ -106,24 +108,30 @@ class BlockwiseEmbedding(FeatureEmbedding):
         self.register_buffer("colmap", torch.from_numpy(colmap))
         self.n_values = int((rows_a * kept_a).sum())
         self.values = nn.Parameter(torch.randn(max(self.n_values, 1), 1) * init_std)
-        self._single = [i for i, f in enumerate(fields) if not f.multivalued]
 
     @classmethod
-    def from_config(cls, fields: list[FieldSpec], config: EmbeddingConfig) -> "BlockwiseEmbedding":
-        unknown = sorted(set(config.options) - {"layout"})
-        if unknown or "layout" not in config.options:
-            raise ConfigError(f"embedding 'blockwise' needs options {{'layout': ...}} only, got {sorted(config.options)}")
-        spec = config.options["layout"]
-        if isinstance(spec, (str, Path)):
-            spec = json.loads(Path(spec).read_text())
-        layouts, width = layout_from_json(spec)
-        return cls(fields, layouts, width, config.init_std)
+    def from_config(cls, fields: list[FieldSpec], config: EmbeddingConfig, settings: BlockwiseSettings) -> "BlockwiseEmbedding":
+        layouts, width = layout_from_json(settings.layout)
+        module = cls(fields, layouts, width, config.init_std)
+        module.settings = settings
+        return module
+
+    @classmethod
+    def from_artifact_meta(cls, fields: list[FieldSpec], settings: object, meta: dict) -> "BlockwiseEmbedding":
+        """Served form of every blockwise method (blockwise, mde): the layout in the metadata."""
+        layouts, width = layout_from_json(meta["layout"])
+        module = cls(fields, layouts, width)
+        module.settings = settings
+        return module
+
+    def artifact_meta(self) -> dict:
+        return {"layout": self.layout_json()}
 
     @property
     def dims(self) -> list[int]:
         return [self.width] * len(self.fields)
 
-    def lookup(self, rows: torch.Tensor) -> torch.Tensor:
+    def lookup_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """Global rows (field offset + id), any shape -> [..., width] vectors, zeros in pruned columns.
 
         Only kept entries are gathered, so the sparse gradient has one entry per kept value used.
@@ -138,21 +146,12 @@ class BlockwiseEmbedding(FeatureEmbedding):
         out = vals.new_zeros((len(flat_rows), self.width)).index_put((which, self.colmap[b, j].long()), vals)
         return out.reshape(*rows.shape, self.width)
 
-    def forward(self, batch: SparseBatch) -> list[torch.Tensor]:
-        out: list[torch.Tensor | None] = [None] * len(self.fields)
-        if self._single:
-            vecs = self.lookup(batch.ids + self.field_offsets[self._single])
-            for j, i in enumerate(self._single):
-                out[i] = vecs[:, j]
-        for i, f in enumerate(self.fields):
-            if not f.multivalued:
-                continue
-            values, offsets = batch.bags[f.name]
-            lengths = offsets[1:] - offsets[:-1]
-            rows = torch.repeat_interleave(torch.arange(len(lengths), device=values.device), lengths)
-            pooled = torch.zeros(len(lengths), self.width, device=values.device).index_add(0, rows, self.lookup(values + self.field_offsets[i]))
-            out[i] = pooled / lengths.clamp(min=1).unsqueeze(1) if f.pooling == "mean" else pooled
-        return out
+    def lookup(self, field: int, ids: torch.Tensor) -> torch.Tensor:
+        return self.lookup_rows(ids + self.field_offsets[field])
+
+    def lookup_fields(self, ids: torch.Tensor, fields: list[int]) -> list[torch.Tensor]:
+        vecs = self.lookup_rows(ids + self.field_offsets[fields])
+        return [vecs[:, j] for j in range(len(fields))]
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         return [self.values]
@@ -160,25 +159,16 @@ class BlockwiseEmbedding(FeatureEmbedding):
     def parameter_count(self) -> int:
         return self.n_values
 
-    def memory_bytes(self, stage: str = "serve") -> int:
-        params = self.n_values * VALUE_BYTES
-        return params * (3 if stage == "train" else 1) + self.index_bytes()
-
-    def index_bytes(self) -> int:
-        return sum(tensor_bytes(b) for b in self.buffers())
+    def weight_bytes(self) -> int:
+        return self.n_values * VALUE_BYTES
 
     def layout_json(self) -> dict:
         return layout_to_json(self.layouts, self.width)
 
-    def export(self, path: Path) -> None:
-        tensors = {"values": self.values.detach()[: self.n_values].contiguous()}
-        meta = {"method": self.method_name, "fields": field_meta(self.fields), "layout": self.layout_json()}
-        save_file(tensors, str(path), metadata={"embslim": json.dumps(meta)})
+    def artifact_tensors(self) -> dict[str, torch.Tensor]:
+        return {**super().artifact_tensors(), "values": self.values.detach()[: self.n_values].contiguous()}
 
-    @classmethod
-    def from_artifact(cls, tensors: dict[str, torch.Tensor], meta: dict) -> "BlockwiseEmbedding":
-        layouts, width = layout_from_json(meta["layout"])
-        module = BlockwiseEmbedding(fields_from_meta(meta["fields"]), layouts, width)
+    def load_artifact_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
-            module.values[: module.n_values].copy_(tensors["values"])
-        return module
+            self.values[: self.n_values].copy_(tensors["values"])
+        self.load_state_dict({k: v for k, v in tensors.items() if k != "values"}, strict=False)

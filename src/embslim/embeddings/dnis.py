@@ -8,25 +8,29 @@ from which pruning keeps the most important (block, dimension) pairs.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
 from embslim.data.fields import FieldSpec
 from embslim.embeddings.base import EmbeddingConfig
-from embslim.embeddings.batch import SparseBatch
 from embslim.embeddings.blocks import block_starts
-from embslim.embeddings.full import FullEmbedding, field_meta, fields_from_meta
+from embslim.embeddings.full import FullEmbedding
 from embslim.embeddings.registry import register_embedding
 from embslim.errors import ConfigError
 
 
-@register_embedding("dnis")
+@dataclass(frozen=True)
+class DNISSettings:
+    """blocks: frequency blocks per field (a count, or increasing fractions of rows)."""
+
+    blocks: int | tuple[float, ...] = 6
+
+
+@register_embedding("dnis", settings=DNISSettings, source="search")
 class DNISEmbedding(FullEmbedding):
     """Uniform-width full tables plus alpha of shape [total blocks, width]."""
 
@@ -41,11 +45,19 @@ class DNISEmbedding(FullEmbedding):
         self.alpha = nn.Parameter(torch.ones(len(global_starts) - 1, dim))
 
     @classmethod
-    def from_config(cls, fields: list[FieldSpec], config: EmbeddingConfig) -> "DNISEmbedding":
-        unknown = sorted(set(config.options) - {"blocks"})
-        if unknown or config.dims or config.budget_bytes:
-            raise ConfigError(f"embedding 'dnis' takes a dim and option 'blocks' only (got options {unknown})")
-        return cls(fields, config.dim, config.options.get("blocks", 6), config.init_std)
+    def from_config(cls, fields: list[FieldSpec], config: EmbeddingConfig, settings: DNISSettings) -> "DNISEmbedding":
+        if config.dims or config.budget_bytes:
+            raise ConfigError("embedding 'dnis' takes one dim, not per-field dims or a budget (the search prunes to a budget)")
+        return cls.from_artifact_meta(fields, settings, {"dim": config.dim}, config.init_std)
+
+    @classmethod
+    def from_artifact_meta(cls, fields: list[FieldSpec], settings: DNISSettings, meta: dict, init_std: float = 0.01) -> "DNISEmbedding":
+        module = cls(fields, meta["dim"], settings.blocks if isinstance(settings.blocks, int) else list(settings.blocks), init_std)
+        module.settings = settings
+        return module
+
+    def artifact_meta(self) -> dict:
+        return {"dim": self.width}
 
     @property
     def width(self) -> int:
@@ -56,22 +68,12 @@ class DNISEmbedding(FullEmbedding):
         block = torch.searchsorted(self.global_starts, rows, right=True) - 1
         return F.embedding(rows, self.tables[0], sparse=True) * self.alpha[block]
 
-    def forward(self, batch: SparseBatch) -> list[torch.Tensor]:
-        offsets = getattr(self, f"offsets_{self.width}")
-        single = [i for i, f in enumerate(self.fields) if not f.multivalued]
-        out: list[torch.Tensor | None] = [None] * len(self.fields)
-        if single:
-            vecs = self.scaled(batch.ids + offsets[single])
-            for j, i in enumerate(single):
-                out[i] = vecs[:, j]
-        for i, f in enumerate(self.fields):
-            if f.multivalued:
-                values, bag_offsets = batch.bags[f.name]
-                lengths = bag_offsets[1:] - bag_offsets[:-1]
-                rows = torch.repeat_interleave(torch.arange(len(lengths), device=values.device), lengths)
-                pooled = torch.zeros(len(lengths), self.width, device=values.device).index_add(0, rows, self.scaled(values + offsets[i]))
-                out[i] = pooled / lengths.clamp(min=1).unsqueeze(1) if f.pooling == "mean" else pooled
-        return out
+    def lookup(self, field: int, ids: torch.Tensor) -> torch.Tensor:
+        return self.scaled(ids + self.table_of(field)[1])
+
+    def lookup_fields(self, ids: torch.Tensor, fields: list[int]) -> list[torch.Tensor]:
+        vecs = self.scaled(ids + getattr(self, f"offsets_{self.width}")[fields])
+        return [vecs[:, j] for j in range(len(fields))]
 
     def search_parameters(self) -> list[nn.Parameter]:
         return [self.alpha]
@@ -106,17 +108,3 @@ class DNISEmbedding(FullEmbedding):
             out[f.name] = (g[first:first + n] - o).tolist() + [f.cardinality]
             first += n
         return out
-
-    def export(self, path: Path) -> None:
-        meta = {"method": self.method_name, "fields": field_meta(self.fields), "dim": self.width, "blocks": self.block_spec}
-        save_file({"table": self.tables[0].detach().contiguous(), "alpha": self.alpha.detach().contiguous(),
-                   "global_starts": self.global_starts}, str(path), metadata={"embslim": json.dumps(meta)})
-
-    @classmethod
-    def from_artifact(cls, tensors: dict[str, torch.Tensor], meta: dict) -> "DNISEmbedding":
-        module = cls(fields_from_meta(meta["fields"]), meta["dim"], meta["blocks"])
-        with torch.no_grad():
-            module.tables[0].copy_(tensors["table"])
-            module.alpha.copy_(tensors["alpha"])
-            module.global_starts.copy_(tensors["global_starts"])
-        return module

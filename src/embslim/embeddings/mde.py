@@ -9,6 +9,8 @@ the bytes are table rows, as with the other blockwise methods.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from embslim.data.fields import FieldSpec
@@ -17,6 +19,14 @@ from embslim.embeddings.blocks import block_starts
 from embslim.embeddings.blockwise import VALUE_BYTES, BlockwiseEmbedding, FieldLayout, layout_bytes
 from embslim.embeddings.registry import register_embedding
 from embslim.errors import BudgetError, ConfigError
+
+
+@dataclass(frozen=True)
+class MDESettings:
+    """blocks: frequency blocks per field (a count, or increasing fractions of rows); temperature: the power T."""
+
+    blocks: int | tuple[float, ...] = 6
+    temperature: float = 0.3
 
 
 def mde_layout(fields: list[FieldSpec], width: int, budget_bytes: int, blocks: int | list[float] = 6,
@@ -55,16 +65,15 @@ def mde_layout(fields: list[FieldSpec], width: int, budget_bytes: int, blocks: i
     return build(dims)
 
 
-@register_embedding("mde")
+@register_embedding("mde", settings=MDESettings, budgeted=True)
 class MDEEmbedding(BlockwiseEmbedding):
     """Blockwise embedding whose layout comes from the MDE frequency rule and a budget."""
 
     @classmethod
-    def from_config(cls, fields: list[FieldSpec], config: EmbeddingConfig) -> "MDEEmbedding":
-        unknown = sorted(set(config.options) - {"blocks", "temperature"})
-        if unknown:
-            raise ConfigError(f"embedding 'mde' takes options blocks, temperature; got {unknown}")
+    def from_config(cls, fields: list[FieldSpec], config: EmbeddingConfig, settings: MDESettings) -> "MDEEmbedding":
         if config.budget_bytes is None:
             raise ConfigError("embedding 'mde' needs a budget (--budget)")
-        layouts = mde_layout(fields, config.dim, config.budget_bytes, config.options.get("blocks", 6), config.options.get("temperature", 0.3))
-        return cls(fields, layouts, config.dim, config.init_std)
+        blocks = settings.blocks if isinstance(settings.blocks, int) else list(settings.blocks)
+        module = cls(fields, mde_layout(fields, config.dim, config.budget_bytes, blocks, settings.temperature), config.dim, config.init_std)
+        module.settings = settings
+        return module

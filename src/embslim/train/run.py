@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,9 @@ import torch
 
 from embslim.data.cache import atomic_write_bytes
 from embslim.data.fields import PreparedData
-from embslim.embeddings import EmbeddingConfig, create_embedding
+from embslim.embeddings import EmbeddingConfig, convert_embedding, create_embedding, method_info
+from embslim.embeddings.registry import config_for_source
+from embslim.embeddings.settings import settings_dict
 from embslim.models import ModelOptions, Recommender, create_model, model_class
 from embslim.train.trainer import TrainConfig, Trainer
 
@@ -30,10 +32,14 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+def model_data(data: PreparedData, model: str) -> PreparedData:
+    """The data restricted to the fields the backbone `model` uses."""
+    return data.select_fields(model_class(model).select_fields(data.table.fields, data.user_field, data.item_field))
+
+
 def build_model(data: PreparedData, config: RunConfig) -> tuple[Recommender, PreparedData]:
     """The backbone over a fresh embedding, and the data restricted to the fields it uses."""
-    names = model_class(config.model).select_fields(data.table.fields, data.user_field, data.item_field)
-    data = data.select_fields(names)
+    data = model_data(data, config.model)
     torch.manual_seed(config.train.seed)
     embedding = create_embedding(data.table.fields, config.embedding)
     model = create_model(config.model, embedding, config.model_options, data.task, data.user_field, data.item_field)
@@ -42,13 +48,15 @@ def build_model(data: PreparedData, config: RunConfig) -> tuple[Recommender, Pre
 
 def describe_embedding(model: Recommender) -> dict:
     emb = model.embedding
-    return {
+    out = {
         "method": getattr(emb, "method_name", type(emb).__name__),
         "params": model.embedding_params(),
         "bytes": model.embedding_bytes("serve"),
         "train_bytes": model.embedding_bytes("train"),
         "dims": dict(zip([f.name for f in emb.fields], emb.dims)),
+        "settings": settings_dict(emb.settings),
     }
+    return {**out, "note": emb.note} if emb.note else out
 
 
 def environment() -> dict:
@@ -75,10 +83,31 @@ def train_model(model: Recommender, data: PreparedData, config: RunConfig, out_d
     return results
 
 
+def fit(data: PreparedData, config: RunConfig, out_dir: Path | None = None, resume: bool = False) -> tuple[Recommender, PreparedData, dict]:
+    """Build and train; for a converter (int8, svd, ...) train the full model, convert it, evaluate
+    the converted model (fine-tuning it for the method's `fine_tune_epochs`, if any) and record the source."""
+    info = method_info(config.embedding.method)
+    if info.source != "trained":
+        model, data = build_model(data, config)
+        return model, data, train_model(model, data, config, out_dir, resume)
+    fields = model_data(data, config.model).table.fields
+    source = replace(config, embedding=config_for_source(info, fields, config.embedding, info.parse(config.embedding.options)))
+    model, data = build_model(data, source)
+    trained = train_model(model, data, source, out_dir / "full" if out_dir is not None else None, resume)
+    model.embedding = convert_embedding(model.embedding, config.embedding)
+    epochs = getattr(model.embedding.settings, "fine_tune_epochs", 0)
+    results = train_model(model, data, replace(config, train=replace(config.train, epochs=epochs)), out_dir, resume)
+    results["embedding"]["source"] = {"method": "full", "dims": trained["embedding"]["dims"], "bytes": trained["embedding"]["bytes"],
+                                      "metrics": trained["metrics"], "train_seconds": trained["timing"]["train_seconds"]}
+    results["timing"]["train_seconds"] += trained["timing"]["train_seconds"]
+    if out_dir is not None:
+        write_results(results, out_dir / "results.json")
+    return model, data, results
+
+
 def run(data: PreparedData, config: RunConfig, out_dir: Path | None = None, resume: bool = False) -> dict:
-    """Build and train; the one call behind `embslim train`."""
-    model, data = build_model(data, config)
-    results = train_model(model, data, config, out_dir, resume)
+    """Build and train (or train and convert); the one call behind `embslim train`."""
+    model, _, results = fit(data, config, out_dir, resume)
     if out_dir is not None:
         model.embedding.export(out_dir / "embedding.safetensors")
     return results
