@@ -1,10 +1,11 @@
 """DNIS against the uniform and MDE baselines on every backbone and task: the DNIS matrix.
 
-    python bench/dnis_matrix.py --out benchmarks/results/dnis-matrix          # all 8 (task, model) pairs
+    python bench/dnis_matrix.py --out runs/dnis-matrix --results benchmarks/results/dnis-matrix   # all 8 pairs
     python bench/dnis_matrix.py --pairs rating:fm,ctr:deepfm --seeds 3 --out runs/matrix
 
 Each (task, model) pair is one `embslim bench` grid (full, uniform, mde, dnis x budgets x seeds)
-in OUT/TASK-MODEL, resumable cell by cell. OUT/matrix.md and OUT/matrix.json hold, per cell, the
+in OUT/TASK-MODEL, resumable cell by cell. RESULTS/matrix.md and RESULTS/matrix.json (RESULTS defaults to
+OUT; per pair also RESULTS/TASK-MODEL.csv, one row per run) hold, per cell, the
 mean and standard deviation of the test metric over seeds, and whether DNIS is at least as good
 as the better baseline within one standard deviation of that baseline.
 Needs MovieLens-100K under $EMBSLIM_DATA_DIR (or --data-path).
@@ -49,8 +50,11 @@ def run() -> None:
     p.add_argument("--dataset", default="movielens-100k")
     p.add_argument("--data-path")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="working folder of the runs (checkpoints, models)")
+    p.add_argument("--results", type=Path, help="folder of the summary files to keep (default --out)")
     args = p.parse_args()
+    results = args.results or args.out
+    results.mkdir(parents=True, exist_ok=True)
     budgets = tuple(float(b) for b in args.budgets.split(","))
     matrix, lines = [], []
     for pair in args.pairs.split(","):
@@ -60,6 +64,7 @@ def run() -> None:
         out = args.out / f"{task}-{model}"
         rows = run_grid(spec, out, workers=args.workers)
         write_table(rows, out)
+        (results / f"{task}-{model}.csv").write_text((out / "results.csv").read_text())
         metric = PRIMARY[task]
         summary = summarise(rows, metric)
         full = summary["full"][1.0]
@@ -75,16 +80,15 @@ def run() -> None:
     gaps = [r["gap"] for r in matrix if r["gap"] is not None]
     held = [r["holds"] for r in matrix if r["holds"] is not None]
     header = ["# DNIS matrix: test metric (mean ± std over seeds) at a fraction of the full embedding bytes", "",
-              f"Command: `python bench/dnis_matrix.py --pairs {args.pairs} --budgets {args.budgets} --seeds {args.seeds} --out {args.out}`",
+              f"Command: `python bench/dnis_matrix.py --pairs {args.pairs} --budgets {args.budgets} --seeds {args.seeds} --out {args.out} --results {results}`",
               "", machine_line(), "",
               "Gap: DNIS minus the better of uniform and MDE, signed so that positive means DNIS is better "
               "(AUC higher, RMSE lower). Holds: DNIS is at least as good as that baseline within one of its standard deviations.", "",
               "| task | model | budget | full | uniform | MDE | DNIS | gap | holds |", "|---|---|---|---|---|---|---|---|---|"]
     footer = ["", f"DNIS holds in {sum(held)} of {len(held)} cells; mean gap {np.mean(gaps):+.4f} "
                   f"(positive: DNIS better on average)." if gaps else ""]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "matrix.json").write_text(json.dumps(matrix, indent=1))
-    (args.out / "matrix.md").write_text("\n".join(header + lines + footer) + "\n")
+    (results / "matrix.json").write_text(json.dumps(matrix, indent=1))
+    (results / "matrix.md").write_text("\n".join(header + lines + footer) + "\n")
     print("\n".join(header + lines + footer))
 
 
