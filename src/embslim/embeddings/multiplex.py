@@ -113,8 +113,8 @@ class MultiplexEmbedding(FeatureEmbedding):
         cols = [j for j, f in enumerate(fields) for _ in range(self.lookups[f])]
         keys = [self.starts[f] + k for f in fields for k in range(self.lookups[f])]
         chunks = F.embedding(self.buckets_of(ids[:, cols], keys), self.table, sparse=True)
-        ends = np.cumsum([self.lookups[f] for f in fields]).tolist()
-        return [chunks[:, end - self.lookups[f]:end].flatten(1) for f, end in zip(fields, ends)]
+        parts = chunks.split([self.lookups[f] for f in fields], dim=1)  # one backward op, not one full-size gradient per field
+        return [part.flatten(1) for part in parts]
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         return [self.table]

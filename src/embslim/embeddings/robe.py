@@ -77,9 +77,14 @@ class RobeEmbedding(FeatureEmbedding):
         block_hash = mix(ids.unsqueeze(-1), salts)  # [..., n, blocks]
         j = torch.arange(d, device=ids.device)
         block, within = j // z, j % z
-        positions = (block_hash[..., block].remainder(self.array.shape[0]) + within).remainder(self.array.shape[0])
+        size = self.array.shape[0]
+        positions = block_hash.remainder(size)[..., block] + within
+        if size >= d:  # a block running past the end wraps once: a subtraction is cheaper than a remainder
+            positions = torch.where(positions >= size, positions - size, positions)
+        else:
+            positions = positions.remainder(size)
         bits = (mix(block_hash, salts)[..., block] >> within) & 1
-        return positions, 1 - 2 * bits
+        return positions, 1 - 2 * bits.to(torch.float32)
 
     def read(self, ids: torch.Tensor, fields: list[int]) -> torch.Tensor:
         positions, signs = self.offsets_and_signs(ids, fields)
@@ -94,8 +99,8 @@ class RobeEmbedding(FeatureEmbedding):
         for d in sorted({self._dims[f] for f in fields}):
             cols = [j for j, f in enumerate(fields) if self._dims[f] == d]
             vecs = self.read(ids[:, cols], [fields[j] for j in cols])
-            for k, j in enumerate(cols):
-                out[j] = vecs[:, k]
+            for j, vec in zip(cols, vecs.unbind(1)):  # one backward op, not one full-size gradient per field
+                out[j] = vec
         return out
 
     def sparse_parameters(self) -> list[nn.Parameter]:
