@@ -59,9 +59,10 @@ def test_multiplex_per_field_widths_take_that_many_chunks():
     assert emb.chunk == 4 and emb.lookups == [3, 1, 1] and emb.dims == [12, 4, 4]
 
 
-def test_multiplex_chunk_that_does_not_divide_the_width_is_a_config_error():
-    with pytest.raises(ConfigError, match="chunk 3 must divide"):
-        build(fields_of(100), chunk=3)
+@pytest.mark.parametrize("chunk", [3, 0, -4])
+def test_multiplex_chunk_that_does_not_divide_the_width_is_a_config_error(chunk):
+    with pytest.raises(ConfigError, match=f"chunk {chunk} must divide"):
+        build(fields_of(100), chunk=chunk)
 
 
 def test_multiplex_budget_below_one_bucket_is_a_budget_error():

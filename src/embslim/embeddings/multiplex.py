@@ -77,7 +77,7 @@ class MultiplexEmbedding(FeatureEmbedding):
     @classmethod
     def from_config(cls, fields: list[FieldSpec], config: EmbeddingConfig, settings: MultiplexSettings) -> "MultiplexEmbedding":
         dims = positive_dims("multiplex", fields, config)
-        chunk = settings.chunk or math.gcd(*dims)
+        chunk = math.gcd(*dims) if settings.chunk is None else settings.chunk
         if chunk < 1 or any(d % chunk for d in dims):
             raise ConfigError(f"embedding 'multiplex': chunk {chunk} must divide every field width {sorted(set(dims))}")
         useful = sum(f.cardinality * d // chunk for f, d in zip(fields, dims))  # more buckets than (field, id, chunk) triples only wastes bytes
