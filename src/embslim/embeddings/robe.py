@@ -74,17 +74,16 @@ class RobeEmbedding(FeatureEmbedding):
         z, d = self.settings.chunk, self._dims[fields[0]]
         keys = torch.tensor([[self.starts[f] + b for b in range(math.ceil(d / z))] for f in fields], device=ids.device)
         salts = lookup_salts(self.seed, keys)
-        block_hash = mix(ids.unsqueeze(-1), salts)  # [..., n, blocks]
-        j = torch.arange(d, device=ids.device)
-        block, within = j // z, j % z
+        block_hash = mix(ids.unsqueeze(-1), salts).unsqueeze(-1)  # [..., n, blocks, 1]
+        within = torch.arange(min(z, d), device=ids.device)  # broadcast over blocks: no index kernel on the hot path
         size = self.array.shape[0]
-        positions = block_hash.remainder(size)[..., block] + within
+        positions = block_hash.remainder(size) + within
         if size >= d:  # a block running past the end wraps once: a subtraction is cheaper than a remainder
             positions = torch.where(positions >= size, positions - size, positions)
         else:
             positions = positions.remainder(size)
-        bits = (mix(block_hash, salts)[..., block] >> within) & 1
-        return positions, 1 - 2 * bits.to(torch.float32)
+        bits = (mix(block_hash, salts.unsqueeze(-1)) >> within) & 1
+        return positions.flatten(-2)[..., :d], 1 - 2 * bits.flatten(-2)[..., :d].to(torch.float32)
 
     def read(self, ids: torch.Tensor, fields: list[int]) -> torch.Tensor:
         positions, signs = self.offsets_and_signs(ids, fields)
