@@ -1,0 +1,106 @@
+"""ROBE (Desai et al., MLSys 2022, "Random Offset Block Embedding (ROBE) for compressed embedding tables
+in deep learning recommendation systems"): every vector is read from one shared array of M floats.
+
+Element j of the vector of id x in field f is array[(h(f, x, j // Z) + j mod Z) mod M] times a
+sign s(f, x, j) in {-1, +1}: each block of Z consecutive elements starts at a hashed offset
+and reads the array contiguously (wrapping at its end), so blocks of different ids overlap
+in part rather than colliding whole. Z = 32 is the paper's (apd10/dlrm `--rma-chunk-size 32`);
+the VLDB'24 benchmark ran Z = 1, per-element hashing. The offset hash salts the id with
+(f, block); the Z signs of a block are bits of a second mix of that hash, so Z is at most 64.
+M fills the budget. The array is a [M, 1] parameter read by `F.embedding`, so gradients
+are sparse. Serving bytes: 4·M plus one int64 seed, from which every salt is derived.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from embslim.data.fields import FieldSpec
+from embslim.embeddings.base import EmbeddingConfig, FeatureEmbedding
+from embslim.embeddings.hashing import mix
+from embslim.embeddings.multiplex import budget_floats, lookup_salts, positive_dims
+from embslim.embeddings.registry import register_embedding
+from embslim.errors import ConfigError
+
+SIGN_BITS = 64
+
+
+@dataclass(frozen=True)
+class RobeSettings:
+    """chunk: Z, the elements read contiguously from one hashed offset (paper: 32; 1 hashes every element); seed: salts the hashes."""
+
+    chunk: int = 32
+    seed: int = 0
+
+
+@register_embedding("robe", settings=RobeSettings, budgeted=True)
+class RobeEmbedding(FeatureEmbedding):
+    """One array of `size` floats; field f's vector reads ceil(dims[f] / chunk) signed blocks of it."""
+
+    def __init__(self, fields: list[FieldSpec], dims: list[int], size: int, settings: RobeSettings, init_std: float = 0.01) -> None:
+        super().__init__()
+        if not 1 <= settings.chunk <= SIGN_BITS:
+            raise ConfigError(f"embedding 'robe': chunk must be within [1, {SIGN_BITS}], got {settings.chunk}")
+        self.fields, self._dims, self.settings = list(fields), [int(d) for d in dims], settings
+        blocks = [math.ceil(d / settings.chunk) for d in self._dims]
+        self.starts = np.r_[0, np.cumsum(blocks)[:-1]].tolist()
+        self.register_buffer("seed", torch.tensor(settings.seed, dtype=torch.int64))
+        self.array = nn.Parameter(torch.randn(size, 1) * init_std)  # signs keep every element at the full table's scale
+
+    @classmethod
+    def from_config(cls, fields: list[FieldSpec], config: EmbeddingConfig, settings: RobeSettings) -> "RobeEmbedding":
+        dims = positive_dims("robe", fields, config)
+        size = min(budget_floats("robe", config.budget_bytes), sum(f.cardinality * d for f, d in zip(fields, dims)))
+        return cls(fields, dims, size, settings, config.init_std)
+
+    @classmethod
+    def from_artifact_meta(cls, fields: list[FieldSpec], settings: RobeSettings, meta: dict) -> "RobeEmbedding":
+        return cls(fields, meta["dims"], meta["size"], settings)
+
+    def artifact_meta(self) -> dict:
+        return {"dims": self._dims, "size": self.array.shape[0]}
+
+    @property
+    def dims(self) -> list[int]:
+        return list(self._dims)
+
+    def offsets_and_signs(self, ids: torch.Tensor, fields: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Array positions and signs of ids [..., n] of n fields of one width d: two [..., n, d] tensors."""
+        z, d = self.settings.chunk, self._dims[fields[0]]
+        keys = torch.tensor([[self.starts[f] + b for b in range(math.ceil(d / z))] for f in fields], device=ids.device)
+        salts = lookup_salts(self.seed, keys)
+        block_hash = mix(ids.unsqueeze(-1), salts).unsqueeze(-1)  # [..., n, blocks, 1]
+        within = torch.arange(min(z, d), device=ids.device)  # broadcast over blocks: no index kernel on the hot path
+        size = self.array.shape[0]
+        positions = block_hash.remainder(size) + within
+        if size >= d:  # a block running past the end wraps once: a subtraction is cheaper than a remainder
+            positions = torch.where(positions >= size, positions - size, positions)
+        else:
+            positions = positions.remainder(size)
+        bits = (mix(block_hash, salts.unsqueeze(-1)) >> within) & 1
+        return positions.flatten(-2)[..., :d], 1 - 2 * bits.flatten(-2)[..., :d].to(torch.float32)
+
+    def read(self, ids: torch.Tensor, fields: list[int]) -> torch.Tensor:
+        positions, signs = self.offsets_and_signs(ids, fields)
+        return F.embedding(positions, self.array, sparse=True).squeeze(-1) * signs
+
+    def lookup(self, field: int, ids: torch.Tensor) -> torch.Tensor:
+        return self.read(ids.unsqueeze(-1), [field]).squeeze(-2)
+
+    def lookup_fields(self, ids: torch.Tensor, fields: list[int]) -> list[torch.Tensor]:
+        """One read per field width."""
+        out: list[torch.Tensor | None] = [None] * len(fields)
+        for d in sorted({self._dims[f] for f in fields}):
+            cols = [j for j, f in enumerate(fields) if self._dims[f] == d]
+            vecs = self.read(ids[:, cols], [fields[j] for j in cols])
+            for j, vec in zip(cols, vecs.unbind(1)):  # one backward op, not one full-size gradient per field
+                out[j] = vec
+        return out
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return [self.array]
