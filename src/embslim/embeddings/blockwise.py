@@ -151,7 +151,7 @@ class BlockwiseEmbedding(FeatureEmbedding):
 
     def lookup_fields(self, ids: torch.Tensor, fields: list[int]) -> list[torch.Tensor]:
         vecs = self.lookup_rows(ids + self.field_offsets[fields])
-        return [vecs[:, j] for j in range(len(fields))]
+        return list(vecs.unbind(1))
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         return [self.values]

@@ -73,7 +73,7 @@ class DNISEmbedding(FullEmbedding):
 
     def lookup_fields(self, ids: torch.Tensor, fields: list[int]) -> list[torch.Tensor]:
         vecs = self.scaled(ids + getattr(self, f"offsets_{self.width}")[fields])
-        return [vecs[:, j] for j in range(len(fields))]
+        return list(vecs.unbind(1))
 
     def search_parameters(self) -> list[nn.Parameter]:
         return [self.alpha]

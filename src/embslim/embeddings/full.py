@@ -102,8 +102,8 @@ class FullEmbedding(FeatureEmbedding):
             if cols:
                 firsts = getattr(self, f"offsets_{d}")[[self._place[fields[j]][1] for j in cols]]
                 vecs = F.embedding(ids[:, cols] + firsts, self.tables[g], sparse=True)
-                for c, j in enumerate(cols):
-                    out[j] = vecs[:, c]
+                for j, vec in zip(cols, vecs.unbind(1)):  # one backward op, not one full-size gradient per field
+                    out[j] = vec
         return [o if o is not None else ids.new_zeros((ids.shape[0], 0), dtype=torch.float32) for o in out]
 
     def sparse_parameters(self) -> list[nn.Parameter]:

@@ -110,7 +110,7 @@ class HashEmbedding(FeatureEmbedding):
 
     def lookup_fields(self, ids: torch.Tensor, fields: list[int]) -> list[torch.Tensor]:
         vecs = F.embedding(self.rows_of(ids, fields), self.table, sparse=True)
-        return [vecs[:, j] for j in range(len(fields))]
+        return list(vecs.unbind(1))
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         return [self.table]

@@ -92,7 +92,7 @@ class LowRankEmbedding(FeatureEmbedding):
     def lookup_fields(self, ids: torch.Tensor, fields: list[int]) -> list[torch.Tensor]:
         factors = F.embedding(ids + self.firsts[fields], self.left, sparse=True)
         vecs = torch.einsum("bkr,krd->bkd", factors, self.right[fields])
-        return [vecs[:, j] for j in range(len(fields))]
+        return list(vecs.unbind(1))
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         return [self.left]
