@@ -7,7 +7,7 @@ import torch
 
 from embslim.data.fields import FieldSpec
 from embslim.embeddings import EmbeddingConfig, create_embedding
-from embslim.embeddings.tt import TTEmbedding, TTSettings, core_shapes, dim_factors, row_factors, tt_layout
+from embslim.embeddings.tt import TTEmbedding, TTSettings, core_shapes, dim_factors, ranks_bytes, row_factors, tt_layout
 from embslim.errors import BudgetError
 
 
@@ -27,7 +27,7 @@ def test_tt_dim_factors_multiply_to_the_width(d, expected):
 
 
 def test_tt_row_is_the_contraction_of_its_three_core_slices():
-    emb = TTEmbedding(fields_of(1000), 16, 3, [True], TTSettings(), init_std=0.1)
+    emb = TTEmbedding(fields_of(1000), 16, [3], TTSettings(), init_std=0.1)
     g1, g2, g3 = (c.detach() for c in emb.cores)
     n2, n3 = g2.shape[0], g3.shape[0]
     x = 777
@@ -41,16 +41,19 @@ def test_tt_init_gives_rows_the_std_of_a_plain_init():
     assert 0.008 < emb.field_table(0).std().item() < 0.012
 
 
-def test_tt_rank_is_the_largest_that_fits_the_budget():
+def test_tt_rank_is_the_largest_uniform_one_that_fits_then_the_largest_fields_take_one_more():
     fields = fields_of(50_000, 20_000, 30)
-    budget = 100_000
+    budget = 104_000
     emb = create_embedding(fields, EmbeddingConfig("tt", dim=16, budget_bytes=budget))
-    assert emb.memory_bytes() == tt_layout(fields, 16, emb.rank)[1] <= budget < tt_layout(fields, 16, emb.rank + 1)[1]
+    low = min(r for r in emb.ranks if r)
+    assert tt_layout(fields, 16, low)[1] <= budget < tt_layout(fields, 16, low + 1)[1]
+    assert emb.ranks[:2] == [low + 1, low] and emb.memory_bytes() == ranks_bytes(fields, 16, emb.ranks) <= budget
+    assert budget < ranks_bytes(fields, 16, [low + 1, low + 1, emb.ranks[2]])
 
 
 def test_tt_small_fields_stay_plain_tables():
     emb = create_embedding(fields_of(50_000, 30), EmbeddingConfig("tt", dim=16, options={"rank": 8}))
-    assert emb.tt == [True, False] and emb.table.shape == (30, 16)
+    assert emb.ranks == [8, 0] and emb.table.shape == (30, 16)
     assert emb.memory_bytes() == 4 * sum(math.prod(s) for s in core_shapes(50_000, 16, 8)) + 4 * 30 * 16 + 8
 
 
@@ -60,7 +63,7 @@ def test_tt_budget_below_rank_one_is_a_budget_error():
 
 
 def test_tt_cores_train_to_fit_targets():
-    emb = TTEmbedding(fields_of(500), 4, 4, [True], TTSettings(), init_std=0.1)
+    emb = TTEmbedding(fields_of(500), 4, [4], TTSettings(), init_std=0.1)
     target = torch.randn(500, 4) * 0.1
     opt = torch.optim.Adam(emb.parameters(), lr=0.02)
     ids = torch.arange(500)

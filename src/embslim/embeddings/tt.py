@@ -4,13 +4,14 @@ Recommendation Model Embeddings"; reference code facebookresearch/FBTT-Embedding
 A field of n ids and width d is three cores G_k of shape r_{k-1} x n_k x d_k x r_k with
 n_1 n_2 n_3 >= n, d_1 d_2 d_3 = d and r_0 = r_3 = 1. Id x is written in mixed radix
 (i_1, i_2, i_3) and its vector is the contraction G_1[i_1] G_2[i_2] G_3[i_3]: two small
-batched matmuls. Both inner ranks are one r, the largest whose bytes fit the budget (as
-Hetu searches it); a field whose full table is no larger than its cores at that rank stays
-a plain table (TT saves nothing there). Cores are initialised Gaussian with the std that
+batched matmuls. Both inner ranks of a field are one r: the largest uniform r whose bytes
+fit the budget (as Hetu searches it), then the largest fields take r + 1 while the leftover
+allows (one rank step moves the bytes by several percent on small data). A field whose full
+table is no larger than its cores at its rank stays a plain table (TT saves nothing there). Cores are initialised Gaussian with the std that
 gives reconstructed entries the std of a plain table's init (TT-Rec's sampled-Gaussian
 init; FBTT's approx-uniform init matches the scale the same way). Core gradients are dense.
 
-Serving bytes = 4 * sum over TT fields of r (n_1 d_1 + n_3 d_3) + r^2 n_2 d_2, plus the plain
+Serving bytes = 4 * sum over TT fields of r_f (n_1 d_1 + n_3 d_3) + r_f^2 n_2 d_2, plus the plain
 rows of small fields and one int64 first row per plain field.
 """
 from __future__ import annotations
@@ -66,11 +67,20 @@ def plain_field_bytes(n: int, d: int) -> int:
     return storage_bytes(n * d, "fp32") + OFFSET_BYTES
 
 
-def tt_layout(fields: list[FieldSpec], dim: int, rank: int) -> tuple[list[bool], int]:
-    """Which fields are TT at this rank (those whose cores are smaller than their table) and the total bytes."""
-    tt = [tt_field_bytes(f.cardinality, dim, rank) < plain_field_bytes(f.cardinality, dim) for f in fields]
-    total = sum(tt_field_bytes(f.cardinality, dim, rank) if t else plain_field_bytes(f.cardinality, dim) for f, t in zip(fields, tt))
-    return tt, total
+def field_rank(n: int, d: int, rank: int) -> int:
+    """The rank a field gets: `rank` where its cores are smaller than its plain table, else 0 (plain)."""
+    return rank if tt_field_bytes(n, d, rank) < plain_field_bytes(n, d) else 0
+
+
+def ranks_bytes(fields: list[FieldSpec], dim: int, ranks: list[int]) -> int:
+    """Serving bytes of fields at these ranks (0: a plain table)."""
+    return sum(tt_field_bytes(f.cardinality, dim, r) if r else plain_field_bytes(f.cardinality, dim) for f, r in zip(fields, ranks))
+
+
+def tt_layout(fields: list[FieldSpec], dim: int, rank: int) -> tuple[list[int], int]:
+    """Per-field ranks at one uniform rank (0 where TT saves nothing) and their total bytes."""
+    ranks = [field_rank(f.cardinality, dim, rank) for f in fields]
+    return ranks, ranks_bytes(fields, dim, ranks)
 
 
 def rank_for_budget(fields: list[FieldSpec], dim: int, budget_bytes: int) -> int:
@@ -83,22 +93,32 @@ def rank_for_budget(fields: list[FieldSpec], dim: int, budget_bytes: int) -> int
     return rank
 
 
+def fill_ranks(fields: list[FieldSpec], dim: int, rank: int, budget_bytes: int) -> list[int]:
+    """Ranks at the uniform `rank`, then rank + 1 for the largest TT fields, one at a time, while the budget allows."""
+    ranks = tt_layout(fields, dim, rank)[0]
+    for i in sorted(range(len(fields)), key=lambda i: -fields[i].cardinality):
+        bumped = ranks[:i] + [field_rank(fields[i].cardinality, dim, rank + 1)] + ranks[i + 1:]
+        if ranks[i] and bumped[i] and ranks_bytes(fields, dim, bumped) <= budget_bytes:
+            ranks = bumped
+    return ranks
+
+
 @register_embedding("tt", settings=TTSettings, budgeted=True)
 class TTEmbedding(FeatureEmbedding):
-    """Three TT cores per large field (`cores` holds them in field order), one plain table for the small fields."""
+    """Three TT cores per large field (`cores` holds them in field order), one plain table for the fields of rank 0."""
 
-    def __init__(self, fields: list[FieldSpec], dim: int, rank: int, tt: list[bool], settings: TTSettings, init_std: float = 0.01) -> None:
+    def __init__(self, fields: list[FieldSpec], dim: int, ranks: list[int], settings: TTSettings, init_std: float = 0.01) -> None:
         super().__init__()
-        self.fields, self.width, self.rank, self.settings, self.tt = list(fields), dim, rank, settings, list(tt)
+        self.fields, self.width, self.settings, self.ranks = list(fields), dim, settings, [int(r) for r in ranks]
         self.cores = nn.ParameterList()
-        core_std = (init_std / rank) ** (1 / 3)  # an entry sums r^2 products of three cores: variance r^2 s^6 = init_std^2
         self._core_index: dict[int, int] = {}
-        for i, f in enumerate(fields):
-            if tt[i]:
+        for i, (f, r) in enumerate(zip(fields, self.ranks)):
+            if r:
+                core_std = (init_std / r) ** (1 / 3)  # an entry sums r^2 products of three cores: variance r^2 s^6 = init_std^2
                 self._core_index[i] = len(self.cores)
-                self.cores.extend(nn.Parameter(torch.randn(s) * core_std) for s in core_shapes(f.cardinality, dim, rank))
-        plain = [f.cardinality for f, t in zip(fields, tt) if not t]
-        self._plain_index = {i: k for k, i in enumerate(i for i, t in enumerate(tt) if not t)}
+                self.cores.extend(nn.Parameter(torch.randn(s) * core_std) for s in core_shapes(f.cardinality, dim, r))
+        plain = [f.cardinality for f, r in zip(fields, self.ranks) if not r]
+        self._plain_index = {i: k for k, i in enumerate(i for i, r in enumerate(self.ranks) if not r)}
         if plain:
             self.register_buffer("firsts", torch.tensor(np.r_[0, np.cumsum(plain)[:-1]], dtype=torch.int64))
             self.table = nn.Parameter(torch.randn(sum(plain), dim) * init_std)
@@ -111,35 +131,38 @@ class TTEmbedding(FeatureEmbedding):
             raise ConfigError("embedding 'tt' needs a rank (rank=R) or a budget (--budget)")
         if settings.rank is not None and settings.rank < 1:
             raise ConfigError(f"embedding 'tt': rank must be at least 1, got {settings.rank}")
-        rank = settings.rank or rank_for_budget(fields, config.dim, config.budget_bytes)
-        tt, total = tt_layout(fields, config.dim, rank)
+        if settings.rank is None:
+            ranks = fill_ranks(fields, config.dim, rank_for_budget(fields, config.dim, config.budget_bytes), config.budget_bytes)
+        else:
+            ranks = tt_layout(fields, config.dim, settings.rank)[0]
+        total = ranks_bytes(fields, config.dim, ranks)
         if config.budget_bytes is not None and total > config.budget_bytes:
-            raise BudgetError(f"embedding 'tt': rank {rank} needs {total} bytes, over the budget of {config.budget_bytes}")
-        module = cls(fields, config.dim, rank, tt, settings, config.init_std)
-        if not any(tt):
-            module.note = f"no field is smaller as TT cores at rank {rank}: every table is plain"
+            raise BudgetError(f"embedding 'tt': rank {settings.rank} needs {total} bytes, over the budget of {config.budget_bytes}")
+        module = cls(fields, config.dim, ranks, settings, config.init_std)
+        if not any(ranks):
+            module.note = "no field is smaller as TT cores: every table is plain"
         return module
 
     @classmethod
     def from_artifact_meta(cls, fields: list[FieldSpec], settings: TTSettings, meta: dict) -> "TTEmbedding":
-        return cls(fields, meta["dim"], meta["rank"], meta["tt"], settings)
+        return cls(fields, meta["dim"], meta["ranks"], settings)
 
     def artifact_meta(self) -> dict:
-        return {"dim": self.width, "rank": self.rank, "tt": self.tt}
+        return {"dim": self.width, "ranks": self.ranks}
 
     @property
     def dims(self) -> list[int]:
         return [self.width] * len(self.fields)
 
     def lookup(self, field: int, ids: torch.Tensor) -> torch.Tensor:
-        if not self.tt[field]:
+        if not self.ranks[field]:
             return F.embedding(ids + self.firsts[self._plain_index[field]], self.table, sparse=True)
         k = self._core_index[field]
         g1, g2, g3 = self.cores[k], self.cores[k + 1], self.cores[k + 2]
         n2, n3 = g2.shape[0], g3.shape[0]
         flat = ids.reshape(-1)
         i1, i2, i3 = flat // (n2 * n3), (flat // n3) % n2, flat % n3
-        r, (d1, d2, d3) = self.rank, (g1.shape[1], g2.shape[2], g3.shape[2])
+        r, (d1, d2, d3) = self.ranks[field], (g1.shape[1], g2.shape[2], g3.shape[2])
         left = torch.bmm(g1[i1], g2[i2].reshape(-1, r, d2 * r)).reshape(-1, d1 * d2, r)
         return torch.bmm(left, g3[i3]).reshape(*ids.shape, d1 * d2 * d3)
 
