@@ -9,7 +9,8 @@ all single-valued fields with one gather.
 
 Bytes come from one table of bits per stored value (`BITS`, which knows 4- and 2-bit
 codes); serving bytes count every tensor an exported artifact holds (weights, codes,
-scales, offsets, hash salts), and training adds Adam's moment buffers.
+scales, offsets, hash salts), and training adds Adam's moment buffers and any optimiser
+state a method keeps itself (`state_bytes`).
 """
 from __future__ import annotations
 
@@ -151,11 +152,15 @@ class FeatureEmbedding(nn.Module, ABC):
         """Bytes of the non-trainable structures serving needs (offsets, codes, scales, hash salts)."""
         return sum(tensor_bytes(b) for b in self.buffers())
 
+    def state_bytes(self) -> int:
+        """Bytes of optimiser state a method keeps itself (one that updates its own storage, such as lpt); 0 for most."""
+        return 0
+
     def memory_bytes(self, stage: Stage = "serve") -> int:
-        """Exact bytes: weights and indices; in training also Adam's moment buffers of the weights."""
+        """Exact bytes: weights and indices; in training also Adam's moment buffers of the weights and the method's own state."""
         weights = self.weight_bytes()
         if stage == "train":
-            weights *= 1 + ADAM_STATE_COPIES
+            return weights * (1 + ADAM_STATE_COPIES) + self.index_bytes() + self.state_bytes()
         return weights + self.index_bytes()
 
     def aux_loss(self) -> torch.Tensor | None:
