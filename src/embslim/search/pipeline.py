@@ -35,7 +35,7 @@ from embslim.search.align import align_to_principal_axes
 from embslim.search.dnis import AlphaStep, DNISConfig, layout_for_budget, layout_for_threshold, pruned_values, search_train_config, warm_start_from
 from embslim.search.report import dims_per_field, kept_dims_table, plot_kept_dims, summary_lines
 from embslim.train.checkpoint import save_checkpoint
-from embslim.train.run import RunConfig, build_model, describe_embedding, export_embedding, train_model, write_results
+from embslim.train.run import RunConfig, build_model, describe_embedding, train_model, write_results
 from embslim.train.trainer import Trainer
 
 BASELINES = ("uniform", "mde")
@@ -53,6 +53,11 @@ def _stage(out: Path, resume: bool, train: Callable[[Path, bool], dict]) -> dict
 def save_state(model: Recommender, out: Path) -> None:
     """The trained weights as out/model.pt (atomically: the search warm-starts from them)."""
     save_checkpoint(model.state_dict(), out / "model.pt")
+
+
+def export_embedding(model: Recommender, out: Path) -> None:
+    """The trained tables as out/embedding.safetensors."""
+    model.embedding.export(out / "embedding.safetensors")
 
 
 @contextmanager

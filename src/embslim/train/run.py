@@ -83,15 +83,13 @@ def train_model(model: Recommender, data: PreparedData, config: RunConfig, out_d
     return results
 
 
-def export_embedding(model: Recommender, out_dir: Path) -> None:
-    """The trained tables as out_dir/embedding.safetensors."""
-    model.embedding.export(out_dir / "embedding.safetensors")
-
-
 def run(data: PreparedData, config: RunConfig, out_dir: Path | None = None, resume: bool = False) -> dict:
     """Build and train; the one call behind `embslim train`."""
     model, data = build_model(data, config)
-    return train_model(model, data, config, out_dir, resume, save=export_embedding)
+    results = train_model(model, data, config, out_dir, resume)
+    if out_dir is not None:
+        model.embedding.export(out_dir / "embedding.safetensors")
+    return results
 
 
 def write_results(results: dict, path: Path) -> None:
