@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +49,17 @@ class Interrupt:
     def on_batch_end(self, trainer, step: int) -> None:
         if step == self.at_step:
             raise KeyboardInterrupt
+
+
+class Kill(Interrupt):
+    """Trainer callback that SIGKILLs its own process at a step: a real kill, nothing in memory survives."""
+
+    def on_batch_end(self, trainer, step: int) -> None:
+        if step == self.at_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_until_killed(script: str) -> None:
+    """Run a Python script in a child process that must end by SIGKILL (a `Kill` callback)."""
+    proc = subprocess.run([sys.executable, "-c", script], env=os.environ.copy())
+    assert proc.returncode == -signal.SIGKILL

@@ -1,9 +1,5 @@
 """The trainer: early stopping, determinism, resume after a kill, results in the documented shape."""
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +10,7 @@ from embslim.train.metrics import ranking_metrics
 from embslim.train.run import RunConfig, build_model, run, train_model
 from embslim.train.topk import held_out_ranks
 from embslim.train.trainer import TrainConfig, Trainer
-from conftest import Interrupt, load_tiny
+from conftest import Interrupt, load_tiny, run_until_killed
 
 FAST = TrainConfig(epochs=3, batch_size=256, patience=5, progress=False, seed=7)
 
@@ -54,8 +50,7 @@ def test_real_kill_then_resume_matches_uninterrupted_cli_run(tmp_path):
         "from embslim.cli import main\n"
         f"sys.exit(main({args + ['--out', str(tmp_path / 'b')]!r}))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", killer], env=os.environ.copy())
-    assert proc.returncode == -signal.SIGKILL
+    run_until_killed(killer)
     assert not (tmp_path / "b" / "results.json").exists() and (tmp_path / "b" / "checkpoint.pt").exists()
     assert main(args + ["--out", str(tmp_path / "b"), "--resume"]) == 0
     a = json.loads((tmp_path / "a" / "results.json").read_text())

@@ -3,9 +3,11 @@
 The retrain starts from the pruned, alpha-scaled searched weights and network unless
 `DNISConfig.fine_tune` is False (then from a fresh initialisation).
 
-Each stage writes its run folder (results.json, checkpoint) under OUT; with
-`resume=True` finished stages are read back instead of recomputed, so a killed search
-loses at most the stage in flight. OUT/report.json gathers them:
+Each stage writes its run folder (epoch checkpoints, its artifacts, then results.json)
+under OUT; with `resume=True` finished stages are read back and the stage in flight
+continues from its last epoch checkpoint, so a killed search ends exactly as an
+uninterrupted one. Every stage seeds itself, so its result does not depend on which
+stages ran before it in the process. OUT/report.json gathers them:
 {"budget_bytes", "full_bytes", "runs": {"full", "dnis", "uniform", "mde"}, "search",
 "kept_dims", "timing"}; OUT/layout.json is the pruned configuration and
 OUT/kept_dims.png its picture.
@@ -21,27 +23,41 @@ import json
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from embslim.data.fields import PreparedData
 from embslim.embeddings import EmbeddingConfig
 from embslim.embeddings.blockwise import layout_bytes, layout_to_json
+from embslim.models.base import Recommender
 from embslim.search.align import align_to_principal_axes
 from embslim.search.dnis import AlphaStep, DNISConfig, layout_for_budget, layout_for_threshold, pruned_values, pruning_scores, search_train_config, warm_start_from
 from embslim.search.report import dims_per_field, kept_dims_table, plot_kept_dims, summary_lines
+from embslim.train.checkpoint import save_checkpoint
 from embslim.train.run import RunConfig, build_model, describe_embedding, train_model, write_results
 from embslim.train.trainer import Trainer
 
 BASELINES = ("uniform", "mde")
 
 
-def _stage(out: Path, resume: bool, train) -> dict:
-    """Results of a stage: read back when finished and resuming, else computed."""
+def _stage(out: Path, resume: bool, train: Callable[[Path, bool], dict]) -> dict:
+    """Results of a stage: read back when finished and resuming, else `train(out, resume)`,
+    which continues from the stage's last epoch checkpoint when resuming."""
     done = out / "results.json"
     if resume and done.exists():
         return json.loads(done.read_text())
-    return train(out)
+    return train(out, resume)
+
+
+def save_state(model: Recommender, out: Path) -> None:
+    """The trained weights as out/model.pt (atomically: the search warm-starts from them)."""
+    save_checkpoint(model.state_dict(), out / "model.pt")
+
+
+def export_embedding(model: Recommender, out: Path) -> None:
+    """The trained tables as out/embedding.safetensors."""
+    model.embedding.export(out / "embedding.safetensors")
 
 
 @contextmanager
@@ -68,16 +84,13 @@ def run_search(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: D
     search_dir = search_dir or out
     full_config = replace(config, embedding=EmbeddingConfig("full", width, init_std=config.embedding.init_std))
     full_model, fdata = build_model(data, full_config)
-    full_state = search_dir / "full" / "model.pt"
 
-    def train_full(path: Path) -> dict:
-        results = train_model(full_model, fdata, full_config, path)
-        torch.save(full_model.state_dict(), full_state)
-        return results
+    def train_full(path: Path, resume_stage: bool) -> dict:
+        return train_model(full_model, fdata, full_config, path, resume_stage, save=save_state)
 
     with locked(search_dir):
-        runs = {"full": _stage(search_dir / "full", resume and full_state.exists(), train_full)}
-        full_model.load_state_dict(torch.load(full_state))
+        runs = {"full": _stage(search_dir / "full", resume, train_full)}
+        full_model.load_state_dict(torch.load(search_dir / "full" / "model.pt"))
     search_folder = out / "search" if dnis.prune_during_search else search_dir / "search"  # a pruning search depends on the budget
     with locked(search_folder):
         search_model, sdata, fit, search_seconds, layouts = search_dims(
@@ -90,7 +103,7 @@ def run_search(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: D
     out.mkdir(parents=True, exist_ok=True)
     (out / "layout.json").write_text(json.dumps(layout, indent=1))
 
-    def train_dnis(path: Path) -> dict:
+    def train_dnis(path: Path, resume_stage: bool) -> dict:
         slim_config = replace(config, embedding=EmbeddingConfig("blockwise", width, init_std=config.embedding.init_std, options={"layout": layout}))
         model, d = build_model(data, slim_config)
         if dnis.fine_tune:
@@ -98,16 +111,14 @@ def run_search(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: D
                 init = pruned_values(emb, layouts)
                 model.embedding.values[: len(init)].copy_(init)
             warm_start_from_network(model, search_model)
-        results = train_model(model, d, slim_config, path)
-        model.embedding.export(path / "embedding.safetensors")
-        return results
+        return train_model(model, d, slim_config, path, resume_stage, save=export_embedding)
 
     runs["dnis"] = _stage(out / "dnis", resume, train_dnis)
     for name in baselines:
         opts = {"blocks": emb.block_spec} if name == "mde" else {}
         method = "full" if name == "uniform" else name
         cfg = replace(config, embedding=EmbeddingConfig(method, width, budget_bytes=budget_bytes, init_std=config.embedding.init_std, options=opts))
-        runs[name] = _stage(out / name, resume, lambda path, cfg=cfg: train_model(*build_model(data, cfg), cfg, path))
+        runs[name] = _stage(out / name, resume, lambda path, resume_stage, cfg=cfg: train_model(*build_model(data, cfg), cfg, path, resume_stage))
 
     kept = kept_dims_table(layouts, {f.name: f.counts for f in sdata.table.fields})
     plot_kept_dims(kept, width, out / "kept_dims.png", f"DNIS kept dimensions, {data.name} {data.task} {config.model}")

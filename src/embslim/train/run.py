@@ -11,6 +11,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -65,8 +66,13 @@ def environment() -> dict:
 
 
 def train_model(model: Recommender, data: PreparedData, config: RunConfig, out_dir: Path | None = None,
-                resume: bool = False, callbacks: list | None = None) -> dict:
-    """Train an already built model and return the results record (written to out_dir/results.json)."""
+                resume: bool = False, callbacks: list | None = None,
+                save: Callable[[Recommender, Path], None] | None = None) -> dict:
+    """Train an already built model and return the results record (written to out_dir/results.json).
+
+    `save(model, out_dir)` writes the run's artifacts first, so a results.json on disk always
+    means a finished run whose files all exist (what resuming relies on).
+    """
     t0 = time.perf_counter()
     fit = Trainer(model, data, config.train, out_dir, callbacks).fit(resume=resume)
     results = {
@@ -79,6 +85,8 @@ def train_model(model: Recommender, data: PreparedData, config: RunConfig, out_d
         "environment": environment(),
     }
     if out_dir is not None:
+        if save is not None:
+            save(model, out_dir)
         write_results(results, out_dir / "results.json")
     return results
 
