@@ -1,5 +1,5 @@
 """Embedding methods behind one interface; importing a method's module registers it."""
-from embslim.embeddings import blockwise, dnis, full, hashing, lowrank, mde, qr, quantized  # noqa: F401  (register methods)
+from embslim.embeddings import blockwise, dnis, doublehash, full, hashing, lowrank, mde, qr, quantized  # noqa: F401  (register methods)
 from embslim.embeddings.base import EmbeddingConfig, FeatureEmbedding
 from embslim.embeddings.batch import SparseBatch
 from embslim.embeddings.registry import (MethodInfo, convert_embedding, create_embedding, list_embeddings, load_artifact, method_info,
