@@ -6,7 +6,7 @@ import torch
 from embslim.data.fields import FieldSpec
 from embslim.embeddings import EmbeddingConfig, create_embedding
 from embslim.embeddings.qr import QRSettings, field_collisions, qr_bytes
-from embslim.errors import BudgetError
+from embslim.errors import BudgetError, ConfigError
 
 
 def fields_of(*cards):
@@ -67,3 +67,8 @@ def test_qr_concat_joins_a_quotient_half_and_a_remainder_half():
     assert emb.quotient.shape[1] == 4 and emb.remainder.shape[1] == 4
     ids = torch.tensor([37])
     assert torch.equal(emb.lookup(0, ids)[0], torch.cat([emb.quotient[3], emb.remainder[7]]).detach())
+
+
+def test_qr_fewer_than_two_collisions_is_a_config_error():
+    with pytest.raises(ConfigError, match="collisions"):
+        build((1000,), collisions=1)

@@ -65,7 +65,7 @@ def field_collisions(cards: list[int], c: int, dim: int, settings: QRSettings) -
     wq, wr = part_widths(dim, settings.operation)
     out = []
     for n in cards:
-        if n <= settings.threshold or n < 2:
+        if n <= settings.threshold:
             out.append(0)
             continue
         tries = np.arange(2, max(3, min(c, n) + 1))
@@ -103,11 +103,10 @@ def collisions_for(cards: list[int], dim: int, budget_bytes: int | None, setting
 class QREmbedding(FeatureEmbedding):
     """Whole tables for small fields, quotient and remainder tables for the others, each kind stacked in one tensor."""
 
-    def __init__(self, fields: list[FieldSpec], dim: int, collisions: list[int], settings: QRSettings, init_std: float = 0.01) -> None:
+    def __init__(self, fields: list[FieldSpec], dim: int, collisions: list[int], settings: QRSettings,
+                 init_std: float = 0.01) -> None:
         super().__init__()
         self.fields, self.width, self.settings = list(fields), dim, settings
-        if settings.threshold < 0 or any(c < 0 for c in collisions) or settings.collisions is not None and settings.collisions < 2:
-            raise ConfigError("embedding 'qr': collisions must be at least 2 and threshold at least 0")
         self._whole = [c == 0 for c in collisions]
         quotients = [f.cardinality if c == 0 else -(-f.cardinality // c) for f, c in zip(fields, collisions)]
         whole_rows = [q if w else 0 for q, w in zip(quotients, self._whole)]
@@ -126,6 +125,8 @@ class QREmbedding(FeatureEmbedding):
     def from_config(cls, fields: list[FieldSpec], config: EmbeddingConfig, settings: QRSettings) -> "QREmbedding":
         if config.dims is not None:
             raise ConfigError("embedding 'qr' takes one dim, not per-field dims")
+        if settings.threshold < 0 or (settings.collisions is not None and settings.collisions < 2):
+            raise ConfigError("embedding 'qr': collisions must be at least 2 and threshold at least 0")
         if settings.operation == "concat" and config.dim < 2:
             raise ConfigError("embedding 'qr' with operation=concat needs a dim of at least 2")
         collisions = collisions_for([f.cardinality for f in fields], config.dim, config.budget_bytes, settings)
