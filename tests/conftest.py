@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from embslim.data import SyntheticConfig, load_dataset
 
@@ -60,6 +61,10 @@ class Kill(Interrupt):
 
 
 def run_until_killed(script: str) -> None:
-    """Run a Python script in a child process that must end by SIGKILL (a `Kill` callback)."""
-    proc = subprocess.run([sys.executable, "-c", script], env=os.environ.copy())
+    """Run a Python script in a child process that must end by SIGKILL (a `Kill` callback).
+
+    The child uses this process's torch thread count: results are exact only for the same
+    summation order, and an uninterrupted run to compare with is computed here."""
+    threads = f"import torch; torch.set_num_threads({torch.get_num_threads()})\n"
+    proc = subprocess.run([sys.executable, "-c", threads + script], env=os.environ.copy())
     assert proc.returncode == -signal.SIGKILL

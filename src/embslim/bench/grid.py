@@ -98,7 +98,8 @@ def run_cell(spec: BenchSpec, cell: Cell, out: Path) -> dict:
     folder = out / "runs" / cell.name
     if (folder / "row.json").exists():
         return json.loads((folder / "row.json").read_text())
-    torch.set_num_threads(int(os.environ.get("EMBSLIM_BENCH_THREADS", torch.get_num_threads())))
+    if os.environ.get("EMBSLIM_BENCH_THREADS"):  # Ray workers; process-pool workers get it from their initializer
+        torch.set_num_threads(int(os.environ["EMBSLIM_BENCH_THREADS"]))
     data = load(spec)
     rec = recipe(spec.model, data.task)
     train = TrainConfig(**{k: v for k, v in rec.items() if k != "init_std"}, seed=cell.seed, progress=False)

@@ -11,6 +11,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from embslim.bench.grid import BenchSpec, Cell, cells, run_cell
@@ -41,8 +42,8 @@ def run_grid(spec: BenchSpec, out: Path, workers: int = 2, ray_address: str | No
         for c in pending:
             done(c, run_cell(spec, c, out))
     else:
-        os.environ.setdefault("EMBSLIM_BENCH_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        threads = int(os.environ.get("EMBSLIM_BENCH_THREADS", max(1, (os.cpu_count() or 1) // workers)))
+        with ProcessPoolExecutor(max_workers=workers, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
             futures = {pool.submit(run_cell, spec, c, out): c for c in pending}
             for f in as_completed(futures):
                 done(futures[f], f.result())
