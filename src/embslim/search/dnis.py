@@ -21,7 +21,7 @@ from embslim.embeddings.blockwise import layout_bytes
 from embslim.embeddings.dnis import DNISEmbedding
 from embslim.errors import ConfigError
 from embslim.models.base import Recommender
-from embslim.search.importance import loss_increase, per_byte
+from embslim.search.importance import loss_increase, ranking
 from embslim.train.trainer import task_loss
 
 
@@ -150,7 +150,7 @@ def pruning_scores(model: Recommender, data: PreparedData, config: DNISConfig = 
     emb: DNISEmbedding = model.embedding
     starts = emb.field_block_starts()
     if config.score == "loss":
-        return per_byte(loss_increase(model, data, config.noise_z, config.importance_rows, seed), starts)
+        return ranking(loss_increase(model, data, config.noise_z, config.importance_rows, seed), starts)
     return value_per_byte(emb.importance(), starts, {f.name: f.counts for f in emb.fields}, config.frequency_exponent)
 
 

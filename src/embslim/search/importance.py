@@ -1,15 +1,16 @@
 """How much each (field, block, dimension) of a searched DNIS model is worth: the validation
 loss it costs to drop it.
 
-After the alpha search, the gate alpha[block, k] of each field is set to 0 one dimension
-at a time and the validation loss is measured again. For a single-valued field, zeroing
-dimension k in every block at once costs one pass, and each row's loss change is charged to
-the block its value falls in (a row only sees its own block); a multi-valued field costs
-one pass per block. The score of a pair is a lower confidence bound on its summed loss
+After the alpha search, dimension k of a field is set to 0, in every block, as pruning would,
+and the validation loss is measured again. For a single-valued field one pass covers all its
+blocks, each row's loss change charged to the block its value falls in (a row only sees its own
+block); a multi-valued field costs one pass per block. The score of a pair is a lower confidence bound on its summed loss
 increase, `max(0, sum(delta) - z * sqrt(n * var(delta)))`: pairs whose measured value is
 within noise of zero (rare blocks, fields the model does not need) score 0 instead of
 winning by chance, which magnitude scores such as E|e * alpha| cannot tell apart.
-Divided by the pair's bytes, it ranks what to keep under a budget.
+Divided by the pair's bytes, it ranks what to keep under a budget; a pair whose bound is 0 is
+not kept at all beyond a block's floor (`ranking`), so the budget is an upper bound and the
+search reports the bytes its evidence supports.
 """
 from __future__ import annotations
 
@@ -48,13 +49,15 @@ def _lower_bound(delta_sum: np.ndarray, delta_sq: np.ndarray, n: np.ndarray, z: 
 
 @torch.no_grad()
 def loss_increase(model: Recommender, data: PreparedData, z: float = 2.0, max_rows: int = 100_000, seed: int = 0) -> dict[str, np.ndarray]:
-    """Per field, [blocks, width]: lower confidence bound of the validation loss increase from
-    dropping each (block, dimension) of the DNIS layer; pairs alpha already pruned score 0.
+    """Per field, [blocks, width]: the validation loss increase of dropping each (block, dimension) of the
+    DNIS layer, as a lower confidence bound `z` standard errors below the measured sum, clipped at 0;
+    pairs alpha already pruned score 0.
 
     At most `max_rows` validation rows are used (a seeded sample), which bounds the cost to
     fields x width passes over that many rows.
     """
     emb: DNISEmbedding = model.embedding
+    weights = emb.tables[0]
     table = data.split("val")
     if len(table) > max_rows:
         table = table.take(np.sort(np.random.default_rng([seed, 7]).choice(len(table), max_rows, replace=False)))
@@ -63,22 +66,25 @@ def loss_increase(model: Recommender, data: PreparedData, z: float = 2.0, max_ro
     alpha = emb.alpha
     starts = emb.field_block_starts()
     out: dict[str, np.ndarray] = {}
-    for f, rows in zip(emb.fields, emb.block_slices()):
+    for i, (f, rows) in enumerate(zip(emb.fields, emb.block_slices())):
         nb = rows.stop - rows.start
+        first = int(emb.table_of(i)[1])
+        own = slice(first, first + f.cardinality)
         total, squares, counts = np.zeros((nb, emb.width)), np.zeros((nb, emb.width)), np.zeros((nb, emb.width))
         if f.multivalued:
-            groups = [(slice(rows.start + b, rows.start + b + 1), np.full(len(table), b)) for b in range(nb)]
+            groups = [(slice(starts[f.name][b], starts[f.name][b + 1]), np.full(len(table), b)) for b in range(nb)]
         else:
             ids = table.ids[:, table.single_index(f.name)]
-            groups = [(rows, np.searchsorted(np.asarray(starts[f.name]), ids, side="right") - 1)]
-        for gate, block in groups:
+            groups = [(slice(0, f.cardinality), np.searchsorted(np.asarray(starts[f.name]), ids, side="right") - 1)]
+        for span, block in groups:
+            values = weights[own][span]
             for k in range(emb.width):
-                saved = alpha[gate, k].clone()
-                if not saved.any():
+                if not alpha[rows, k].any():
                     continue
-                alpha[gate, k] = 0.0
+                saved = values[:, k].clone()
+                values[:, k] = 0.0
                 delta = losses() - base
-                alpha[gate, k] = saved
+                values[:, k] = saved
                 touched = np.unique(block)
                 total[touched, k] = np.bincount(block, weights=delta, minlength=nb)[touched]
                 squares[touched, k] = np.bincount(block, weights=delta ** 2, minlength=nb)[touched]
@@ -90,3 +96,12 @@ def loss_increase(model: Recommender, data: PreparedData, z: float = 2.0, max_ro
 def per_byte(scores: dict[str, np.ndarray], starts: dict[str, list[int]]) -> dict[str, np.ndarray]:
     """Scores divided by the rows of their block: value per stored value (each costs the same bytes)."""
     return {n: s / np.maximum(np.diff(starts[n]), 1)[:, None] for n, s in scores.items()}
+
+
+def ranking(lower: dict[str, np.ndarray], starts: dict[str, list[int]]) -> dict[str, np.ndarray]:
+    """What pruning ranks pairs by: the lower bound per byte where it is positive, -inf where it is 0.
+
+    Nothing shows that a pair of bound 0 matters, so pruning keeps it only as a block's floor and leaves
+    that budget unspent, rather than filling it in an arbitrary order (ties broken by field name made
+    kept widths follow field order instead of usefulness)."""
+    return {n: np.where(s > 0, s, -np.inf) for n, s in per_byte(lower, starts).items()}

@@ -8,7 +8,8 @@ under OUT; with `resume=True` finished stages are read back and the stage in fli
 continues from its last epoch checkpoint, so a killed search ends exactly as an
 uninterrupted one. Every stage seeds itself, so its result does not depend on which
 stages ran before it in the process. OUT/report.json gathers them:
-{"budget_bytes", "full_bytes", "runs": {"full", "dnis", "uniform", "mde"}, "search",
+{"budget_asked", "budget_bytes" (what DNIS kept, at most the budget asked; the baselines get the same),
+"full_bytes", "runs": {"full", "dnis", "uniform", "mde"}, "search",
 "kept_dims", "timing"}; OUT/layout.json is the pruned configuration and
 OUT/kept_dims.png its picture.
 
@@ -97,8 +98,8 @@ def run_search(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: D
             data, config, budget_bytes, dnis, full_model, search_folder, resume or search_folder.parent != out)
     full_bytes = runs["full"]["embedding"]["bytes"]
     emb = search_model.embedding
-    if dnis.threshold is not None:  # the baselines get the bytes the threshold reached
-        budget_bytes = layout_bytes(layouts, width)
+    asked = budget_bytes
+    budget_bytes = layout_bytes(layouts, width)  # the baselines get the bytes DNIS kept (at most the budget asked)
     layout = layout_to_json(layouts, width)
     out.mkdir(parents=True, exist_ok=True)
     (out / "layout.json").write_text(json.dumps(layout, indent=1))
@@ -126,7 +127,7 @@ def run_search(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: D
     full_time = runs["full"]["timing"]["wall_seconds"]
     report = {
         "dataset": data.name, "task": data.task, "model": config.model,
-        "budget_bytes": budget_bytes, "full_bytes": full_bytes,
+        "budget_asked": asked, "budget_bytes": budget_bytes, "full_bytes": full_bytes,
         "runs": runs,
         "search": {"metrics": {"val": fit["val"], "test": fit["test"]}, "embedding": describe_embedding(search_model),
                    "history": fit["history"], "config": dnis.__dict__,

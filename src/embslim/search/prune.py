@@ -19,7 +19,8 @@ def prune_to_budget(importance: dict[str, np.ndarray], starts: dict[str, list[in
     """Keep the most important (block, dim) pairs whose total serving bytes fit `budget_bytes`.
 
     `min_dims` first gives every block its most important dimensions up to that count
-    (while they fit), so no value is left without a vector.
+    (while they fit), so no value is left without a vector. Beyond that floor, pairs scored
+    -inf (nothing shows they matter) are never kept, even when the budget would allow them.
     """
     fixed = index_bytes_for([len(s) - 1 for s in starts.values()], width)
     remaining = budget_bytes - fixed
@@ -32,7 +33,9 @@ def prune_to_budget(importance: dict[str, np.ndarray], starts: dict[str, list[in
                   for k in np.argsort(-importance[n][b], kind="stable")[:min_dims]}
     order = [c for c in ranked if c[1:] in floor_keys] + [c for c in ranked if c[1:] not in floor_keys]
     kept: dict[str, list[list[int]]] = {n: [[] for _ in range(len(starts[n]) - 1)] for n in names}
-    for _, n, b, k in order:
+    for score, n, b, k in order:
+        if score == -np.inf and (n, b, k) not in floor_keys:
+            continue
         cost = (starts[n][b + 1] - starts[n][b]) * VALUE_BYTES
         if cost <= remaining:
             kept[n][b].append(k)
