@@ -3,7 +3,8 @@
     python bench/planted_ranks.py --seeds 0,1,2,3,4 --out benchmarks/results/planted-ranks
 
 On generated data whose fields need a known number of dimensions (embslim.data.synthetic), a
-DeepFM is trained, DNIS searches and prunes to the budget, and the per-field kept dimensions
+DeepFM is trained, DNIS searches and prunes to the budget keeping only what its evidence supports
+(`fill=False`: no budget spent by the frequency prior), and the per-field kept dimensions
 (averaged per training occurrence) are compared with the planted ranks by Spearman correlation.
 The reviewer's baselines read the singular values of each field's trained full table (rows weighted by
 training frequency): `svd-energy` gives a field the count needed for `--energy` of its own squared
@@ -70,7 +71,7 @@ def one_seed(cfg: dict, seed: int, energy: float, scale: float) -> dict:
     full, d = build_model(data, run)
     train_model(full, d, run)
     budget = int(cfg["budget"] * full_bytes(d.table.fields, [cfg["dim"]] * len(cfg["ranks"])))
-    _, sdata, _, _, layouts = search_dims(data, run, budget, DNISConfig(blocks=4), full)
+    _, sdata, _, _, layouts = search_dims(data, run, budget, DNISConfig(blocks=4, fill=False), full)
     table = kept_dims_table(layouts, {f.name: f.counts for f in sdata.table.fields})
     per_field = dims_per_field(table)
     dnis = [per_field[f.name]["per_occurrence"] for f in sdata.table.fields]

@@ -55,7 +55,7 @@ def planted_search():
     full, d = build_model(data, run)
     train_model(full, d, run)
     budget = int(0.3 * full_bytes(d.table.fields, [16] * 8))
-    search, sdata, _, _, layouts = search_dims(data, run, budget, DNISConfig(blocks=4), full)
+    search, sdata, _, _, layouts = search_dims(data, run, budget, DNISConfig(blocks=4, fill=False), full)
     table = kept_dims_table(layouts, {f.name: f.counts for f in sdata.table.fields})
     return config, table
 

@@ -138,7 +138,7 @@ DNIS_VALUES: dict[str, Callable[[str], object]] = {
     "blocks": positive_int, "l1": non_negative_float, "alpha_lr": learning_rate, "search_epochs": positive_int,
     "frequency_exponent": non_negative_float, "min_dims": non_negative_int, "fine_tune": boolean,
     "prune_during_search": boolean, "align": boolean, "threshold": non_negative_float,
-    "score": dnis_score, "noise_z": non_negative_float, "importance_rows": positive_int,
+    "score": dnis_score, "noise_z": non_negative_float, "importance_rows": positive_int, "fill": boolean,
 }  # one check per DNISConfig field, the same as the `embslim search` flags
 
 

@@ -21,7 +21,7 @@ from embslim.embeddings.blockwise import layout_bytes
 from embslim.embeddings.dnis import DNISEmbedding
 from embslim.errors import ConfigError
 from embslim.models.base import Recommender
-from embslim.search.importance import loss_increase, ranking
+from embslim.search.importance import frequency_fill, loss_increase, ranking
 from embslim.train.trainer import task_loss
 
 
@@ -43,6 +43,7 @@ class DNISConfig:
     align: bool = False  # rotate to principal axes first (see embslim.search.align)
     threshold: float | None = None  # keep (block, dim) pairs with importance >= this instead of fitting the budget
     score: str = "loss"  # budget pruning ranks by: "loss" (validation loss increase per byte) or "magnitude" (E|e*alpha|)
+    fill: bool = True  # "loss": spend budget the evidence leaves by block frequency (False: leave it unspent)
     noise_z: float = 2.0  # "loss": confidence bound, in standard errors, a pair's loss increase must clear
     importance_rows: int = 100_000  # "loss": validation rows measured (a seeded sample beyond this)
 
@@ -142,16 +143,18 @@ def pruning_scores(model: Recommender, data: PreparedData, config: DNISConfig = 
     """Per field, [blocks, width]: what budget pruning ranks (block, dimension) pairs by.
 
     "loss": the validation loss increase of dropping the pair (lower confidence bound) per byte,
-    see `embslim.search.importance`; "magnitude": E|e * alpha| times block frequency to
-    `frequency_exponent`.
+    see `embslim.search.importance`, and below those, when `fill`, the rest by block frequency;
+    "magnitude": E|e * alpha| times block frequency to `frequency_exponent`.
     """
     from embslim.search.prune import value_per_byte
 
     emb: DNISEmbedding = model.embedding
     starts = emb.field_block_starts()
+    counts = {f.name: f.counts for f in emb.fields}
     if config.score == "loss":
-        return ranking(loss_increase(model, data, config.noise_z, config.importance_rows, seed), starts)
-    return value_per_byte(emb.importance(), starts, {f.name: f.counts for f in emb.fields}, config.frequency_exponent)
+        fill = frequency_fill(starts, counts, emb.importance()) if config.fill else None
+        return ranking(loss_increase(model, data, config.noise_z, config.importance_rows, seed), starts, fill)
+    return value_per_byte(emb.importance(), starts, counts, config.frequency_exponent)
 
 
 def layout_for_budget(embedding: DNISEmbedding, budget_bytes: int, config: DNISConfig, scores: dict[str, np.ndarray]) -> dict:

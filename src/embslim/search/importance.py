@@ -98,10 +98,23 @@ def per_byte(scores: dict[str, np.ndarray], starts: dict[str, list[int]]) -> dic
     return {n: s / np.maximum(np.diff(starts[n]), 1)[:, None] for n, s in scores.items()}
 
 
-def ranking(lower: dict[str, np.ndarray], starts: dict[str, list[int]]) -> dict[str, np.ndarray]:
-    """What pruning ranks pairs by: the lower bound per byte where it is positive, -inf where it is 0.
+def ranking(lower: dict[str, np.ndarray], starts: dict[str, list[int]], fill: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """What pruning ranks pairs by: the lower bound per byte where it is positive. A pair whose bound is 0 has
+    nothing showing it matters: without `fill` it scores -inf (kept only as a block's floor, that budget left
+    unspent); with `fill` (values in [0, 1]) it ranks below every pair with evidence, in that order. Either way
+    equal scores are never broken by field order (which had made kept widths follow field order)."""
+    out = {}
+    for n, s in per_byte(lower, starts).items():
+        rest = -np.inf if fill is None else fill[n] / 2.0 - 1.0
+        out[n] = np.where(s > 0, s, rest)
+    return out
 
-    Nothing shows that a pair of bound 0 matters, so pruning keeps it only as a block's floor and leaves
-    that budget unspent, rather than filling it in an arbitrary order (ties broken by field name made
-    kept widths follow field order instead of usefulness)."""
-    return {n: np.where(s > 0, s, -np.inf) for n, s in per_byte(lower, starts).items()}
+
+def frequency_fill(starts: dict[str, list[int]], counts: dict[str, np.ndarray], magnitude: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per field, [blocks, width] in [0, 1]: the order in which budget left after the evidence is spent:
+    blocks by training occurrences per row (the frequency prior MDE uses: popular values get dimensions
+    first), within a block its dimensions by E|e * alpha|; a pair alpha has pruned (magnitude 0) never."""
+    freq = {n: np.log1p([counts[n][a:b].mean() for a, b in zip(starts[n][:-1], starts[n][1:])]) for n in starts}
+    top = max((f.max() for f in freq.values() if f.size), default=0.0) or 1.0
+    big = max((m.max() for m in magnitude.values() if m.size), default=0.0) or 1.0
+    return {n: np.where(magnitude[n] > 0, (freq[n][:, None] / top + 1e-3 * magnitude[n] / big) / (1.0 + 1e-3), -np.inf) for n in starts}
