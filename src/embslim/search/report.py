@@ -60,7 +60,9 @@ def plot_kept_dims(table: dict[str, list[dict]], width: int, path: Path, title: 
 
 def summary_lines(report: dict) -> list[str]:
     """Readable lines of a search report: metric and bytes per method, timing."""
-    lines = [f"budget {report['budget_bytes']:,} bytes ({report['budget_bytes'] / report['full_bytes']:.1%} of full {report['full_bytes']:,})"]
+    asked = report.get("budget_asked", report["budget_bytes"])
+    kept = "" if asked == report["budget_bytes"] else f", of {asked:,} asked"
+    lines = [f"budget {report['budget_bytes']:,} bytes ({report['budget_bytes'] / report['full_bytes']:.1%} of full {report['full_bytes']:,}{kept})"]
     for name, run in report["runs"].items():
         test = "  ".join(f"{k} {v:.4f}" for k, v in run["metrics"]["test"].items())
         lines.append(f"  {name:<8} test {test}   {run['embedding']['bytes']:>11,} bytes   {run['timing']['wall_seconds']:.1f}s")
