@@ -143,15 +143,21 @@ DNIS_VALUES: dict[str, Callable[[str], object]] = {
 
 
 def dnis_options(text: str) -> dict:
-    """`fine_tune=false,search_epochs=1` -> DNISConfig overrides, each key and value checked."""
+    """`fine_tune=false,search_epochs=1` -> DNISConfig overrides: split by the one KEY=VALUE parser, each value checked."""
+    from embslim.embeddings.settings import split_key_values
+    from embslim.errors import ConfigError
+
+    try:
+        values = split_key_values(text, "--dnis")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     out = {}
-    for item in filter(None, text.split(",")):
-        key, _, value = item.partition("=")
-        check = DNIS_VALUES.get(key.strip())
-        if check is None or not value:
-            raise argparse.ArgumentTypeError(f"cannot read {item!r}: expected KEY=VALUE with KEY one of {sorted(DNIS_VALUES)}")
+    for key, value in values.items():
+        check = DNIS_VALUES.get(key)
+        if check is None:
+            raise argparse.ArgumentTypeError(f"cannot read {key}={value}: KEY must be one of {sorted(DNIS_VALUES)}")
         try:
-            out[key.strip()] = check(value.strip())
+            out[key] = check(value)
         except argparse.ArgumentTypeError as exc:
-            raise argparse.ArgumentTypeError(f"cannot read {item!r}: {exc}") from None
+            raise argparse.ArgumentTypeError(f"cannot read {key}={value}: {exc}") from None
     return out
