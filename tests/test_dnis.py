@@ -186,3 +186,37 @@ def test_interrupted_search_resumes_with_alpha_optimiser_and_batch_order_intact(
     with pytest.raises(KeyboardInterrupt):
         search(tmp_path / "b", [Interrupt(at_step=steps_per_epoch + 2)])
     torch.testing.assert_close(search(tmp_path / "b", resume=True), straight)
+
+
+def _no_evidence_fill(counts: dict[str, np.ndarray], blocks: dict[str, list[int]], width: int) -> dict:
+    from embslim.search.importance import frequency_fill, ranking
+
+    starts = {n: s for n, s in blocks.items()}
+    magnitude = {n: np.linspace(1.0, 0.5, width)[None, :].repeat(len(s) - 1, 0) for n, s in starts.items()}
+    lower = {n: np.zeros_like(m) for n, m in magnitude.items()}
+    return ranking(lower, starts, frequency_fill(starts, counts, magnitude, lower)), starts
+
+
+def test_fill_without_evidence_gives_blocks_mde_power_law_widths_not_whole_blocks_in_frequency_order():
+    from embslim.search.prune import prune_to_budget
+
+    counts = {"a": np.repeat([1000.0, 100.0, 10.0, 1.0], 50)}
+    scores, starts = _no_evidence_fill(counts, {"a": [0, 50, 100, 150, 200]}, 16)
+    budget = 200 * 16 * 4 // 4
+    widths = [len(d) for d in prune_to_budget(scores, starts, 16, budget, 1)["a"].cols]
+    assert widths == sorted(widths, reverse=True)
+    assert widths[2] >= 2 and widths[0] < 16  # a power law spreads the bytes; frequency order would give 16, 16, 1, 1
+    ratios = np.log(np.array(widths[:2]) / np.array(widths[1:3])) / np.log(10.0)
+    assert np.all(np.abs(ratios - 0.3) < 0.15)  # width ~ frequency ** 0.3, MDE's temperature
+
+
+def test_fill_ranks_evidence_backed_dimensions_first_and_never_revives_alpha_pruned_ones():
+    from embslim.search.importance import frequency_fill, ranking
+
+    starts = {"a": [0, 10, 20]}
+    counts = {"a": np.repeat([100.0, 1.0], 10)}
+    magnitude = {"a": np.array([[1.0, 0.9, 0.0, 0.5], [1.0, 0.8, 0.7, 0.6]])}
+    lower = {"a": np.array([[0.0, 0.0, 0.0, 0.2], [0.0, 0.0, 0.0, 0.0]])}
+    scores = ranking(lower, starts, frequency_fill(starts, counts, magnitude, lower))["a"]
+    assert scores[0, 3] > 0 > scores[0, 0] > scores[0, 1]
+    assert scores[0, 2] == -np.inf

@@ -145,7 +145,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     tuned = {**dnis_recipe(args.model, data.task), **({"align": args.align} if args.align is not None else {})}
     dnis = DNISConfig(blocks=args.blocks, l1=args.l1, alpha_lr=args.alpha_lr, search_epochs=args.search_epochs,
                       frequency_exponent=args.frequency_exponent, min_dims=args.min_dims, fine_tune=not args.from_scratch,
-                      prune_during_search=args.prune_during_search, threshold=args.threshold, score=args.score, fill=args.fill, **tuned)
+                      prune_during_search=args.prune_during_search, threshold=args.threshold, score=args.score, fill=args.fill,
+                      fill_temperature=args.fill_temperature, **tuned)
     out = args.out or Path("runs") / f"search-{args.dataset}-{data.task}-{args.model}-b{budget_flag}-seed{args.seed}"
     baselines = tuple(b for b in args.baselines.split(",") if b)
     report = run_search(data, config, budget, dnis, out, resume=args.resume, baselines=baselines)
@@ -284,8 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what pruning ranks (block, dimension) pairs by: loss = the validation loss increase of dropping it, per byte "
                         "(default); magnitude = E|e*alpha| times block frequency to --frequency-exponent")
     s.add_argument("--fill", action=argparse.BooleanOptionalAction, default=True,
-                   help="with --score loss: spend budget the evidence leaves by block frequency (default); --no-fill keeps only "
-                        "the pairs whose loss increase clears its confidence bound, and reports the bytes they need")
+                   help="with --score loss: spend budget the evidence leaves by MDE's power law of block frequency (default); "
+                        "--no-fill keeps only the pairs whose loss increase clears its confidence bound, and reports the bytes they need")
+    s.add_argument("--fill-temperature", type=non_negative_float, default=0.3,
+                   help="with --fill: blocks of frequency p get widths in proportion to p to this power (MDE's temperature, default 0.3)")
     s.add_argument("--frequency-exponent", type=non_negative_float, default=0.25,
                    help="with --score magnitude: weight of block frequency, 0 importance only, 1 signal per byte (default 0.25)")
     s.add_argument("--min-dims", type=non_negative_int, default=1, help="dimensions every block keeps before the rest is ranked (default 1)")

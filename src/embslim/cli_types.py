@@ -139,6 +139,7 @@ DNIS_VALUES: dict[str, Callable[[str], object]] = {
     "frequency_exponent": non_negative_float, "min_dims": non_negative_int, "fine_tune": boolean,
     "prune_during_search": boolean, "align": boolean, "threshold": non_negative_float,
     "score": dnis_score, "noise_z": non_negative_float, "importance_rows": positive_int, "fill": boolean,
+    "fill_temperature": non_negative_float,
 }  # one check per DNISConfig field, the same as the `embslim search` flags
 
 

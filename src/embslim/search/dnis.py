@@ -44,6 +44,7 @@ class DNISConfig:
     threshold: float | None = None  # keep (block, dim) pairs with importance >= this instead of fitting the budget
     score: str = "loss"  # budget pruning ranks by: "loss" (validation loss increase per byte) or "magnitude" (E|e*alpha|)
     fill: bool = True  # "loss": spend budget the evidence leaves by block frequency (False: leave it unspent)
+    fill_temperature: float = 0.3  # "loss" with fill: MDE's power of block frequency that shapes the fill
     noise_z: float = 2.0  # "loss": confidence bound, in standard errors, a pair's loss increase must clear
     importance_rows: int = 100_000  # "loss": validation rows measured (a seeded sample beyond this)
 
@@ -152,8 +153,9 @@ def pruning_scores(model: Recommender, data: PreparedData, config: DNISConfig = 
     starts = emb.field_block_starts()
     counts = {f.name: f.counts for f in emb.fields}
     if config.score == "loss":
-        fill = frequency_fill(starts, counts, emb.importance()) if config.fill else None
-        return ranking(loss_increase(model, data, config.noise_z, config.importance_rows, seed), starts, fill)
+        lower = loss_increase(model, data, config.noise_z, config.importance_rows, seed)
+        fill = frequency_fill(starts, counts, emb.importance(), lower, config.fill_temperature) if config.fill else None
+        return ranking(lower, starts, fill)
     return value_per_byte(emb.importance(), starts, counts, config.frequency_exponent)
 
 

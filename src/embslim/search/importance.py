@@ -110,11 +110,23 @@ def ranking(lower: dict[str, np.ndarray], starts: dict[str, list[int]], fill: di
     return out
 
 
-def frequency_fill(starts: dict[str, list[int]], counts: dict[str, np.ndarray], magnitude: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per field, [blocks, width] in [0, 1]: the order in which budget left after the evidence is spent:
-    blocks by training occurrences per row (the frequency prior MDE uses: popular values get dimensions
-    first), within a block its dimensions by E|e * alpha|; a pair alpha has pruned (magnitude 0) never."""
-    freq = {n: np.log1p([counts[n][a:b].mean() for a, b in zip(starts[n][:-1], starts[n][1:])]) for n in starts}
-    top = max((f.max() for f in freq.values() if f.size), default=0.0) or 1.0
-    big = max((m.max() for m in magnitude.values() if m.size), default=0.0) or 1.0
-    return {n: np.where(magnitude[n] > 0, (freq[n][:, None] / top + 1e-3 * magnitude[n] / big) / (1.0 + 1e-3), -np.inf) for n in starts}
+def frequency_fill(starts: dict[str, list[int]], counts: dict[str, np.ndarray], magnitude: dict[str, np.ndarray],
+                   lower: dict[str, np.ndarray] | None = None, temperature: float = 0.3) -> dict[str, np.ndarray]:
+    """Per field, [blocks, width] in [0, 1]: the order in which budget left after the evidence is spent.
+
+    MDE's prior (Ginart et al.): a block of mean training frequency p deserves about p**temperature
+    dimensions. The r-th dimension of a block (counting its evidence-backed dimensions first, then the
+    rest by E|e * alpha|) scores p**temperature / r, so spending the budget greedily down this score gives
+    every block a width proportional to p**temperature, MDE's power law, instead of handing whole
+    blocks out in frequency order. A pair alpha has pruned (magnitude 0) scores -inf."""
+    out = {}
+    for n, mag in magnitude.items():
+        pop = np.array([counts[n][a:b].mean() for a, b in zip(starts[n][:-1], starts[n][1:])], dtype=np.float64)
+        evidence = (lower[n] > 0) if lower is not None else np.zeros(mag.shape, dtype=bool)
+        position = np.empty(mag.shape, dtype=np.float64)
+        for b in range(mag.shape[0]):
+            order = np.lexsort((-mag[b], ~evidence[b]))  # evidence first, then by magnitude
+            position[b, order] = np.arange(1, mag.shape[1] + 1)
+        out[n] = np.where(mag > 0, pop[:, None] ** temperature / position, -np.inf)
+    top = max((float(v[np.isfinite(v)].max()) for v in out.values() if np.isfinite(v).any()), default=0.0) or 1.0
+    return {n: v / top for n, v in out.items()}
