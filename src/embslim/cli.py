@@ -19,7 +19,7 @@ from embslim.embeddings.full import full_bytes
 from embslim.errors import ConfigError, EmbslimError
 from embslim.extras import require
 from embslim.models import ModelOptions, list_models, model_class
-from embslim.train.recipes import dnis_recipe, recipe
+from embslim.train.recipes import recipe
 from embslim.train.trainer import TrainConfig
 
 TRAIN_KEYS = {"epochs", "lr", "batch_size", "patience", "negatives", "embedding_l2", "weight_decay", "optimizer"}
@@ -142,7 +142,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     names = model_class(args.model).select_fields(data.table.fields, data.user_field, data.item_field)
     fields = data.select_fields(names).table.fields
     budget = budget_bytes(budget_flag, fields, args.dim)
-    tuned = {**dnis_recipe(args.model, data.task), **({"align": args.align} if args.align is not None else {})}
+    tuned = {"align": args.align} if args.align is not None else {}
     dnis = DNISConfig(blocks=args.blocks, l1=args.l1, alpha_lr=args.alpha_lr, search_epochs=args.search_epochs,
                       frequency_exponent=args.frequency_exponent, min_dims=args.min_dims, fine_tune=not args.from_scratch,
                       prune_during_search=args.prune_during_search, threshold=args.threshold, score=args.score, fill=args.fill,
@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prune gradually to the budget during the search (cubic schedule) instead of once after it")
     s.add_argument("--align", action=argparse.BooleanOptionalAction, default=None,
                    help="rotate the full model's embeddings to their principal axes before the search, where the backbone "
-                        "is invariant to it (MF, FM, DeepFM, LR); default per model and task (embslim/train/recipes.py: on for MF rating)")
+                        "is invariant to it (MF, FM, DeepFM, LR; default on, skipped for the others)")
     s.add_argument("--baselines", default="uniform,mde", help="baselines at the same bytes (default uniform,mde; empty for none)")
     p.set_defaults(func=cmd_search)
     data = sub.add_parser("data", help="fetch datasets or report what a dataset holds").add_subparsers(dest="data_command", required=True)

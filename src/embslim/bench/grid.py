@@ -23,7 +23,7 @@ from embslim.embeddings.full import full_bytes
 from embslim.errors import BudgetError, ConfigError
 from embslim.models import model_class
 from embslim.search.dnis import DNISConfig
-from embslim.train.recipes import dnis_recipe, recipe
+from embslim.train.recipes import recipe
 from embslim.train.run import RunConfig, fit, write_results
 from embslim.train.trainer import TrainConfig
 
@@ -140,7 +140,7 @@ def _train(spec: BenchSpec, cell: Cell, data, base: RunConfig, budget: int, fold
                 (shared / "full").mkdir(parents=True, exist_ok=True)
                 for name in ("model.pt", "results.json"):
                     shutil.copyfile(full_cell / name, shared / "full" / name)
-        report = run_search(data, base, budget, DNISConfig(**{"search_epochs": spec.search_epochs, **dnis_recipe(spec.model, data.task), **spec.dnis}), folder, resume=True, baselines=(),
+        report = run_search(data, base, budget, DNISConfig(**{"search_epochs": spec.search_epochs, **spec.dnis}), folder, resume=True, baselines=(),
                             search_dir=shared)
         results = report["runs"]["dnis"]
         results["timing"]["search_seconds"] = report["timing"]["search_seconds"]

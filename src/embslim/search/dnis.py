@@ -30,7 +30,7 @@ SCORES = ("loss", "magnitude")
 
 @dataclass(frozen=True)
 class DNISConfig:
-    """Search settings; per (model, task) overrides live in `embslim.train.recipes.DNIS_RECIPES`."""
+    """Search settings: one rule for every backbone and task (no per-model table)."""
 
     blocks: int | tuple[float, ...] = 6  # frequency blocks per field, or fractions of its rows
     l1: float = 1e-5  # L1 penalty on alpha
@@ -40,7 +40,7 @@ class DNISConfig:
     min_dims: int = 1  # dimensions every block keeps before the rest compete for the budget
     fine_tune: bool = True  # retrain from the pruned searched weights (False: from scratch)
     prune_during_search: bool = False  # cubic schedule towards the budget inside the search
-    align: bool = False  # rotate to principal axes first (see embslim.search.align)
+    align: bool = True  # rotate to principal axes first where the backbone allows it (see embslim.search.align)
     threshold: float | None = None  # keep (block, dim) pairs with importance >= this instead of fitting the budget
     score: str = "loss"  # budget pruning ranks by: "loss" (validation loss increase per byte) or "magnitude" (E|e*alpha|)
     fill: bool = True  # "loss": spend budget the evidence leaves by block frequency (False: leave it unspent)

@@ -21,17 +21,3 @@ RECIPES: dict[tuple[str, str], dict] = {
 def recipe(model: str, task: str) -> dict:
     """Defaults for this model and task: the task's row, then the model's row over it."""
     return {**RECIPES.get(("*", task), {}), **RECIPES.get((model, task), {})}
-
-
-# DNIS settings that differ from `DNISConfig`'s defaults, per (model, task), measured on
-# MovieLens-100K at 20%: aligning MF's dimensions with their principal axes before the
-# search cut DNIS's test RMSE by 0.002-0.008 on each of 3 seeds, while for DeepFM CTR
-# it cost 0.005 AUC (seed 0) and blurred the planted per-field ranks.
-DNIS_RECIPES: dict[tuple[str, str], dict] = {
-    ("mf", "rating"): {"align": True},
-}
-
-
-def dnis_recipe(model: str, task: str) -> dict:
-    """DNIS settings for this model and task (empty: the `DNISConfig` defaults)."""
-    return dict(DNIS_RECIPES.get((model, task), {}))
