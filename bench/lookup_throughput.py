@@ -82,7 +82,7 @@ def markdown(record: dict) -> str:
             lines.append(f"| `{r['method']}` | skipped: {r['reason']} | | | | |")
             continue
         fb = r["forward_backward"]
-        fb_cells = f"{fb:,.0f} | {r['forward_backward_ratio']:.2f}" if fb is not None else "— (serving only) | —"
+        fb_cells = f"{fb:,.0f} | {r['forward_backward_ratio']:.2f}" if fb is not None else "— (no autograd parameters) | —"
         lines.append(f"| `{r['label']}` | {r['bytes'] / record['full_bytes']:.3f} | {r['forward']:,.0f} | {r['forward_ratio']:.2f} | {fb_cells} |")
     return "\n".join(lines) + "\n"
 
