@@ -3,8 +3,8 @@
     python bench/planted_ranks.py --seeds 0,1,2,3,4 --out benchmarks/results/planted-ranks
 
 On generated data whose fields need a known number of dimensions (embslim.data.synthetic), a
-DeepFM is trained, DNIS searches and prunes to the budget keeping only what its evidence supports
-(`fill=False`: no budget spent by the frequency prior), and the per-field kept dimensions
+DeepFM is trained, DNIS (default settings: principal-axis alignment on) searches and prunes to the budget
+keeping only what its evidence supports (`fill=False`: no budget spent by the frequency prior), and the per-field kept dimensions
 (averaged per training occurrence) are compared with the planted ranks by Spearman correlation.
 The reviewer's baselines read the singular values of each field's trained full table (rows weighted by
 training frequency): `svd-energy` gives a field the count needed for `--energy` of its own squared

@@ -63,17 +63,21 @@ def plot_pareto(summary: dict, metric: str, out: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method, by_budget in summary.items():
+    fig, ax = plt.subplots(figsize=(9, 5))
+    colours = plt.get_cmap("tab20").colors
+    markers = "os^vDP<>Xph"
+    for i, (method, by_budget) in enumerate(summary.items()):
         points = sorted(by_budget.values(), key=lambda p: p["bytes"])
+        full = method == "full"
         ax.errorbar([p["bytes"] for p in points], [p["mean"] for p in points], yerr=[p["std"] for p in points],
-                    marker="o" if method != "full" else "*", markersize=6 if method != "full" else 12, capsize=3, label=method)
+                    marker="*" if full else markers[i % len(markers)], markersize=12 if full else 5, capsize=2,
+                    color="black" if full else colours[i % len(colours)], linewidth=1, label=method)
     ax.set_xscale("log")
     ax.set_xlabel("embedding bytes to serve (log)")
     ax.set_ylabel(f"test {metric}")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
     for ext in ("png", "svg"):
         fig.savefig(out / f"pareto.{ext}", dpi=120)
