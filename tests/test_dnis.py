@@ -189,10 +189,9 @@ def test_interrupted_search_resumes_with_alpha_optimiser_and_batch_order_intact(
     torch.testing.assert_close(search(tmp_path / "b", resume=True), straight)
 
 
-def _no_evidence_fill(counts: dict[str, np.ndarray], blocks: dict[str, list[int]], width: int) -> dict:
+def _no_evidence_fill(counts: dict[str, np.ndarray], starts: dict[str, list[int]], width: int) -> tuple[dict, dict]:
     from embslim.search.importance import frequency_fill, ranking
 
-    starts = {n: s for n, s in blocks.items()}
     magnitude = {n: np.linspace(1.0, 0.5, width)[None, :].repeat(len(s) - 1, 0) for n, s in starts.items()}
     lower = {n: np.zeros_like(m) for n, m in magnitude.items()}
     return ranking(lower, starts, frequency_fill(starts, counts, magnitude, lower)), starts

@@ -43,7 +43,7 @@ class DNISConfig:
     align: bool = True  # rotate to principal axes first where the backbone allows it (see embslim.search.align)
     threshold: float | None = None  # keep (block, dim) pairs with importance >= this instead of fitting the budget
     score: str = "loss"  # budget pruning ranks by: "loss" (validation loss increase per byte) or "magnitude" (E|e*alpha|)
-    fill: bool = True  # "loss": spend budget the evidence leaves by block frequency (False: leave it unspent)
+    fill: bool = True  # "loss": spend budget the evidence leaves by MDE's power law of block frequency (False: leave it unspent)
     fill_temperature: float = 0.3  # "loss" with fill: MDE's power of block frequency that shapes the fill
     noise_z: float = 2.0  # "loss": confidence bound, in standard errors, a pair's loss increase must clear
     importance_rows: int = 100_000  # "loss": validation rows measured (a seeded sample beyond this)
@@ -144,7 +144,7 @@ def pruning_scores(model: Recommender, data: PreparedData, config: DNISConfig = 
     """Per field, [blocks, width]: what budget pruning ranks (block, dimension) pairs by.
 
     "loss": the validation loss increase of dropping the pair (lower confidence bound) per byte,
-    see `embslim.search.importance`, and below those, when `fill`, the rest by block frequency;
+    see `embslim.search.importance`, and below those, when `fill`, the rest by MDE's power law of block frequency;
     "magnitude": E|e * alpha| times block frequency to `frequency_exponent`.
     """
     from embslim.search.prune import value_per_byte
