@@ -5,6 +5,7 @@ import torch
 
 from embslim.data.fields import FieldSpec
 from embslim.embeddings import EmbeddingConfig, create_embedding
+from embslim.embeddings.base import StepContext
 from embslim.embeddings.lpt import LPTEmbedding, LPTSettings, lpt_bytes, stochastic_quantize
 from embslim.errors import BudgetError
 
@@ -49,7 +50,7 @@ def train_tiny(emb: LPTEmbedding, steps: int) -> tuple[float, float]:
         ids = torch.randint(0, 200, (64,), generator=gen)
         loss = (emb.lookup(0, ids) - target[ids]).pow(2).sum(1).mean()
         loss.backward()
-        emb.on_step_end(step + 1)
+        emb.on_step_end(StepContext(step + 1, 0))
         with torch.no_grad():
             losses.append((emb.field_table(0) - target).pow(2).sum(1).mean().item())
     return losses[0], losses[-1]
@@ -76,7 +77,7 @@ def test_lpt_update_moves_only_the_rows_of_the_batch():
     emb = LPTEmbedding(fields_of(50), 4, LPTSettings())
     before = emb.codes.clone()
     emb.lookup(0, torch.tensor([3, 7, 3])).sum().backward()
-    emb.on_step_end(1)
+    emb.on_step_end(StepContext(1, 0))
     changed = (emb.codes != before).any(1).nonzero().flatten().tolist()
     assert set(changed) <= {3, 7} and 3 in changed and emb.adagrad.nonzero().flatten().tolist() == [3, 7]
 

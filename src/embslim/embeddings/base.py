@@ -19,7 +19,7 @@ import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -61,6 +61,36 @@ class EmbeddingConfig:
     budget_bytes: int | None = None
     init_std: float = 0.01
     options: dict = field(default_factory=dict)
+
+
+@dataclass
+class StepContext:
+    """What a method's training hooks see at one optimiser step.
+
+    `step` counts finished steps (1 after the first), `total_steps` is the run's plan
+    (epochs x batches per epoch; early stopping may end it sooner), so schedules know
+    where they are. `reset_state` lets a method that changes which entries exist (regrowth,
+    rewinding) clear the optimiser moments of exactly those entries.
+    """
+
+    step: int
+    total_steps: int
+    optimizers: list[torch.optim.Optimizer] = field(default_factory=list)
+
+    @torch.no_grad()
+    def reset_state(self, param: torch.Tensor, where: torch.Tensor | None = None) -> None:
+        """Zero the optimiser state of `param`: all of it, or the entries a boolean mask of its shape
+        (or of its leading dimension: whole rows) selects. Step counters are left alone."""
+        for opt in self.optimizers:
+            state = opt.state.get(param)
+            if not state:
+                continue
+            for value in state.values():
+                if torch.is_tensor(value) and value.shape == param.shape:
+                    if where is None:
+                        value.zero_()
+                    else:
+                        value[where] = 0
 
 
 def field_meta(fields: list[FieldSpec]) -> list[dict]:
@@ -167,8 +197,21 @@ class FeatureEmbedding(nn.Module, ABC):
         """A regulariser the trainer adds to the loss (search methods); None for most."""
         return None
 
-    def on_step_end(self, step: int) -> None:
-        """Called after each optimiser step (clamping, pruning schedules)."""
+    def train_loss(self, task_loss: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The training loss of one batch given `task_loss()`, which runs the model on the batch
+        as the embedding now stands; a method whose loss needs several passes (nested widths) overrides it."""
+        return task_loss()
+
+    def before_optimizer_step(self, ctx: StepContext) -> None:
+        """Called after backward, before the optimisers step: read or edit gradients (masks, regrowth scores)."""
+
+    def on_step_end(self, ctx: StepContext) -> None:
+        """Called after each optimiser step (clamping, pruning schedules, re-applying masks)."""
+
+    def size_is_final(self) -> bool:
+        """False while a schedule is still shrinking the table: the trainer neither keeps such an epoch as
+        the best nor counts it toward early stopping, so the result always has the final size."""
+        return True
 
     def artifact_tensors(self) -> dict[str, torch.Tensor]:
         """What an artifact stores: by default every parameter and buffer, as served."""

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from embslim.data.fields import FieldSpec
-from embslim.embeddings.base import DTYPE_NAMES, EmbeddingConfig, FeatureEmbedding, storage_bytes, tensor_bytes
+from embslim.embeddings.base import DTYPE_NAMES, EmbeddingConfig, FeatureEmbedding, StepContext, storage_bytes, tensor_bytes
 from embslim.embeddings.full import OFFSET_BYTES
 from embslim.embeddings.registry import register_embedding
 from embslim.errors import BudgetError, ConfigError
@@ -150,7 +150,7 @@ class LPTEmbedding(FeatureEmbedding):
         return [vecs[:, j] for j in range(len(fields))]
 
     @torch.no_grad()
-    def on_step_end(self, step: int) -> None:
+    def on_step_end(self, ctx: StepContext) -> None:
         """Update the rows the step touched (rowwise Adagrad or SGD in float) and re-quantise them stochastically."""
         touched = [(rows, leaf.grad) for rows, leaf in self._touched if leaf.grad is not None]
         self._touched = []

@@ -4,8 +4,11 @@ Sparse tables get SparseAdam (lazy Adam on the rows a batch touches), the rest
 Adam or AdamW. Each epoch ends with a validation pass, early stopping on the task's
 primary metric and an atomic checkpoint; `resume=True` continues after the last
 finished epoch with the same RNG state, so a killed run ends where an uninterrupted
-one would. Embedding methods hook in through `aux_loss()` and `on_step_end()`;
-callers hook in through callbacks.
+one would. Embedding methods hook in through `train_loss()`, `aux_loss()`,
+`before_optimizer_step()`, `on_step_end()` (with a `StepContext` that knows the planned
+number of steps and can reset optimiser state) and `size_is_final()`; their own state
+(masks, thresholds, schedule positions) rides in the model's state dict, so it is
+checkpointed with it. Callers hook in through callbacks.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from embslim.data.fields import FeatureTable, PreparedData
+from embslim.embeddings.base import StepContext
 from embslim.embeddings.batch import SparseBatch
 from embslim.errors import ConfigError, DataError
 from embslim.models.base import Recommender
@@ -104,13 +108,25 @@ class Trainer:
             yield SparseBatch.from_table(table, order[start:start + self.config.batch_size])
 
     # -- training --------------------------------------------------------------
-    def loss(self, batch: SparseBatch) -> torch.Tensor:
+    def batch_loss(self, batch: SparseBatch) -> torch.Tensor:
+        """Task loss (plus the embedding L2) of one pass of the model over `batch`."""
         out, vectors = self.model.forward_train(batch)
         loss = task_loss(self.data.task, out, batch.label)
         if self.config.embedding_l2:
             loss = loss + self.config.embedding_l2 * sum(v.pow(2).sum(dim=1).mean() for v in vectors)
+        return loss
+
+    def loss(self, batch: SparseBatch) -> torch.Tensor:
+        loss = self.model.embedding.train_loss(lambda: self.batch_loss(batch))
         aux = self.model.embedding.aux_loss()
         return loss if aux is None else loss + aux
+
+    def steps_per_epoch(self) -> int:
+        rows = len(self.data.split("train")) * (1 + self.config.negatives if self.data.task == "topk" else 1)
+        return -(-rows // self.config.batch_size)
+
+    def step_context(self) -> StepContext:
+        return StepContext(self.step, self.config.epochs * self.steps_per_epoch(), self.optimizers)
 
     def train_epoch(self, epoch: int) -> tuple[float, int]:
         self.model.train()
@@ -123,10 +139,11 @@ class Trainer:
             for opt in self.optimizers:
                 opt.zero_grad(set_to_none=True)
             loss.backward()
+            self.model.embedding.before_optimizer_step(self.step_context())
             for opt in self.optimizers:
                 opt.step()
             self.step += 1
-            self.model.embedding.on_step_end(self.step)
+            self.model.embedding.on_step_end(self.step_context())
             for cb in self.callbacks:
                 cb.on_batch_end(self, self.step)
             total += loss.detach() * len(batch)
@@ -163,9 +180,10 @@ class Trainer:
             history.append({"epoch": epoch + 1, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}})
             if cfg.progress:
                 tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  " + "  ".join(f"val {k} {v:.4f}" for k, v in val.items()))
-            if is_better(task, val[metric], best):
+            final = self.model.embedding.size_is_final()  # a table still shrinking is neither the best model nor a reason to stop
+            if final and is_better(task, val[metric], best):
                 best, best_state, bad = val[metric], copy.deepcopy(self.model.state_dict()) if cfg.keep_best else None, 0
-            else:
+            elif final:
                 bad += 1
                 for opt in self.optimizers:
                     for group in opt.param_groups:
