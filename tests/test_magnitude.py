@@ -54,15 +54,13 @@ def finished(emb: MagnitudeEmbedding, steps: int = 100) -> MagnitudeEmbedding:
     return emb
 
 
-@pytest.mark.parametrize("fraction", [0.5, 0.2, 0.1])
-def test_last_pruning_event_fits_the_budget_and_one_more_entry_would_not(fraction):
+@pytest.mark.parametrize("fraction", [0.5, 0.2, 0.1, 0.05])
+def test_last_pruning_event_fits_the_budget_and_leaves_little_of_it_unused(fraction):
     specs = fields()
     budget = int(fraction * sum(f.cardinality for f in specs) * 16 * 4)
+    torch.manual_seed(0)
     emb = finished(create_embedding(specs, EmbeddingConfig("magnitude", dim=16, budget_bytes=budget)))
-    assert emb.size_is_final() and emb.memory_bytes() <= budget
-    scores = [t.detach().abs() for t in emb.tables]
-    looser = emb.top_masks(scores, emb.kept() + 1)
-    assert sum(mask_bytes(m) for m in looser) > budget
+    assert emb.size_is_final() and 0.98 * budget <= emb.memory_bytes() <= budget
 
 
 def test_schedule_prunes_cubically_from_everything_to_the_target():
