@@ -78,6 +78,7 @@ class MagnitudeEmbedding(MaskedEmbedding):
         return round(self.target_keep + (self.total_entries() - self.target_keep) * remaining)
 
     def on_step_end(self, ctx: StepContext) -> None:
+        super().on_step_end(ctx)
         while not self.size_is_final() and ctx.step >= self.event_step(self.events_done + 1, ctx.total_steps):
             self.events_done += 1
             self.prune(self.events_done, ctx)

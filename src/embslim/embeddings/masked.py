@@ -53,6 +53,12 @@ class MaskedEmbedding(FeatureEmbedding):
     def kept(self) -> int:
         return sum(int(m.sum()) for m in self.masks())
 
+    def parameter_count(self) -> int:
+        """Kept (non-zero) entries: the parameters the pruned model has."""
+        if self.served is not None:
+            return sum(int(r.tensors["values"].count_nonzero()) for r in self.served)
+        return self.kept()
+
     def total_entries(self) -> int:
         return sum(f.cardinality for f in self.fields) * self.width
 
@@ -68,18 +74,31 @@ class MaskedEmbedding(FeatureEmbedding):
                 ctx.reset_state(table, changed)
 
     def before_optimizer_step(self, ctx: StepContext) -> None:
-        """Zero the gradient of pruned entries so the optimiser never updates them."""
+        """Zero the gradient of pruned entries so the optimiser never updates them, and note the rows it will touch."""
+        self._touched = []
         for table, mask in zip(self.tables, self.masks()):
             grad = table.grad
-            if grad is None or bool(mask.all()):
+            if grad is None:
+                self._touched.append(None)
                 continue
             if grad.is_sparse:
                 grad = grad.coalesce()
                 rows = grad.indices()[0]
                 table.grad = torch.sparse_coo_tensor(grad.indices(), grad.values() * mask[rows], grad.shape, is_coalesced=True,
                                                      check_invariants=False)
-            else:
+            else:  # a dense optimiser moves every row (momentum), not only those with a gradient
+                rows = torch.arange(len(mask))
                 grad.mul_(mask)
+            self._touched.append(rows)
+
+    @torch.no_grad()
+    def on_step_end(self, ctx: StepContext) -> None:
+        """Re-zero pruned entries of the rows the step touched: an optimiser whose moments were never reset
+        (a user's own, in `embslim.nn`) may have moved them; with the trainer's this changes nothing."""
+        for table, mask, rows in zip(self.tables, self.masks(), getattr(self, "_touched", [])):
+            if rows is not None and len(rows):
+                table[rows] *= mask[rows]
+        self._touched = []
 
     @torch.no_grad()
     def top_masks(self, scores: list[torch.Tensor], keep: int) -> list[torch.Tensor]:
