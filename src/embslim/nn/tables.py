@@ -41,45 +41,49 @@ from embslim.errors import ConfigError
 MODES = ("sum", "mean", "max")
 
 
-def budget_in_bytes(budget: int | float | None, num_embeddings: int, embedding_dim: int) -> int | None:
-    """An int is bytes; a float in (0, 1] is that fraction of the fp32 table's bytes."""
+def budget_in_bytes(budget: int | float | None, table_bytes: int) -> int | None:
+    """An int is bytes; a float in (0, 1] is that fraction of the fp32 tables' bytes (`table_bytes`)."""
     if budget is None:
         return None
     if isinstance(budget, float):
         if not 0 < budget <= 1:
             raise ConfigError(f"budget_bytes as a fraction must be in (0, 1], got {budget}")
-        return int(budget * storage_bytes(num_embeddings * embedding_dim, "fp32"))
+        return int(budget * table_bytes)
     if budget <= 0:
         raise ConfigError(f"budget_bytes must be positive, got {budget}")
     return int(budget)
 
 
-class _Table(nn.Module):
-    """One embslim table of a single field; shared by the bag and the plain lookup."""
+class TableSet(nn.Module):
+    """embslim tables for a list of fields, built by one method under one budget; in a plain training loop.
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, method: str, budget_bytes: int | float | None,
-                 counts: Any, sparse: bool, init_std: float, pooling: str, total_steps: int | None, settings: dict) -> None:
+    What the embslim trainer does around a method is done here from torch's own events: a gradient
+    hook densifies sparse gradients (unless `sparse`) and runs the method's pre-step hook once per
+    backward; its after-step hook runs before the next training lookup (the user's optimiser has
+    stepped by then) or before anything reads the table. Converters train a float table and serve
+    its conversion, redone whenever the weights changed.
+    """
+
+    def __init__(self, fields: list[FieldSpec], dims: list[int], method: str, budget_bytes: int | float | None, sparse: bool,
+                 init_std: float, total_steps: int | None, settings: dict) -> None:
         super().__init__()
-        if num_embeddings < 1 or embedding_dim < 1:
-            raise ConfigError(f"need num_embeddings >= 1 and embedding_dim >= 1, got {num_embeddings} and {embedding_dim}")
-        counts = np.ones(num_embeddings, dtype=np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
-        if counts.shape != (num_embeddings,):
-            raise ConfigError(f"counts must hold one count per id ({num_embeddings}), got shape {counts.shape}")
-        self.num_embeddings, self.embedding_dim, self.sparse = num_embeddings, embedding_dim, sparse
-        self.method = method
+        self.fields, self.dims, self.sparse, self.method = fields, list(dims), sparse, method
         self.info = method_info(method)
         self.total_steps, self.steps = total_steps, 0
         self._backward_seen = self._pre_step_done = False
-        fields = [FieldSpec("table", num_embeddings, counts, multivalued=True, pooling="mean" if pooling == "mean" else "sum")]
-        self.config = EmbeddingConfig(method, embedding_dim, None, budget_in_bytes(budget_bytes, num_embeddings, embedding_dim),
-                                      init_std, dict(settings))
+        self._conversion: list = [None, None]  # (converted module, weight versions it was made from); not a submodule
         if self.info.source == "search":
-            raise ConfigError(f"method {method!r} is a search: run it with embslim's search API, not as a drop-in table")
+            raise ConfigError(f"method {method!r} is a search: use embslim.nn.DNISSearch (or `embslim search`), not a table")
+        uniform = len(set(dims)) == 1
+        if not uniform and (method != "full" or budget_bytes is not None):
+            raise ConfigError(f"tables of different widths {sorted(set(dims))} need method='full' without a budget; "
+                              f"method {method!r} builds one width for all tables")
+        table_bytes = storage_bytes(sum(f.cardinality * d for f, d in zip(fields, dims)), "fp32")
+        self.config = EmbeddingConfig(method, max(dims), None if uniform else {f.name: d for f, d in zip(fields, dims)},
+                                      budget_in_bytes(budget_bytes, table_bytes), init_std, dict(settings))
         if self.info.source == "trained":
-            self.embedding: FeatureEmbedding = FullEmbedding.from_config(
-                fields, config_for_source(self.info, fields, self.config, self.info.parse(self.config.options)), None)
-            self._converted: FeatureEmbedding | None = None
-            self._converted_at: tuple[int, ...] | None = None
+            source = config_for_source(self.info, fields, self.config, self.info.parse(self.config.options))
+            self.embedding: FeatureEmbedding = FullEmbedding.from_config(fields, source, None)
             self.served()  # a budget the converter cannot meet fails here, not at the first evaluation
         else:
             self.embedding = create_embedding(fields, self.config)
@@ -92,7 +96,6 @@ class _Table(nn.Module):
         return StepContext(self.steps, self.total_steps or 0)
 
     def _after_accumulate(self, param: torch.Tensor) -> None:
-        """Densify the gradient for a plain optimiser; once per backward, the method's pre-step hook (masks)."""
         if not self.sparse and param.grad is not None and param.grad.is_sparse:
             param.grad = param.grad.to_dense()
         if not self._pre_step_done:
@@ -103,23 +106,21 @@ class _Table(nn.Module):
         self._backward_seen = True
 
     def finish_step(self) -> None:
-        """After a backward, run the method's after-step hook (the user's optimiser has stepped by then):
-        called before the next training lookup and before evaluation, bytes or export read the table."""
+        """After a backward, run the method's after-step hook (the user's optimiser has stepped by then)."""
         if self._backward_seen:
             self._backward_seen = self._pre_step_done = False
             self.steps += 1
             self.embedding.on_step_end(self.context())
 
     def served(self) -> FeatureEmbedding:
-        """What is served: the table itself, or a converter's conversion of its current weights."""
+        """What is served: the tables themselves, or a converter's conversion of their current weights."""
         self.finish_step()
         if self.info.source != "trained":
             return self.embedding
         version = tuple(p._version for p in self.embedding.parameters())
-        if self._converted is None or version != self._converted_at:
-            self._converted = convert_embedding(self.embedding, self.config)
-            self._converted_at = version
-        return self._converted
+        if self._conversion[0] is None or version != self._conversion[1]:
+            self._conversion[:] = [convert_embedding(self.embedding, self.config), version]
+        return self._conversion[0]
 
     def current(self) -> FeatureEmbedding:
         if self.training:
@@ -127,14 +128,50 @@ class _Table(nn.Module):
             return self.embedding
         return self.served()
 
-    def vectors(self, ids: torch.Tensor) -> torch.Tensor:
-        """Vectors of `ids` (any shape), zero-padded to embedding_dim."""
-        out = self.current().lookup(0, ids)
+    def _watched(self, field: int, out: torch.Tensor) -> torch.Tensor:
         if self.training and out.requires_grad:
             out.register_hook(self._saw_backward)
-        if out.shape[-1] < self.embedding_dim:
-            out = F.pad(out, (0, self.embedding_dim - out.shape[-1]))
+        if out.shape[-1] < self.dims[field]:
+            out = F.pad(out, (0, self.dims[field] - out.shape[-1]))
         return out
+
+    def vectors(self, field: int, ids: torch.Tensor) -> torch.Tensor:
+        """Vectors of `ids` (any shape) of one field, zero-padded to its width."""
+        return self._watched(field, self.current().lookup(field, ids))
+
+    def pooled(self, field: int, values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Bags (values, offsets[B+1]) of one field pooled by its pooling, zero-padded to its width."""
+        return self._watched(field, self.current().pool(field, values, offsets))
+
+    def memory_bytes(self, stage: Stage = "serve") -> int:
+        return self.embedding.memory_bytes(stage) if stage == "train" else self.served().memory_bytes(stage)
+
+
+def single_field(num_embeddings: int, counts: Any, pooling: str) -> list[FieldSpec]:
+    """The one field of a drop-in table, with its training counts (all equal without them)."""
+    if num_embeddings < 1:
+        raise ConfigError(f"need num_embeddings >= 1, got {num_embeddings}")
+    return [FieldSpec("table", num_embeddings, checked_counts(counts, num_embeddings), multivalued=True,
+                      pooling="mean" if pooling == "mean" else "sum")]
+
+
+def checked_counts(counts: Any, rows: int) -> np.ndarray:
+    counts = np.ones(rows, dtype=np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
+    if counts.shape != (rows,):
+        raise ConfigError(f"counts must hold one count per id ({rows}), got shape {counts.shape}")
+    return counts
+
+
+class _Table(TableSet):
+    """The single table behind a drop-in EmbeddingBag or Embedding."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, method: str, budget_bytes: int | float | None,
+                 counts: Any, sparse: bool, init_std: float, pooling: str, total_steps: int | None, settings: dict) -> None:
+        if embedding_dim < 1:
+            raise ConfigError(f"need embedding_dim >= 1, got {embedding_dim}")
+        super().__init__(single_field(num_embeddings, counts, pooling), [embedding_dim], method, budget_bytes, sparse, init_std,
+                         total_steps, settings)
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
 
     def full_weight(self) -> nn.Parameter | None:
         """The plain [n, d] table when the method is full at full width (torch's exact path), else None."""
@@ -142,9 +179,6 @@ class _Table(nn.Module):
         if self.method == "full" and isinstance(emb, FullEmbedding) and emb.dims == [self.embedding_dim]:
             return emb.tables[0]
         return None
-
-    def memory_bytes(self, stage: Stage = "serve") -> int:
-        return self.embedding.memory_bytes(stage) if stage == "train" else self.served().memory_bytes(stage)
 
 
 class _DropIn(nn.Module):
@@ -209,7 +243,7 @@ class EmbeddingBag(_DropIn):
         if per_sample_weights is not None and self.mode != "sum":
             raise ValueError(f"per_sample_weights are only supported for mode='sum', got mode={self.mode!r}")
         keep = values != self.padding_idx if self.padding_idx is not None else torch.ones_like(values, dtype=torch.bool)
-        vecs = self.table.vectors(values) * keep.unsqueeze(1)
+        vecs = self.table.vectors(0, values) * keep.unsqueeze(1)
         if per_sample_weights is not None:
             vecs = vecs * per_sample_weights.reshape(-1, 1).to(vecs.dtype)
         out = vecs.new_zeros(bags, self.embedding_dim)
@@ -257,7 +291,7 @@ class Embedding(_DropIn):
         weight = self.table.full_weight()
         if weight is not None:
             return F.embedding(input, weight, self.padding_idx, sparse=self.table.sparse)
-        out = self.table.vectors(input)
+        out = self.table.vectors(0, input)
         if self.padding_idx is not None:
             out = out * (input != self.padding_idx).unsqueeze(-1)
         return out

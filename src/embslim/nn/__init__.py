@@ -1,0 +1,8 @@
+"""embslim as a torch.nn library: drop-in tables and a collection in TorchRec's shape.
+
+    bag = embslim.nn.EmbeddingBag(n, d, mode="sum", method="qr", budget_bytes=0.1, counts=counts)
+"""
+from embslim.nn.collection import EmbeddingBagCollection, TableConfig
+from embslim.nn.tables import Embedding, EmbeddingBag
+
+__all__ = ["Embedding", "EmbeddingBag", "EmbeddingBagCollection", "TableConfig"]
