@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench torchrec
 
 setup: $(VENV)/.installed
 
@@ -26,3 +26,10 @@ test: setup $(VENV)/.test-installed
 
 bench: setup
 	$(PY) bench/train_throughput.py
+
+torchrec: setup $(VENV)/.torchrec-installed
+
+$(VENV)/.torchrec-installed: $(VENV)/.installed requirements-torchrec.txt
+	$(PY) -m pip install -q -r requirements-torchrec.txt
+	$(PY) -m pip install -q --no-deps torchrec==1.8.0
+	touch $@
