@@ -48,7 +48,8 @@ SEARCH, FIXED = 0, 1
 class MPESettings:
     """groups: most groups per field; min_group_rows: fewest rows a group holds; max_overhead: share of the budget the
     group bookkeeping may take (fewer groups otherwise); max_bits: widest width (widths 0..max_bits); temperature: of the
-    softmax over widths; search_fraction: share of the planned steps that searches before widths are frozen; penalty:
+    softmax over widths at the end of the search, annealed geometrically
+    from start_temperature; fill: widen groups into spare bytes when the search leaves some; search_fraction: share of the planned steps that searches before widths are frozen; penalty:
     initial lambda; penalty_rate: speed of the lambda controller (0 keeps lambda fixed); step_lr_scale: the learned
     log-steps are this times their parameter, so Adam moves them faster than the weights."""
 
@@ -57,6 +58,8 @@ class MPESettings:
     max_overhead: float = 0.1
     max_bits: int = 6
     temperature: float = 3e-3
+    start_temperature: float = 1.0
+    fill: bool = True
     search_fraction: float = 0.4
     penalty: float = 1e-2
     penalty_rate: float = 0.05
@@ -101,25 +104,32 @@ def fixed_bytes(fields: list[FieldSpec], dim: int, max_bits: int, groups: int) -
     return len(fields) * FIELD_BYTES + groups * GROUP_BYTES + storage_bytes(max_bits + dim, "fp32") + remaps
 
 
-def choose_widths(logits: np.ndarray, cost: np.ndarray, available: int | None, order: np.ndarray) -> np.ndarray:
-    """Per group the width index maximising logit - mu * cost, with the smallest mu >= 0 whose total cost fits
-    `available`, then the groups that a slightly smaller mu would widen, widened greedily (most logit per byte first,
-    then `order`) while they fit. Deterministic; ties go to the wider width. `cost[g, b]` are bytes."""
+def choose_widths(logits: np.ndarray, cost: np.ndarray, available: int | None, order: np.ndarray, fill: bool = True) -> np.ndarray:
+    """Per group the width index maximising logit - mu * cost: mu = 0 (the argmax) when that fits `available`
+    bytes and `fill` is off, else the smallest mu (negative when filling spare bytes) whose total fits; then the
+    groups that a slightly smaller mu would widen are widened greedily (most logit per byte first, then `order`)
+    while they fit. Deterministic; ties go to the wider width. `cost[g, b]` are bytes, increasing in b."""
     def pick(mu: float) -> np.ndarray:
         score = logits - mu * cost
         return score.shape[1] - 1 - np.argmax(score[:, ::-1], axis=1)
 
+    def total(widths: np.ndarray) -> float:
+        return cost[rows, widths].sum()
+
     rows = np.arange(len(logits))
-    best = pick(0.0)
-    if available is None or cost[rows, best].sum() <= available:
-        return best
-    gains = logits[:, 1:] - logits[:, :1]
-    lo, hi = 0.0, max(float(gains.max()), 0.0) / max(float(cost[:, 1:].min()), 1e-12) * 2 + 1e-9
+    if available is None or (not fill and total(pick(0.0)) <= available):
+        return pick(0.0)
+    spread = float(logits.max() - logits.min())
+    step = np.diff(cost, axis=1)
+    bound = 2 * spread / max(float(step[step > 0].min()) if (step > 0).any() else 1.0, 1e-12) + 1e-9
+    lo, hi = (-bound if fill else 0.0), bound
+    if total(pick(lo)) <= available:
+        return pick(lo)
     for _ in range(60):
         mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if cost[rows, pick(mid)].sum() <= available else (mid, hi)
+        lo, hi = (lo, mid) if total(pick(mid)) <= available else (mid, hi)
     chosen, wider = pick(hi), pick(lo)
-    left = available - cost[rows, chosen].sum()
+    left = available - total(chosen)
     cand = np.flatnonzero(wider != chosen)
     extra = cost[cand, wider[cand]] - cost[cand, chosen[cand]]
     rate = (logits[cand, wider[cand]] - logits[cand, chosen[cand]]) / np.maximum(extra, 1e-12)
@@ -223,6 +233,7 @@ class MPEEmbedding(FeatureEmbedding):
         self.register_buffer("widths", torch.zeros(self.index.total_groups, dtype=torch.int64))
         self.register_buffer("lam", torch.tensor(float(settings.penalty)))
         self.register_buffer("phase", torch.tensor(SEARCH))
+        self.register_buffer("tau", torch.tensor(float(settings.start_temperature)))
         self.register_buffer("group_of_row", torch.from_numpy(np.repeat(np.arange(self.index.total_groups), self.index.group_rows)))
         self._cost = self.index.group_rows[:, None] * row_bytes(dim, np.arange(settings.max_bits + 1))[None, :]
         self._order = self.index.local.astype(np.float64)
@@ -250,7 +261,8 @@ class MPEEmbedding(FeatureEmbedding):
     def repair(self) -> None:
         """Widths := the logits' argmax, lowered where needed (least logit per byte first) to fit the budget."""
         available = None if self.budget_bytes is None else self.budget_bytes - self.fixed
-        chosen = choose_widths(self.logits.detach().double().cpu().numpy(), self._cost.astype(np.float64), available, self._order)
+        chosen = choose_widths(self.logits.detach().double().cpu().numpy(), self._cost.astype(np.float64), available, self._order,
+                               self.settings.fill)
         self.widths.copy_(torch.from_numpy(chosen))
 
     def size_is_final(self) -> bool:
@@ -260,7 +272,7 @@ class MPEEmbedding(FeatureEmbedding):
         """lambda * expected serving bytes of the codes under the softmax over widths, over the budget (or full size)."""
         if int(self.phase) != SEARCH:
             return None
-        probs = torch.softmax(self.logits / self.settings.temperature, dim=1)
+        probs = torch.softmax(self.logits / self.tau, dim=1)
         expected = (probs * torch.from_numpy(self._cost).to(probs)).sum()
         return self.lam * expected / self.norm_bytes()
 
@@ -277,7 +289,10 @@ class MPEEmbedding(FeatureEmbedding):
             ratio = (self.fixed + wanted) / self.budget_bytes - 1
             self.lam.mul_(math.exp(float(np.clip(self.settings.penalty_rate * ratio, -self.settings.penalty_rate, self.settings.penalty_rate))))
         self.repair()
-        if ctx.step >= math.ceil(self.settings.search_fraction * ctx.total_steps):
+        end = math.ceil(self.settings.search_fraction * ctx.total_steps)
+        progress = min(ctx.step / max(end, 1), 1.0)
+        self.tau.fill_(self.settings.start_temperature * (self.settings.temperature / self.settings.start_temperature) ** progress)
+        if ctx.step >= end:
             self.phase.fill_(FIXED)
 
     # -- lookups --------------------------------------------------------------
@@ -309,7 +324,7 @@ class MPEEmbedding(FeatureEmbedding):
         hard = fake_quantize(w, bits, steps, self.offset)
         if int(self.phase) != SEARCH:
             return hard
-        probs = torch.softmax(self.logits[groups] / self.settings.temperature, dim=1)
+        probs = torch.softmax(self.logits[groups] / self.tau, dim=1)
         with torch.no_grad():
             every = torch.arange(self.settings.max_bits + 1, device=rows.device)
             copies = torch.stack([dequantize(quantize(w, every[b].expand(len(rows)), steps, self.offset), every[b].expand(len(rows)), steps,
@@ -327,8 +342,8 @@ class MPEEmbedding(FeatureEmbedding):
         return serve if stage == "serve" else serve + 2 * self.weight_bytes() + self.state_bytes()
 
     def state_bytes(self) -> int:
-        """The float master values themselves and the buffers only training needs (widths, lambda, phase, row groups)."""
-        return self.weight_bytes() + sum(tensor_bytes(b) for b in (self.widths, self.lam, self.phase, self.group_of_row))
+        """The float master values themselves and the buffers only training needs (widths, lambda, phase, temperature, row groups)."""
+        return self.weight_bytes() + sum(tensor_bytes(b) for b in (self.widths, self.lam, self.phase, self.tau, self.group_of_row))
 
     def parameter_count(self) -> int:
         """Stored values: the codes of kept rows (each one value at its width), steps and offsets."""
@@ -374,8 +389,8 @@ def check_settings(s: MPESettings) -> None:
         raise ConfigError(f"embedding 'mpe': max_bits must be in 1..8, got {s.max_bits}")
     if s.groups < 1 or s.min_group_rows < 1:
         raise ConfigError(f"embedding 'mpe': groups and min_group_rows must be >= 1, got {s.groups} and {s.min_group_rows}")
-    if s.temperature <= 0 or s.step_lr_scale <= 0 or s.penalty < 0 or s.penalty_rate < 0:
-        raise ConfigError("embedding 'mpe': temperature and step_lr_scale must be positive, penalty and penalty_rate non-negative")
+    if s.temperature <= 0 or s.start_temperature <= 0 or s.step_lr_scale <= 0 or s.penalty < 0 or s.penalty_rate < 0:
+        raise ConfigError("embedding 'mpe': temperatures and step_lr_scale must be positive, penalty and penalty_rate non-negative")
     if not 0 <= s.search_fraction <= 1 or not 0 < s.max_overhead <= 1:
         raise ConfigError(f"embedding 'mpe': search_fraction must be in [0, 1] and max_overhead in (0, 1], "
                           f"got {s.search_fraction} and {s.max_overhead}")
