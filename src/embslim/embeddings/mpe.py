@@ -9,13 +9,17 @@ step per width (log-parametrised) and a learned offset per dimension, rounding s
 
 Search (the first `search_fraction` of the planned steps): the forward uses each group's current
 hard width and the gradient to the logits is that of the softmax(logits / temperature) mixture of
-all widths (straight-through), so the model always trains at the bytes it would serve. The penalty
-`aux_loss` is lambda * expected bytes / budget; lambda follows a multiplicative controller that
-pushes the argmax widths' bytes toward the budget. After every step the widths are the argmax
-REPAIRED to the budget: a Lagrangian bisection (per group, the width that maximises logit -
-mu * bytes, i.e. least logit lost per byte saved) and a greedy refill of the slack, so bytes never
-exceed the budget. Then the widths are frozen and training continues (fine-tuning) at them;
-`size_is_final()` is False until then.
+all widths (straight-through), so the model always trains at the bytes it would serve; the
+temperature anneals from `start_temperature` to `temperature` (the reference's 3e-3, fixed there)
+so the search does not saturate in its first steps. The penalty `aux_loss` is lambda * expected
+bytes / budget; lambda follows a multiplicative controller that pushes the argmax widths' bytes
+toward the budget. After every step the widths are the argmax REPAIRED to the budget: a Lagrangian
+bisection (per group the width maximising logit - mu * bytes, i.e. least logit lost per byte
+saved; mu < 0 spends spare bytes when `fill` is on) and a greedy pass over the groups at the
+breakpoint, so bytes never exceed the budget. Then the widths are frozen and training continues
+(fine-tuning, not the reference's retrain from the initial weights) at them; `size_is_final()`
+is False until then. The reference shares one step per width and one offset per dimension across
+fields, and so does this; its penalty weights bits by 1/frequency, this one counts bytes.
 
 Serving bytes (exactly what `export` writes): packed codes (each row ceil(d * b / 8) bytes at its
 group's width b, little-endian bit order), a width (uint8) and a byte offset (int32) per group, a
@@ -46,12 +50,12 @@ SEARCH, FIXED = 0, 1
 
 @dataclass(frozen=True)
 class MPESettings:
-    """groups: most groups per field; min_group_rows: fewest rows a group holds; max_overhead: share of the budget the
-    group bookkeeping may take (fewer groups otherwise); max_bits: widest width (widths 0..max_bits); temperature: of the
-    softmax over widths at the end of the search, annealed geometrically
-    from start_temperature; fill: widen groups into spare bytes when the search leaves some; search_fraction: share of the planned steps that searches before widths are frozen; penalty:
-    initial lambda; penalty_rate: speed of the lambda controller (0 keeps lambda fixed); step_lr_scale: the learned
-    log-steps are this times their parameter, so Adam moves them faster than the weights."""
+    """groups: most groups per field; min_group_rows: fewest rows a group holds; max_overhead: share of the budget
+    the group bookkeeping may take (fewer groups otherwise); max_bits: widest width (widths 0..max_bits);
+    temperature: of the softmax over widths at the end of the search, annealed geometrically from start_temperature;
+    fill: widen groups into bytes the search leaves spare; search_fraction: share of the planned steps that searches
+    before the widths are frozen; penalty: initial lambda; penalty_rate: speed of the lambda controller (0 keeps
+    lambda fixed); step_lr_scale: the learned log-steps are this times their parameter, so Adam moves them faster."""
 
     groups: int = 128
     min_group_rows: int = 8
