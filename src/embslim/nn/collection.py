@@ -23,6 +23,7 @@ from embslim.embeddings import FeatureEmbedding
 from embslim.embeddings.base import Stage
 from embslim.embeddings.full import FullEmbedding
 from embslim.errors import ConfigError
+from embslim.extras import require
 from embslim.nn.tables import TableSet, checked_counts
 
 
@@ -108,10 +109,16 @@ class EmbeddingBagCollection(nn.Module):
             raise KeyError(f"features {unknown} belong to no table; known: {sorted(self.table_of)}")
         out = {k: self.set.pooled(self.table_of[k], values.long(), offsets.long()) for k, (values, offsets) in bags.items()}
         if keyed:
-            from torchrec.sparse.jagged_tensor import KeyedTensor
             keys = list(features.keys())
-            return KeyedTensor.from_tensor_list(keys, [out[k] for k in keys])
+            return keyed_tensor(keys, [out[k] for k in keys])
         return out
+
+
+def keyed_tensor(keys: list[str], tensors: list[torch.Tensor]) -> Any:
+    """TorchRec's KeyedTensor of pooled [B, width] tensors (the output type of its EmbeddingBagCollection)."""
+    require("torchrec", "a KeyedJaggedTensor input")
+    from torchrec.sparse.jagged_tensor import KeyedTensor
+    return KeyedTensor.from_tensor_list(keys, tensors)
 
 
 def _bag(name: str, value: Any) -> tuple[torch.Tensor, torch.Tensor]:
