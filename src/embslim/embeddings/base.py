@@ -93,6 +93,26 @@ class StepContext:
                         value[where] = 0
 
 
+@dataclass
+class SliceContext:
+    """What a method sees when `embslim slice` asks it for a smaller copy of a trained embedding.
+
+    `val_loss(embedding)` is the validation loss of the trained model with `embedding` in place
+    of its own (a capped, seeded sample of the validation rows), the cheap importance measure;
+    `model` and `data` are the trained `Recommender` and its `PreparedData` for methods that score
+    with more (DNIS's loss-per-byte scores); `options` holds what the source run recorded beyond
+    the embedding config (the DNIS search settings); the method writes how it chose into `record`,
+    which goes to results.json's `slice.choice`.
+    """
+
+    val_loss: Callable[["FeatureEmbedding"], float]
+    model: Any = None
+    data: Any = None
+    options: dict = field(default_factory=dict)
+    seed: int = 0
+    record: dict = field(default_factory=dict)
+
+
 def field_meta(fields: list[FieldSpec]) -> list[dict]:
     return [{"name": f.name, "cardinality": f.cardinality, "multivalued": f.multivalued, "pooling": f.pooling, "side": f.side} for f in fields]
 
@@ -212,6 +232,18 @@ class FeatureEmbedding(nn.Module, ABC):
         """False while a schedule is still shrinking the table: the trainer neither keeps such an epoch as
         the best nor counts it toward early stopping, so the result always has the final size."""
         return True
+
+    def sliced(self, budget_bytes: int, context: SliceContext) -> "FeatureEmbedding | None":
+        """A servable copy of this trained embedding within `budget_bytes`, chosen without retraining
+        (`embslim slice`), or None when the method cannot be sliced (the default).
+
+        The copy must have the same `dims` (the backbone is reused as trained), serve at most
+        `budget_bytes` (`memory_bytes("serve")`), and export and reload like any artifact; a budget it
+        cannot reach is a one-line `BudgetError`. Nested tables choose per-field prefix widths, DNIS prunes
+        (block, dimension) pairs by its scores; a masked method (magnitude, PEP) would return its mask at a
+        stricter threshold.
+        """
+        return None
 
     def artifact_tensors(self) -> dict[str, torch.Tensor]:
         """What an artifact stores: by default every parameter and buffer, as served."""
