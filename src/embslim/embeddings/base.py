@@ -10,7 +10,8 @@ all single-valued fields with one gather.
 Bytes come from one table of bits per stored value (`BITS`, which knows 4- and 2-bit
 codes); serving bytes count every tensor an exported artifact holds (weights, codes,
 scales, offsets, hash salts), and training adds Adam's moment buffers and any optimiser
-state a method keeps itself (`state_bytes`).
+state a method keeps itself (`state_bytes`). A trained embedding that can be cut to a smaller
+budget without retraining implements `sliced` (what `embslim slice` calls).
 """
 from __future__ import annotations
 

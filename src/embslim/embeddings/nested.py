@@ -109,6 +109,13 @@ class NestedEmbedding(FeatureEmbedding):
     def dims(self) -> list[int]:
         return [self.width] * len(self.fields)
 
+    @property
+    def note(self) -> str | None:
+        """The served prefix widths, when they differ from the full width (results.json `embedding.note`)."""
+        if all(w == self.width for w in self.serve_widths):
+            return None
+        return "serves prefix widths " + ",".join(f"{f.name}={w}" for f, w in zip(self.fields, self.serve_widths))
+
     # -- lookups ---------------------------------------------------------------
     def prefix(self, field: int) -> int:
         """Columns of `field` in use now: the training pass's prefix, else the serve width."""
