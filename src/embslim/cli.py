@@ -117,12 +117,27 @@ def configs_from_args(args: argparse.Namespace, data) -> tuple:
     return RunConfig(args.model, emb, ModelOptions.from_dict(opts), train)
 
 
+DATA_FLAGS = {"dataset": "synthetic", "task": None, "data_path": None, "schema": None, "min_count": None, "max_bad_rows": 0,
+              "split_seed": 0, "synthetic_rows": None}  # the data flags and their defaults
+
+
+def write_data_args(args: argparse.Namespace, task: str, out: Path) -> None:
+    """Record the data flags of a run in OUT/data_args.json, so `embslim slice` loads the same data."""
+    from embslim.train.slice import DATA_ARGS
+
+    values = {k: getattr(args, k) for k in DATA_FLAGS}
+    values["task"] = task
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DATA_ARGS).write_text(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in values.items()}, indent=1))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from embslim.train.run import run
 
     data = load_from_args(args)
     config = configs_from_args(args, data)
     out = args.out or Path("runs") / f"train-{args.dataset}-{data.task}-{args.model}-seed{args.seed}"
+    write_data_args(args, data.task, out)
     if (out / "results.json").exists() and not args.resume:
         (out / "checkpoint.pt").unlink(missing_ok=True)
     results = run(data, config, out, resume=args.resume)
@@ -148,10 +163,31 @@ def cmd_search(args: argparse.Namespace) -> int:
                       prune_during_search=args.prune_during_search, threshold=args.threshold, score=args.score, fill=args.fill,
                       fill_temperature=args.fill_temperature, **tuned)
     out = args.out or Path("runs") / f"search-{args.dataset}-{data.task}-{args.model}-b{budget_flag}-seed{args.seed}"
+    write_data_args(args, data.task, out)
     baselines = tuple(b for b in args.baselines.split(",") if b)
     report = run_search(data, config, budget, dnis, out, resume=args.resume, baselines=baselines)
     print("\n".join(summary_lines(report)))
     print(f"report: {out / 'report.json'}  layout: {out / 'layout.json'}  plot: {out / 'kept_dims.png'}")
+    return 0
+
+
+def cmd_slice(args: argparse.Namespace) -> int:
+    from embslim.train.run import model_data
+    from embslim.train.slice import read_run, slice_run
+
+    source = read_run(args.run)
+    for key, default in DATA_FLAGS.items():
+        if getattr(args, key) is None:
+            value = source.data_args.get(key, default)
+            setattr(args, key, Path(value) if key in ("data_path", "schema") and value is not None else value)
+    require_extras(args)
+    data = load_from_args(args)
+    fields = model_data(data, source.config.model).table.fields
+    budget = budget_bytes(args.budget, fields, source.config.embedding.dim)
+    results = slice_run(source, data, budget, args.out, args.fine_tune_epochs, args.budget, args.val_rows, progress=not args.quiet)
+    print(f"sliced {args.run} ({results['slice']['source_method']}, {results['slice']['source_bytes']:,} bytes) "
+          f"to {results['embedding']['bytes']:,} bytes (budget {budget:,})")
+    print_summary(results, args.out)
     return 0
 
 
@@ -341,6 +377,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("slice", help="serve one trained run at a smaller budget, without retraining",
+                       description="Turn a finished run (an `embslim train` folder of a sliceable method such as nested, or an "
+                                   "`embslim search` folder) into a servable artifact of at most --budget bytes, chosen by validation "
+                                   "loss, evaluated on the run's own test split. Writes OUT/results.json (train's shape plus a `slice` "
+                                   "record) and OUT/embedding.safetensors. The data flags default to the run's (OUT/data_args.json).")
+    p.add_argument("run", type=Path, help="folder of the finished run to slice")
+    p.add_argument("--budget", type=budget_text, required=True, help="fraction of the full table at the run's --dim (0.2) or bytes (150000, 512KiB)")
+    p.add_argument("--out", type=Path, required=True, help="folder of the sliced run")
+    p.add_argument("--fine-tune-epochs", type=non_negative_int, default=0, help="epochs of training after slicing (default 0)")
+    p.add_argument("--val-rows", type=positive_int, default=20_000, help="validation rows the width choice measures (default 20000)")
+    p.add_argument("--quiet", action="store_true")
+    add_data_args(p)
+    p.set_defaults(func=cmd_slice, **{k: None for k in DATA_FLAGS})
     p = sub.add_parser("list", help="list datasets, models and embedding methods")
     p.set_defaults(func=cmd_list)
     return parser

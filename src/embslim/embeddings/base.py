@@ -10,7 +10,8 @@ all single-valued fields with one gather.
 Bytes come from one table of bits per stored value (`BITS`, which knows 4- and 2-bit
 codes); serving bytes count every tensor an exported artifact holds (weights, codes,
 scales, offsets, hash salts), and training adds Adam's moment buffers and any optimiser
-state a method keeps itself (`state_bytes`).
+state a method keeps itself (`state_bytes`). A trained embedding that can be cut to a smaller
+budget without retraining implements `sliced` (what `embslim slice` calls).
 """
 from __future__ import annotations
 
@@ -91,6 +92,26 @@ class StepContext:
                         value.zero_()
                     else:
                         value[where] = 0
+
+
+@dataclass
+class SliceContext:
+    """What a method sees when `embslim slice` asks it for a smaller copy of a trained embedding.
+
+    `val_loss(embedding)` is the validation loss of the trained model with `embedding` in place
+    of its own (a capped, seeded sample of the validation rows), the cheap importance measure;
+    `model` and `data` are the trained `Recommender` and its `PreparedData` for methods that score
+    with more (DNIS's loss-per-byte scores); `options` holds what the source run recorded beyond
+    the embedding config (the DNIS search settings); the method writes how it chose into `record`,
+    which goes to results.json's `slice.choice`.
+    """
+
+    val_loss: Callable[["FeatureEmbedding"], float]
+    model: Any = None
+    data: Any = None
+    options: dict = field(default_factory=dict)
+    seed: int = 0
+    record: dict = field(default_factory=dict)
 
 
 def field_meta(fields: list[FieldSpec]) -> list[dict]:
@@ -212,6 +233,18 @@ class FeatureEmbedding(nn.Module, ABC):
         """False while a schedule is still shrinking the table: the trainer neither keeps such an epoch as
         the best nor counts it toward early stopping, so the result always has the final size."""
         return True
+
+    def sliced(self, budget_bytes: int, context: SliceContext) -> "FeatureEmbedding | None":
+        """A servable copy of this trained embedding within `budget_bytes`, chosen without retraining
+        (`embslim slice`), or None when the method cannot be sliced (the default).
+
+        The copy must have the same `dims` (the backbone is reused as trained), serve at most
+        `budget_bytes` (`memory_bytes("serve")`), and export and reload like any artifact; a budget it
+        cannot reach is a one-line `BudgetError`. Nested tables choose per-field prefix widths, DNIS prunes
+        (block, dimension) pairs by its scores; a masked method (magnitude, PEP) would return its mask at a
+        stricter threshold.
+        """
+        return None
 
     def artifact_tensors(self) -> dict[str, torch.Tensor]:
         """What an artifact stores: by default every parameter and buffer, as served."""

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from embslim.data.fields import FieldSpec
-from embslim.embeddings.base import EmbeddingConfig
+from embslim.embeddings.base import EmbeddingConfig, FeatureEmbedding, SliceContext
 from embslim.embeddings.blocks import block_starts
 from embslim.embeddings.full import FullEmbedding
 from embslim.embeddings.registry import register_embedding
@@ -108,3 +108,21 @@ class DNISEmbedding(FullEmbedding):
             out[f.name] = (g[first:first + n] - o).tolist() + [f.cardinality]
             first += n
         return out
+
+    def sliced(self, budget_bytes: int, context: SliceContext) -> FeatureEmbedding:
+        """The searched table pruned to `budget_bytes` as the search pipeline prunes it (its pruning scores
+        under the run's DNIS settings, `context.options["dnis"]`), holding the alpha-scaled searched values."""
+        from embslim.embeddings.blockwise import BlockwiseEmbedding, BlockwiseSettings, layout_bytes, layout_to_json
+        from embslim.search.dnis import DNISConfig, layout_for_budget, pruned_values, pruning_scores
+
+        config = DNISConfig(**context.options.get("dnis", {}))
+        scores = pruning_scores(context.model, context.data, config, context.seed)
+        layouts = layout_for_budget(self, budget_bytes, config, scores)
+        module = BlockwiseEmbedding(self.fields, layouts, self.width)
+        module.settings = BlockwiseSettings(layout_to_json(layouts, self.width))
+        with torch.no_grad():
+            init = pruned_values(self, layouts)
+            module.values[: len(init)].copy_(init)
+        context.record.update({"rule": f"DNIS pruning scores ({config.score}) of the searched model, kept while they fit",
+                               "bytes": layout_bytes(layouts, self.width), "layout": layout_to_json(layouts, self.width)})
+        return module

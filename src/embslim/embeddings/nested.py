@@ -1,0 +1,265 @@
+"""Nested (Matryoshka) embeddings: one table per field whose every prefix is a usable vector.
+
+Training follows MRL (Kusupati et al., NeurIPS 2022): each batch runs the backbone once per
+prefix width m of `widths` (every field cut to its first m dimensions, the rest zero, so one
+backbone of input width d serves every width) and the loss is the mean of those passes (c_m = 1;
+with Adam the sum trains the same way up to epsilon, and the mean keeps the reported loss on the
+scale of the other methods). A model built with a budget also trains its own serving widths as
+one more pass.
+
+Serving uses `serve_widths`, one prefix width per field: only those columns are counted,
+exported and loaded, and the vectors are zero-padded back to d. With a budget the widths are
+the largest uniform width that fits, then (allocation "fill", the default) the bytes left
+raise the widths of the smallest fields first, one dimension at a time, which gives the
+small fields (gender, age, ...) their full width almost for free. The unserved tail columns
+and their Adam moments are training-only state (`state_bytes`).
+
+`sliced` re-chooses the widths of a trained table for a smaller budget without retraining:
+greedy removal of a field's tail (one dimension, or down to the next trained width) by the
+smallest validation-loss increase per byte saved (a measured decrease counts as free, and among
+free removals the largest goes first), then single dimensions added back while they fit and
+lower the loss.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from embslim.data.fields import FieldSpec
+from embslim.embeddings.base import ADAM_STATE_COPIES, EmbeddingConfig, FeatureEmbedding, SliceContext, storage_bytes
+from embslim.embeddings.full import OFFSET_BYTES, FullEmbedding, full_bytes, uniform_dim_for_budget
+from embslim.embeddings.registry import register_embedding
+from embslim.errors import BudgetError, ConfigError
+
+VALUE_BYTES = storage_bytes(1, "fp32")
+
+
+@dataclass(frozen=True)
+class NestedSettings:
+    """widths: prefix widths trained together (capped at --dim, which is always added);
+    reduce: how the passes' losses combine; allocation: how a budget becomes per-field serve widths."""
+
+    widths: tuple[int, ...] = (1, 2, 4, 8, 16)
+    reduce: Literal["mean", "sum"] = "mean"
+    allocation: Literal["fill", "uniform"] = "fill"
+
+
+def train_widths(widths: tuple[int, ...], dim: int) -> list[int]:
+    """The trained prefix widths: `widths` capped at `dim`, plus `dim` itself, ascending."""
+    if any(w < 1 for w in widths):
+        raise ConfigError(f"nested widths must be positive, got {list(widths)}")
+    return sorted({min(w, dim) for w in widths} | {dim})
+
+
+def widths_for_budget(fields: list[FieldSpec], dim: int, budget_bytes: int, allocation: str = "fill") -> list[int]:
+    """Per-field serve widths within `budget_bytes`: the largest uniform width (at most `dim`), then with
+    "fill" the bytes left go one dimension at a time to the fields with the fewest rows."""
+    widths = [min(uniform_dim_for_budget(fields, budget_bytes), dim)] * len(fields)
+    if allocation == "uniform":
+        return widths
+    order = sorted(range(len(fields)), key=lambda i: (fields[i].cardinality, i))
+    grown = True
+    while grown:
+        grown = False
+        for i in order:
+            if widths[i] < dim and full_bytes(fields, widths) + fields[i].cardinality * VALUE_BYTES <= budget_bytes:
+                widths[i] += 1
+                grown = True
+    return widths
+
+
+@register_embedding("nested", settings=NestedSettings, budgeted=True)
+class NestedEmbedding(FeatureEmbedding):
+    """Per-field tables of `stored` widths (the full d while training; the serve widths once served),
+    read through per-field prefixes and zero-padded to d."""
+
+    def __init__(self, fields: list[FieldSpec], dim: int, stored: list[int], serve: list[int],
+                 settings: NestedSettings = NestedSettings(), init_std: float = 0.01) -> None:
+        super().__init__()
+        if any(not 0 <= w <= s <= dim for w, s in zip(serve, stored)) or len(serve) != len(fields) or len(stored) != len(fields):
+            raise ConfigError(f"nested: need 0 <= serve width <= stored width <= {dim} per field, got serve {serve}, stored {stored}")
+        self.fields, self.width, self.settings = list(fields), int(dim), settings
+        self.stored = [int(s) for s in stored]
+        self.serve_widths = [int(w) for w in serve]
+        self.store = FullEmbedding(fields, self.stored, init_std)
+        self._active: list[int] | None = None
+
+    @classmethod
+    def from_config(cls, fields: list[FieldSpec], config: EmbeddingConfig, settings: NestedSettings) -> "NestedEmbedding":
+        if config.dims is not None:
+            raise ConfigError("embedding 'nested' trains one width (--dim); per-field serve widths come from --budget or `embslim slice`")
+        train_widths(settings.widths, config.dim)
+        full = [config.dim] * len(fields)
+        serve = full if config.budget_bytes is None else widths_for_budget(fields, config.dim, config.budget_bytes, settings.allocation)
+        return cls(fields, config.dim, full, serve, settings, config.init_std)
+
+    @classmethod
+    def from_artifact_meta(cls, fields: list[FieldSpec], settings: NestedSettings, meta: dict) -> "NestedEmbedding":
+        return cls(fields, meta["width"], meta["serve_widths"], meta["serve_widths"], settings)
+
+    def artifact_meta(self) -> dict:
+        return {"width": self.width, "serve_widths": list(self.serve_widths)}
+
+    @property
+    def dims(self) -> list[int]:
+        return [self.width] * len(self.fields)
+
+    @property
+    def note(self) -> str | None:
+        """The served prefix widths, when they differ from the full width (results.json `embedding.note`)."""
+        if all(w == self.width for w in self.serve_widths):
+            return None
+        return "serves prefix widths " + ",".join(f"{f.name}={w}" for f, w in zip(self.fields, self.serve_widths))
+
+    # -- lookups ---------------------------------------------------------------
+    def prefix(self, field: int) -> int:
+        """Columns of `field` in use now: the training pass's prefix, else the serve width."""
+        want = self._active[field] if self._active is not None else self.serve_widths[field]
+        return min(want, self.stored[field])
+
+    def _pad(self, field: int, vecs: torch.Tensor) -> torch.Tensor:
+        p = self.prefix(field)
+        return F.pad(vecs[..., :p], (0, self.width - p))
+
+    def lookup(self, field: int, ids: torch.Tensor) -> torch.Tensor:
+        return self._pad(field, self.store.lookup(field, ids))
+
+    def lookup_fields(self, ids: torch.Tensor, fields: list[int]) -> list[torch.Tensor]:
+        return [self._pad(f, v) for f, v in zip(fields, self.store.lookup_fields(ids, fields))]
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return self.store.sparse_parameters()
+
+    # -- training --------------------------------------------------------------
+    def passes(self) -> list[list[int]]:
+        """Per-field prefixes of each training pass: every trained width, then the serve widths if not among them."""
+        out: list[list[int]] = []
+        for m in train_widths(self.settings.widths, self.width):
+            widths = [min(m, s) for s in self.stored]
+            if widths not in out:
+                out.append(widths)
+        if self.serve_widths not in out:
+            out.append(list(self.serve_widths))
+        return out
+
+    def train_loss(self, task_loss: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """MRL: the task loss of each pass, combined by `reduce`."""
+        losses = []
+        try:
+            for widths in self.passes():
+                self._active = widths
+                losses.append(task_loss())
+        finally:
+            self._active = None
+        total = torch.stack(losses).sum()
+        return total / len(losses) if self.settings.reduce == "mean" else total
+
+    # -- bytes -----------------------------------------------------------------
+    def parameter_count(self) -> int:
+        return sum(f.cardinality * w for f, w in zip(self.fields, self.serve_widths))
+
+    def weight_bytes(self) -> int:
+        return storage_bytes(self.parameter_count(), "fp32")
+
+    def index_bytes(self) -> int:
+        return OFFSET_BYTES * sum(w > 0 for w in self.serve_widths)
+
+    def state_bytes(self) -> int:
+        """Training-only storage: the unserved tail columns with their two Adam moments, and their offsets."""
+        trained = full_bytes(self.fields, self.stored)
+        stored_weights = trained - OFFSET_BYTES * sum(s > 0 for s in self.stored)
+        return (trained + ADAM_STATE_COPIES * stored_weights) - (1 + ADAM_STATE_COPIES) * self.weight_bytes() - self.index_bytes()
+
+    # -- serving ---------------------------------------------------------------
+    @torch.no_grad()
+    def served_copy(self, widths: list[int] | None = None) -> "NestedEmbedding":
+        """A module storing only the first `widths` (default: the serve widths) columns of each field."""
+        widths = list(self.serve_widths if widths is None else widths)
+        out = NestedEmbedding(self.fields, self.width, widths, widths, self.settings)
+        for i, w in enumerate(widths):
+            if w:
+                src, first = self.store.table_of(i)
+                dst, dfirst = out.store.table_of(i)
+                rows = self.fields[i].cardinality
+                dst[dfirst:dfirst + rows].copy_(src[first:first + rows, :w])
+        return out
+
+    def artifact_tensors(self) -> dict[str, torch.Tensor]:
+        """Only the served prefix columns (and their offsets)."""
+        module = self if self.stored == self.serve_widths else self.served_copy()
+        return {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+
+    @contextmanager
+    def serving(self, widths: list[int]) -> Iterator[None]:
+        """Serve `widths` for the duration of the block (what slicing measures)."""
+        saved = self.serve_widths
+        self.serve_widths = list(widths)
+        try:
+            yield
+        finally:
+            self.serve_widths = saved
+
+    # -- slicing ---------------------------------------------------------------
+    def sliced(self, budget_bytes: int, context: SliceContext) -> "NestedEmbedding":
+        """The served module of the widths `choose_widths` picks for `budget_bytes`."""
+        widths = self.choose_widths(budget_bytes, context)
+        return self.served_copy(widths)
+
+    def choose_widths(self, budget_bytes: int, context: SliceContext) -> list[int]:
+        """Per-field prefix widths within `budget_bytes`, by validation loss per byte (see the module docstring)."""
+        losses: dict[tuple[int, ...], float] = {}
+
+        def loss(widths: list[int]) -> float:
+            key = tuple(widths)
+            if key not in losses:
+                with self.serving(widths):
+                    losses[key] = context.val_loss(self)
+            return losses[key]
+
+        def size(widths: list[int]) -> int:
+            return full_bytes(self.fields, widths)
+
+        widths = [min(w, s) for w, s in zip(self.serve_widths, self.stored)]
+        floor = [0] * len(widths)
+        if size(floor) > budget_bytes:
+            raise BudgetError(f"budget of {budget_bytes} bytes is below an empty nested table ({size(floor)} bytes)")
+        ladder = sorted({0} | set(train_widths(self.settings.widths, self.width)))
+        removed = []
+        while size(widths) > budget_bytes:
+            best = None
+            for i, w in enumerate(widths):
+                for lower in {w - 1, max(l for l in ladder if l < w)} if w > 0 else ():
+                    cand = list(widths)
+                    cand[i] = lower
+                    saved = size(widths) - size(cand)
+                    rate = max(loss(cand) - loss(widths), 0.0) / saved  # a measured decrease is noise: it ranks as free
+                    if best is None or (rate, -saved) < best[0]:
+                        best = ((rate, -saved), cand, i)
+            removed.append({"field": self.fields[best[2]].name, "to": best[1][best[2]], "loss_per_byte": best[0][0]})
+            widths = best[1]
+        added = []
+        while True:
+            best = None
+            for i, w in enumerate(widths):
+                cand = list(widths)
+                cand[i] = w + 1
+                if w >= self.stored[i] or size(cand) > budget_bytes:
+                    continue
+                gain = (loss(widths) - loss(cand)) / (size(cand) - size(widths))
+                if gain > 0 and (best is None or gain > best[0]):
+                    best = (gain, cand, i)
+            if best is None:
+                break
+            added.append({"field": self.fields[best[2]].name, "to": best[1][best[2]], "loss_per_byte": -best[0]})
+            widths = best[1]
+        context.record.update({"rule": "greedy: drop the tail (one dimension or to the next trained width) with the least "
+                                       "validation-loss increase per byte, then add single dimensions back while they fit and lower the loss",
+                               "ladder": ladder, "removed": removed, "added": added, "evaluations": len(losses),
+                               "val_loss": loss(widths), "val_loss_full": loss([min(w, s) for w, s in zip(self.serve_widths, self.stored)]),
+                               "widths": {f.name: w for f, w in zip(self.fields, widths)}})
+        return widths
