@@ -5,7 +5,7 @@ import json
 import pytest
 
 from embslim.bench import runner
-from embslim.bench.grid import BenchSpec, benchmark_methods, cells
+from embslim.bench.grid import BenchSpec, benchmark_methods, cells, registry_name
 from embslim.bench.report import summarise, winners
 from embslim.cli import main
 from embslim.embeddings import list_embeddings
@@ -14,8 +14,15 @@ TINY = BenchSpec(dataset="synthetic", synthetic_rows=3000, dim=4, methods=("full
 
 
 def test_every_budgeted_registered_method_joins_the_benchmark():
-    assert set(benchmark_methods()) >= {"full", "uniform", "dnis", "mde"}
-    assert set(benchmark_methods()) - {"uniform"} <= set(list_embeddings())
+    assert set(benchmark_methods()) >= {"full", "uniform", "dnis", "mde", "nested", "nested-sliced"}
+    assert {registry_name(m) for m in benchmark_methods()} - {"uniform"} <= set(list_embeddings())
+
+
+def test_sliced_cells_of_one_seed_cut_one_full_size_run(tmp_path):
+    spec = BenchSpec(dataset="synthetic", synthetic_rows=3000, dim=4, methods=("nested-sliced",), budgets=(0.5, 0.3), seeds=(0,), epochs=1)
+    rows = runner.run_grid(spec, tmp_path, workers=1, progress=False)
+    assert [r["status"] for r in rows] == ["ok"] * 2 and all(r["bytes"] <= r["budget_bytes"] for r in rows)
+    assert (tmp_path / "runs" / "nested-source-s0" / "results.json").exists()
 
 
 def test_grid_runs_the_full_reference_once_per_seed():
