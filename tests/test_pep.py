@@ -99,7 +99,7 @@ def test_note_counts_non_zeros_and_the_bytes_with_the_index():
 
 
 def tiny_config(budget_fraction: float | None = 0.3, epochs: int = 4, **settings) -> RunConfig:
-    return RunConfig("deepfm", EmbeddingConfig("pep", dim=8, options={"decay": 1.0, "threshold_init": -6.0, **settings}),
+    return RunConfig("deepfm", EmbeddingConfig("pep", dim=8, options={"decay": 1.0, "threshold_init": -6.0, "threshold_lr": 200.0, **settings}),
                      train=TrainConfig(epochs=epochs, batch_size=256, patience=10, progress=False, seed=2))
 
 
@@ -115,7 +115,7 @@ def test_training_searches_to_the_budget_then_keeps_pruned_entries_zero():
     model, d = build_model(data, config)
     train_model(model, d, config)
     emb = model.embedding
-    assert emb.size_is_final() and emb.memory_bytes() <= config.embedding.budget_bytes
+    assert emb.size_is_final() and emb.reached_budget and emb.memory_bytes() <= config.embedding.budget_bytes
     assert all(torch.equal(t.detach()[~m], torch.zeros(int((~m).sum()))) for t, m in zip(emb.tables, emb.masks()))
 
 

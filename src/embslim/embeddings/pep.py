@@ -9,6 +9,13 @@ the task loss; Adam moves s about one learning rate a step whatever the pull's s
 `threshold_lr` scales s's step (s = threshold_init + threshold_lr * p, p trained) for data with
 few steps per epoch. An entry is kept while |v| > sigmoid(s).
 
+Defaults, measured on MovieLens-100K CTR (DeepFM, dim 16, about 3,100 planned steps): with the
+reference's init -15, pull 1e-5 and s at the dense learning rate, the per-field thresholds stall
+near sigmoid(-7) (the task loss outweighs the pull) and prune about 10 % of the entries. Init -10,
+`threshold_lr` 20 and `decay` 1e-2 prune to about 16 % of the bytes by mid-training; `decay` 0.1
+reaches a 10 % budget by itself in about 500 steps but retrained to a lower AUC (0.747 against
+0.756, seed 0). Data with many steps per epoch (Criteo-like) wants a lower `threshold_lr`.
+
 PEP has no exact size control, so the budget is met like the reference's `candidate_p`: after
 every step the kept entries' serving bytes (cheapest sparse form, index included) are counted,
 and the search ends the first time they fit the budget. If the planned search (`search_end` of
@@ -51,9 +58,9 @@ from embslim.errors import ConfigError
 @dataclass(frozen=True)
 class PEPSettings:
     granularity: str = "field"  # one threshold per field, or "dimension": one per (field, dimension)
-    threshold_init: float = -15.0  # initial s; the reference uses -15 for MovieLens, -150 for Criteo-like data
-    threshold_lr: float = 10.0  # s moves this many times the dense learning rate per step
-    decay: float = 1e-5  # L2 pull of s toward zero, the force that raises the threshold
+    threshold_init: float = -10.0  # initial s (sigmoid 4.5e-5); the reference uses -15 for MovieLens, -150 for Criteo-like data
+    threshold_lr: float = 20.0  # s moves this many times the dense learning rate per step
+    decay: float = 1e-2  # L2 pull of s toward zero, the force that raises the threshold (reference: 1e-5)
     search_end: float = 0.5  # fraction of the planned steps by which the search phase ends at the latest
     fit: str = "budget"  # search missed the budget: "budget" cuts the mask to it by magnitude, "reached" keeps it
     rewind: str = "all"  # lottery-ticket rewind of "all" initial weights or only the "embedding" tables
