@@ -212,7 +212,7 @@ class PEPEmbedding(MaskedEmbedding):
         return super().state_bytes() + held
 
     def stored_rows(self) -> list[SparseRows]:
-        """While searching, what is served now: the thresholded tables."""
+        """While searching, what is served now: the thresholded tables under the mask of the last step."""
         if self.served is None and self.searching:
             with torch.no_grad():
                 thr = self.thresholds()
@@ -224,8 +224,8 @@ class PEPEmbedding(MaskedEmbedding):
         if self.served is not None or not hasattr(self, "search_steps"):
             return None
         nnz, total = self.kept(), self.total_entries()
-        how = ("the search reached the budget" if self.reached_budget else
-               f"the search ended at {self.smallest_bytes:,} bytes" + (", cut to the budget by magnitude within its mask" if self.cut_to_budget else ""))
+        cut = ", cut to the budget by magnitude within its mask" if self.cut_to_budget else ""
+        how = "the search reached the budget" if self.reached_budget else f"the search ended at {self.smallest_bytes:,} bytes{cut}"
         phase = "searching" if self.searching else f"retrained after {self.search_steps} search steps"
         return (f"pep: {nnz:,} non-zero of {total:,} entries ({100 * (1 - nnz / max(total, 1)):.1f}% fewer by non-zero count, "
                 f"the paper's measure); {self.memory_bytes():,} bytes with the sparse index; {how}; {phase}")
