@@ -1,6 +1,6 @@
 """Embedding methods behind one interface; importing a method's module registers it."""
 from embslim.embeddings import (blockwise, dnis, doublehash, full, hashing, lowrank, lpt, magnitude, mde, mpe,  # noqa: F401  (register methods)
-                                multiplex, nested, qr, quantized, robe, tt)
+                                multiplex, nested, pep, qr, quantized, robe, tt)
 from embslim.embeddings.base import EmbeddingConfig, FeatureEmbedding
 from embslim.embeddings.batch import SparseBatch
 from embslim.embeddings.registry import (MethodInfo, convert_embedding, create_embedding, list_embeddings, load_artifact, method_info,

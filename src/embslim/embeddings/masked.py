@@ -158,7 +158,7 @@ class MaskedEmbedding(FeatureEmbedding):
     def memory_bytes(self, stage: str = "serve") -> int:
         """Serving: the cheapest sparse form of every table. Training: dense tables, Adam's two moments, the masks."""
         if stage == "train":
-            return 3 * self.weight_bytes() + self.index_bytes() + self.state_bytes()
+            return self.memory_bytes("serve") + 2 * self.weight_bytes() + self.state_bytes()
         if self.served is not None:
             return sum(s.nbytes() for s in self.served)
         return sum(mask_bytes(m) for m in self.masks())
