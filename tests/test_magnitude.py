@@ -128,3 +128,17 @@ def test_cli_trains_magnitude_within_the_budget(tmp_path):
                  "--budget", "0.3", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["embedding"]["bytes"] <= results["config"]["embedding"]["budget_bytes"]
+
+
+def test_a_magnitude_run_slices_to_a_stricter_threshold_within_the_budget(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--synthetic-rows", "3000", "--epochs", "2", "--quiet", "--embedding", "magnitude", "--dim", "8",
+                 "--budget", "0.5", "--out", str(run)]) == 0
+    source = json.loads((run / "results.json").read_text())
+    for budget in ("0.3", "0.1"):
+        assert main(["slice", str(run), "--budget", budget, "--out", str(tmp_path / budget), "--quiet"]) == 0
+        sliced = json.loads((tmp_path / budget / "results.json").read_text())
+        assert sliced["embedding"]["bytes"] <= sliced["slice"]["budget_bytes"] < source["embedding"]["bytes"]
+        assert sliced["slice"]["choice"]["kept_entries"] < sliced["slice"]["choice"]["source_entries"]
+        served = load_artifact(tmp_path / budget / "embedding.safetensors")
+        assert served.memory_bytes() == sliced["embedding"]["bytes"]

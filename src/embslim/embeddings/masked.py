@@ -11,13 +11,15 @@ regrow) through `apply_masks`, with `masks_for_budget` to fit a byte budget exac
 """
 from __future__ import annotations
 
+from copy import deepcopy
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from embslim.data.fields import FieldSpec
-from embslim.embeddings.base import FeatureEmbedding, StepContext, storage_bytes
+from embslim.embeddings.base import FeatureEmbedding, SliceContext, StepContext, storage_bytes
 from embslim.embeddings.sparse_storage import SparseRows, cheapest_form, mask_bytes
 from embslim.errors import BudgetError
 
@@ -153,6 +155,21 @@ class MaskedEmbedding(FeatureEmbedding):
             raise BudgetError(f"a budget of {budget_bytes} bytes holds no entry of these tables once the sparse index is paid "
                               f"(about {cheapest_form(int(rows.sum()), self.width, 0, self.width)[1]} bytes): use a hashing method here")
         return keep
+
+    @torch.no_grad()
+    def sliced(self, budget_bytes: int, context: SliceContext) -> "MaskedEmbedding | None":
+        """The trained tables at a stricter magnitude threshold: of the entries kept, the largest whose
+        sparse forms fit `budget_bytes` (pruning again, no retraining)."""
+        if not self.size_is_final():
+            return None
+        scores = [t.detach().abs().masked_fill(~m, -1.0) for t, m in zip(self.tables, self.masks())]
+        masks = self.masks_for_budget(scores, budget_bytes)
+        if not any(bool(m.any()) for m in masks):
+            raise BudgetError(f"a budget of {budget_bytes} bytes holds no entry of these tables once the sparse index is paid")
+        copy = deepcopy(self)
+        copy.apply_masks(masks)
+        context.record.update({"kept_entries": copy.kept(), "source_entries": self.kept()})
+        return copy
 
     # -- bytes and artifacts -----------------------------------------------------------
     def memory_bytes(self, stage: str = "serve") -> int:
