@@ -29,7 +29,7 @@ from torch import nn
 
 from embslim.embeddings import EmbeddingConfig, FeatureEmbedding
 from embslim.embeddings.base import Stage, storage_bytes
-from embslim.embeddings.blockwise import BlockwiseEmbedding, layout_to_json
+from embslim.embeddings.blockwise import BlockwiseEmbedding, BlockwiseSettings, layout_to_json
 from embslim.embeddings.dnis import DNISEmbedding
 from embslim.errors import ConfigError
 from embslim.nn.tables import TableSet, budget_in_bytes
@@ -63,6 +63,7 @@ class DNISSearch:
         self.search: DNISEmbedding = self.tables.embedding
         self.update = AlphaUpdate(self.search, config)
         self.layout: dict | None = None
+        self.budget_bytes: int | None = None  # the budget prune() met, in bytes
 
     @property
     def pruned(self) -> bool:
@@ -103,7 +104,7 @@ class DNISSearch:
         if self.pruned:
             raise ConfigError("prune() was already called: the tables are pruned")
         emb, width = self.search, self.search.width
-        budget = budget_in_bytes(budget_bytes, storage_bytes(sum(f.cardinality for f in emb.fields) * width, "fp32"))
+        budget = budget_in_bytes(budget_bytes, self.full_bytes())
         lower = self._measure(val) if self.config.score == "loss" else None
         layouts = layout_for_budget(emb, budget, self.config, rank_pairs(emb, self.config, lower))
         slim = BlockwiseEmbedding(emb.fields, layouts, width, self.tables.config.init_std).to(emb.alpha.device)
@@ -111,7 +112,8 @@ class DNISSearch:
             with torch.no_grad():
                 init = pruned_values(emb, layouts)
                 slim.values[: len(init)].copy_(init)
-        self.layout = layout_to_json(layouts, width)
+        self.layout, self.budget_bytes = layout_to_json(layouts, width), budget
+        slim.settings = BlockwiseSettings(self.layout)
         self.tables.convert(slim, EmbeddingConfig("blockwise", width, None, None, self.tables.config.init_std, {"layout": self.layout}))
         return self.layout
 
@@ -138,6 +140,10 @@ class DNISSearch:
         finally:
             for m, training in modes.items():
                 m.training = training
+
+    def full_bytes(self) -> int:
+        """Bytes of the searched tables at full width in fp32: what a fractional budget is a fraction of."""
+        return storage_bytes(sum(f.cardinality for f in self.search.fields) * self.search.width, "fp32")
 
     def parameters(self) -> Iterator[nn.Parameter]:
         """What the optimiser trains: every parameter of the model but the selection layer (alpha);
