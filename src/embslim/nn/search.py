@@ -92,19 +92,22 @@ class DNISSearch:
             self.tables.forget_backward()
         return float(loss.detach())
 
-    def prune(self, budget_bytes: int | float, val: Iterable[Any] | Callable[[], torch.Tensor]) -> dict:
+    def prune(self, budget_bytes: int | float, val: Iterable[Any] | Callable[[], torch.Tensor] | None = None) -> dict:
         """Prune to `budget_bytes` (bytes, or a fraction <= 1 of the fp32 tables) and convert the tables in
         place to the pruned mixed-dimension (blockwise) tables, started from the searched e * alpha
         (`DNISConfig.fine_tune=False`: fresh ones). Rebuild the optimiser afterwards (`parameters()`).
 
         `val`: the validation batches the loss of each (block, dimension) is measured on (each through
         `loss_fn`; per-row losses give the tightest confidence bounds), or a callable returning the
-        per-row losses of one fixed validation set. Returns the layout in `layout.json`'s shape.
+        per-row losses of one fixed validation set; not needed with `DNISConfig(score="magnitude")`.
+        Returns the layout in `layout.json`'s shape.
         """
         if self.pruned:
             raise ConfigError("prune() was already called: the tables are pruned")
         emb, width = self.search, self.search.width
         budget = budget_in_bytes(budget_bytes, self.full_bytes())
+        if self.config.score == "loss" and val is None:
+            raise ConfigError("prune() ranks dimensions by validation loss: pass the validation batches (or a per-row loss callable)")
         lower = self._measure(val) if self.config.score == "loss" else None
         layouts = layout_for_budget(emb, budget, self.config, rank_pairs(emb, self.config, lower))
         slim = BlockwiseEmbedding(emb.fields, layouts, width, self.tables.config.init_std).to(emb.alpha.device)
