@@ -12,6 +12,8 @@ as equally frequent, so frequency-aware methods such as mde fall back to their u
 the method's own settings by name.
 
 - Methods trained from scratch (full, hash, qr, mde, robe, tt, ...) train as they are.
+- A search (method="dnis") trains its tables as full ones; `embslim.nn.DNISSearch` steps its
+  selection layer on validation loss and prunes the tables in place to a budget.
 - Post-training converters (int8, int4, fp16, svd, ...) train a float table and serve its
   conversion: in eval mode (and in `memory_bytes()`, `export()`) the table is converted, again
   whenever the weights changed since, so evaluation sees exactly what is served.
@@ -72,8 +74,6 @@ class TableSet(nn.Module):
         self.total_steps, self.steps = total_steps, 0
         self._backward_seen = self._pre_step_done = False
         self._conversion: list = [None, None]  # (converted module, weight versions it was made from); not a submodule
-        if self.info.source == "search":
-            raise ConfigError(f"method {method!r} is a search: use embslim.nn.DNISSearch (or `embslim search`), not a table")
         uniform = len(set(dims)) == 1
         if not uniform and (method != "full" or budget_bytes is not None):
             raise ConfigError(f"tables of different widths {sorted(set(dims))} need method='full' without a budget; "
@@ -87,8 +87,20 @@ class TableSet(nn.Module):
             self.served()  # a budget the converter cannot meet fails here, not at the first evaluation
         else:
             self.embedding = create_embedding(fields, self.config)
+        for p in self.embedding.search_parameters():
+            p.requires_grad_(False)  # a search layer (DNIS alpha) learns only from embslim.nn.DNISSearch's validation step
         if not self.embedding.size_is_final() and total_steps is None:
             raise ConfigError(f"method {method!r} reaches its size on a schedule: pass total_steps= (the optimiser steps of the run)")
+        for p in self.embedding.sparse_parameters():
+            p.register_post_accumulate_grad_hook(self._after_accumulate)
+
+    def convert(self, embedding: FeatureEmbedding, config: EmbeddingConfig) -> None:
+        """Replace the tables in place by `embedding`, built by `config` (DNIS pruning: the searched tables
+        become blockwise ones); the model's parameters change, so its optimiser is rebuilt after this."""
+        self.embedding, self.config = embedding, config
+        self.method, self.info = config.method, method_info(config.method)
+        self._backward_seen = self._pre_step_done = False
+        self._conversion[:] = [None, None]
         for p in self.embedding.sparse_parameters():
             p.register_post_accumulate_grad_hook(self._after_accumulate)
 
@@ -111,6 +123,10 @@ class TableSet(nn.Module):
             self._backward_seen = self._pre_step_done = False
             self.steps += 1
             self.embedding.on_step_end(self.context())
+
+    def forget_backward(self) -> None:
+        """The backward just run was no training step (DNIS's validation step on alpha): no step hooks for it."""
+        self._backward_seen = False
 
     def served(self) -> FeatureEmbedding:
         """What is served: the tables themselves, or a converter's conversion of their current weights."""

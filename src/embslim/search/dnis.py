@@ -53,8 +53,48 @@ class DNISConfig:
             raise ConfigError(f"DNIS score must be one of {SCORES}, got {self.score!r}")
 
 
+class AlphaUpdate:
+    """One step of alpha on a validation loss, and alpha's pruning mask: the part of the search that
+    `AlphaStep` (embslim's trainer) and `embslim.nn.DNISSearch` (a user's own loop) share.
+
+    The step: loss + l1 * sum|alpha|, alpha's gradient divided by its mean absolute value within
+    each block (so frequent blocks do not dominate), Adam, then a clamp to [0, 1].
+    """
+
+    def __init__(self, embedding: DNISEmbedding, config: DNISConfig) -> None:
+        self.embedding, self.config = embedding, config
+        self.optimizer = torch.optim.Adam([embedding.alpha], lr=config.alpha_lr)
+        self.mask = (embedding.alpha.detach() > 0).float()  # a resumed search keeps what it pruned
+
+    def step(self, loss: torch.Tensor) -> None:
+        """Update alpha from the validation `loss` (a scalar whose graph reaches alpha)."""
+        alpha = self.embedding.alpha
+        loss = loss + self.config.l1 * alpha.abs().sum()
+        (grad,) = torch.autograd.grad(loss, [alpha])
+        grad = grad / (grad.abs().mean(dim=1, keepdim=True) + 1e-12)
+        alpha.grad = grad
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.embedding.clamp_alpha()
+
+    @torch.no_grad()
+    def apply_mask(self) -> None:
+        """Keep pruned (block, dimension) pairs at alpha = 0."""
+        self.embedding.alpha.mul_(self.mask)
+
+    def mask_to(self, layouts: dict) -> None:
+        """From now on, only the (block, dimension) pairs of `layouts` may be non-zero."""
+        mask = torch.zeros_like(self.mask)
+        base = 0
+        for f in self.embedding.fields:
+            for b, cols in enumerate(layouts[f.name].cols):
+                mask[base + b, cols] = 1.0
+            base += len(layouts[f.name].cols)
+        self.mask = mask
+
+
 class AlphaStep:
-    """Trainer callback: one validation step of alpha after every training step.
+    """Trainer callback: one validation step of alpha (`AlphaUpdate`) after every training step.
 
     With `budget_bytes` (and `DNISConfig.prune_during_search`) it also prunes gradually:
     at PRUNE_EVENTS evenly spaced steps over the first PRUNE_SPAN of the search, the
@@ -72,25 +112,23 @@ class AlphaStep:
         self.budget_bytes = budget_bytes
         self.events: dict[int, int] | None = None
         self.embedding: DNISEmbedding = model.embedding
-        self.optimizer = torch.optim.Adam([self.embedding.alpha], lr=config.alpha_lr)
+        self.update = AlphaUpdate(self.embedding, config)
         self.data = data
         self.val = data.split("val")
         self.task = data.task
         self.batch_size = batch_size
         self.rng = np.random.default_rng([seed, 99])
         self.order, self.cursor = self.rng.permutation(len(self.val)), 0
-        self.slices = self.embedding.block_slices()
-        self.mask = (self.embedding.alpha.detach() > 0).float()  # a resumed search keeps what it pruned
 
     def state_dict(self) -> dict:
         """Alpha's optimiser, the validation batch order and the pruning mask, for checkpoints."""
-        return {"optimizer": self.optimizer.state_dict(), "rng": self.rng.bit_generator.state, "order": self.order,
-                "cursor": self.cursor, "mask": self.mask}
+        return {"optimizer": self.update.optimizer.state_dict(), "rng": self.rng.bit_generator.state, "order": self.order,
+                "cursor": self.cursor, "mask": self.update.mask}
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.update.optimizer.load_state_dict(state["optimizer"])
         self.rng.bit_generator.state = state["rng"]
-        self.order, self.cursor, self.mask = state["order"], state["cursor"], state["mask"]
+        self.order, self.cursor, self.update.mask = state["order"], state["cursor"], state["mask"]
 
     def next_batch(self) -> SparseBatch:
         if self.cursor >= len(self.order):
@@ -101,23 +139,13 @@ class AlphaStep:
 
     def on_batch_end(self, trainer, step: int) -> None:
         batch = self.next_batch()
-        out = self.model(batch)
-        loss = task_loss(self.task, out, batch.label)
-        alpha = self.embedding.alpha
-        loss = loss + self.config.l1 * alpha.abs().sum()
-        (grad,) = torch.autograd.grad(loss, [alpha])
-        grad = grad / (grad.abs().mean(dim=1, keepdim=True) + 1e-12)
-        alpha.grad = grad
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.embedding.clamp_alpha()
+        self.update.step(task_loss(self.task, self.model(batch), batch.label))
         if self.budget_bytes is not None:
             if self.events is None:
                 self.events = self.prune_schedule(trainer)
             if step in self.events:
                 self.prune_to(self.events[step])
-            with torch.no_grad():
-                alpha.mul_(self.mask)
+            self.update.apply_mask()
 
     def prune_schedule(self, trainer) -> dict[int, int]:
         """Global step -> budget of each pruning event."""
@@ -130,30 +158,29 @@ class AlphaStep:
 
     @torch.no_grad()
     def prune_to(self, budget_bytes: int) -> None:
-        layouts = layout_for_budget(self.embedding, budget_bytes, self.config, pruning_scores(self.model, self.data, self.config))
-        mask = torch.zeros_like(self.mask)
-        base = 0
-        for f in self.embedding.fields:
-            for b, cols in enumerate(layouts[f.name].cols):
-                mask[base + b, cols] = 1.0
-            base += len(layouts[f.name].cols)
-        self.mask = mask
+        scores = pruning_scores(self.model, self.data, self.config)
+        self.update.mask_to(layout_for_budget(self.embedding, budget_bytes, self.config, scores))
 
 
 def pruning_scores(model: Recommender, data: PreparedData, config: DNISConfig = DNISConfig(), seed: int = 0) -> dict[str, np.ndarray]:
-    """Per field, [blocks, width]: what budget pruning ranks (block, dimension) pairs by.
+    """Per field, [blocks, width]: what budget pruning ranks (block, dimension) pairs by (see `rank_pairs`),
+    the loss increases measured on `data`'s validation split."""
+    lower = loss_increase(model, data, config.noise_z, config.importance_rows, seed) if config.score == "loss" else None
+    return rank_pairs(model.embedding, config, lower)
 
-    "loss": the validation loss increase of dropping the pair (lower confidence bound) per byte,
-    see `embslim.search.importance`, and below those, when `fill`, the rest by MDE's power law of block frequency;
-    "magnitude": E|e * alpha| times block frequency to `frequency_exponent`.
+
+def rank_pairs(emb: DNISEmbedding, config: DNISConfig, lower: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """Per field, [blocks, width]: the pruning score of each (block, dimension) pair.
+
+    "loss": `lower`, the validation loss increase of dropping the pair (lower confidence bound, see
+    `embslim.search.importance`), per byte, and below those, when `fill`, the rest by MDE's power law of
+    block frequency; "magnitude": E|e * alpha| times block frequency to `frequency_exponent` (`lower` unused).
     """
     from embslim.search.prune import value_per_byte
 
-    emb: DNISEmbedding = model.embedding
     starts = emb.field_block_starts()
     counts = {f.name: f.counts for f in emb.fields}
     if config.score == "loss":
-        lower = loss_increase(model, data, config.noise_z, config.importance_rows, seed)
         fill = frequency_fill(starts, counts, emb.importance(), lower, config.fill_temperature) if config.fill else None
         return ranking(lower, starts, fill)
     return value_per_byte(emb.importance(), starts, counts, config.frequency_exponent)

@@ -14,6 +14,8 @@ search reports the bytes its evidence supports.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -57,11 +59,24 @@ def loss_increase(model: Recommender, data: PreparedData, z: float = 2.0, max_ro
     fields x width passes over that many rows.
     """
     emb: DNISEmbedding = model.embedding
-    weights = emb.tables[0]
     table = data.split("val")
     if len(table) > max_rows:
         table = table.take(np.sort(np.random.default_rng([seed, 7]).choice(len(table), max_rows, replace=False)))
-    losses = _PerRowLoss(model, table, data.task)
+    starts = emb.field_block_starts()
+    row_blocks = {f.name: None if f.multivalued else
+                  np.searchsorted(np.asarray(starts[f.name]), table.ids[:, table.single_index(f.name)], side="right") - 1
+                  for f in emb.fields}
+    return drop_increase(emb, _PerRowLoss(model, table, data.task), row_blocks, z)
+
+
+@torch.no_grad()
+def drop_increase(emb: DNISEmbedding, losses: Callable[[], np.ndarray], row_blocks: dict[str, np.ndarray | None],
+                  z: float = 2.0) -> dict[str, np.ndarray]:
+    """`loss_increase` for any model: `losses()` gives the per-row validation losses of the model as its
+    tables are now (the same rows, in the same order, every call); `row_blocks[field]` is, for a field with
+    one value per row, the block of each row's value (one pass per dimension covers all blocks), or None
+    (a multi-valued field: one pass per block and dimension, every row charged)."""
+    weights = emb.tables[0]
     base = losses()
     alpha = emb.alpha
     starts = emb.field_block_starts()
@@ -71,11 +86,10 @@ def loss_increase(model: Recommender, data: PreparedData, z: float = 2.0, max_ro
         first = int(emb.table_of(i)[1])
         own = slice(first, first + f.cardinality)
         total, squares, counts = np.zeros((nb, emb.width)), np.zeros((nb, emb.width)), np.zeros((nb, emb.width))
-        if f.multivalued:
-            groups = [(slice(starts[f.name][b], starts[f.name][b + 1]), np.full(len(table), b)) for b in range(nb)]
+        if row_blocks[f.name] is None:
+            groups = [(slice(starts[f.name][b], starts[f.name][b + 1]), np.full(len(base), b)) for b in range(nb)]
         else:
-            ids = table.ids[:, table.single_index(f.name)]
-            groups = [(slice(0, f.cardinality), np.searchsorted(np.asarray(starts[f.name]), ids, side="right") - 1)]
+            groups = [(slice(0, f.cardinality), row_blocks[f.name])]
         for span, block in groups:
             values = weights[own][span]
             for k in range(emb.width):
