@@ -62,7 +62,7 @@ def test_initial_masks_fit_the_budget_and_leave_little_of_it_unused(fraction):
 def test_drop_and_regrow_keep_each_tables_count_and_the_bytes_within_budget():
     specs, budget = fields(), int(0.2 * full_bytes(fields()))
     torch.manual_seed(0)
-    emb = DSLEmbedding(specs, 16, DSLSettings(interval=5, drop_fraction=0.5), budget_bytes=budget)
+    emb = DSLEmbedding(specs, 16, DSLSettings(interval=5, drop_fraction=0.5, stop=0.75), budget_bytes=budget)
     counts = [int(m.sum()) for m in emb.masks()]
     first = [m.clone() for m in emb.masks()]
 
