@@ -111,6 +111,21 @@ def test_drop_removes_the_smallest_kept_entries_and_regrowth_takes_the_largest_a
     assert not emb.score_0.any()
 
 
+def test_exchange_that_would_widen_a_partial_dense_table_past_its_bytes_is_skipped():
+    spec = [FieldSpec("two", 2, np.ones(2, dtype=np.int64))]
+    emb = DSLEmbedding(spec, 16, DSLSettings(interval=1, stop=1.0))
+    columns = torch.zeros(2, 16, dtype=torch.bool)
+    columns[:, :3] = True  # 3 whole columns of 2 rows: 30 bytes dense, cheaper than any sparse form of 6 values
+    with torch.no_grad():
+        emb.tables[0].normal_()
+    emb.apply_masks([columns])
+    emb.table_bytes = [mask_bytes(columns)]
+    with torch.no_grad():
+        emb.score_0.copy_((~columns).float())  # regrowth would open new columns
+    emb.exchange(0.5)
+    assert torch.equal(emb.masks()[0], columns) and emb.memory_bytes() == 30
+
+
 def test_drop_fraction_decays_on_a_cosine_and_updates_stop_at_the_set_fraction_of_training():
     emb = DSLEmbedding(fields(), 16, DSLSettings(interval=10, drop_fraction=0.4, stop=0.5), budget_bytes=20_000)
     assert emb.fraction_at(0, 200) == pytest.approx(0.4) and emb.fraction_at(50, 200) == pytest.approx(0.2)
