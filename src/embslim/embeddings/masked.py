@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from embslim.data.fields import FieldSpec
-from embslim.embeddings.base import FeatureEmbedding, SliceContext, StepContext, storage_bytes
+from embslim.embeddings.base import ADAM_STATE_COPIES, FeatureEmbedding, SliceContext, StepContext, storage_bytes
 from embslim.embeddings.sparse_storage import SparseRows, cheapest_form, mask_bytes
 from embslim.errors import BudgetError
 
@@ -175,7 +175,7 @@ class MaskedEmbedding(FeatureEmbedding):
     def memory_bytes(self, stage: str = "serve") -> int:
         """Serving: the cheapest sparse form of every table. Training: dense tables, Adam's two moments, the masks."""
         if stage == "train":
-            return self.memory_bytes("serve") + 2 * self.weight_bytes() + self.state_bytes()
+            return self.memory_bytes("serve") + ADAM_STATE_COPIES * self.weight_bytes() + self.state_bytes()
         if self.served is not None:
             return sum(s.nbytes() for s in self.served)
         return sum(mask_bytes(m) for m in self.masks())
