@@ -157,3 +157,33 @@ def test_sparse_true_keeps_sparse_gradients_and_the_default_is_dense():
         values, offsets = bags(0)
         bag(values, offsets).sum().backward()
         assert all(p.grad.is_sparse == sparse for p in bag.table.embedding.sparse_parameters())
+
+
+def test_table_adam_trains_sparse_tables_that_plain_adam_rejects():
+    torch.manual_seed(0)
+    model = UserModel(lambda: enn.EmbeddingBag(N, D, mode="sum", method="hash", budget_bytes=0.25, sparse=True))
+    values, offsets = bags(0)
+    model(values, offsets).sum().backward()
+    with pytest.raises(RuntimeError):
+        torch.optim.Adam(model.parameters()).step()
+    model.zero_grad()
+    for given_model in (None, model):
+        opt = enn.TableAdam(model.parameters(), lr=0.01, model=given_model)
+        before = model.bag.table.embedding.sparse_parameters()[0].detach().clone()
+        for step in range(3):
+            loss = model(*bags(step)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        assert not torch.equal(before, model.bag.table.embedding.sparse_parameters()[0])
+        assert any(isinstance(o, torch.optim.SparseAdam) for o in opt.optimizers)
+
+
+def test_table_adam_state_round_trips():
+    model = UserModel(lambda: enn.EmbeddingBag(N, D, mode="sum", method="hash", budget_bytes=0.25, sparse=True))
+    opt = enn.TableAdam(model.parameters(), lr=0.01)
+    model(*bags(0)).sum().backward()
+    opt.step()
+    again = enn.TableAdam(model.parameters(), lr=0.01)
+    again.load_state_dict(opt.state_dict())
+    assert again.sparse_index == opt.sparse_index and len(again.optimizers) == 2

@@ -5,7 +5,8 @@
 DNIS in your own loop: `embslim.nn.DNISSearch` (see embslim.nn.search).
 """
 from embslim.nn.collection import EmbeddingBagCollection, TableConfig
+from embslim.nn.optim import TableAdam, sparse_table_parameters
 from embslim.nn.search import DNISSearch
 from embslim.nn.tables import Embedding, EmbeddingBag
 
-__all__ = ["DNISSearch", "Embedding", "EmbeddingBag", "EmbeddingBagCollection", "TableConfig"]
+__all__ = ["DNISSearch", "Embedding", "EmbeddingBag", "EmbeddingBagCollection", "TableAdam", "TableConfig", "sparse_table_parameters"]
