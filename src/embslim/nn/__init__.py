@@ -2,11 +2,14 @@
 
     bag = embslim.nn.EmbeddingBag(n, d, mode="sum", method="qr", budget_bytes=0.1, counts=counts)
 
-DNIS in your own loop: `embslim.nn.DNISSearch` (see embslim.nn.search).
+DNIS in your own loop: `embslim.nn.DNISSearch` (see embslim.nn.search). Table-wise sharding over
+torch.distributed ranks: `embslim.nn.ShardedEmbeddingBagCollection` (see embslim.nn.shard).
 """
 from embslim.nn.collection import EmbeddingBagCollection, TableConfig
 from embslim.nn.optim import TableAdam, sparse_table_parameters
 from embslim.nn.search import DNISSearch
+from embslim.nn.shard import ShardedEmbeddingBagCollection, shardable, shared_storage, why_not_shardable
 from embslim.nn.tables import Embedding, EmbeddingBag
 
-__all__ = ["DNISSearch", "Embedding", "EmbeddingBag", "EmbeddingBagCollection", "TableAdam", "TableConfig", "sparse_table_parameters"]
+__all__ = ["DNISSearch", "Embedding", "EmbeddingBag", "EmbeddingBagCollection", "ShardedEmbeddingBagCollection", "TableAdam", "TableConfig",
+           "shardable", "shared_storage", "sparse_table_parameters", "why_not_shardable"]
