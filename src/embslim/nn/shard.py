@@ -3,7 +3,7 @@
 TorchRec's planner and `DistributedModelParallel` shard only TorchRec's own module types, so this
 does the table-wise case directly: each rank owns a subset of the tables (an
 `embslim.nn.EmbeddingBagCollection` of them with its share of the budget), computes their pooled
-outputs for the whole (global) batch, and one differentiable `all_to_all_single` hands every rank
+outputs for the whole (global) batch, and one differentiable all-to-all (`dist.all_to_all_single`) hands every rank
 the pooled outputs of all features for its slice of the batch, so the dense part runs data-parallel
 (wrap it in DDP). In backward the same collective returns each slice's gradients to the owning rank.
 
@@ -33,7 +33,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.nn.functional import all_to_all_single
 
 from embslim.embeddings import FeatureEmbedding, method_info
 from embslim.embeddings.base import Stage
@@ -137,17 +136,23 @@ def budget_share(budget_bytes: int | float | None, tables: list[TableConfig], mi
     return int(budget_bytes * size(mine) // size(tables))
 
 
-class _ScaleGrad(torch.autograd.Function):
-    """Identity forward, gradient times `scale` (DDP averages the dense gradients over ranks; this does the same for tables)."""
+class _Exchange(torch.autograd.Function):
+    """`all_to_all_single` with its transpose as backward; the gradient is scaled by `scale` on the way back
+    (1 / world size: DDP averages the dense gradients over ranks, this does the same for the tables)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
+    def forward(ctx: Any, send: torch.Tensor, send_splits: list[int], receive_splits: list[int], group: Any, scale: float) -> torch.Tensor:
+        ctx.splits, ctx.group, ctx.scale = (send_splits, receive_splits), group, scale
+        received = send.new_empty(sum(receive_splits))
+        dist.all_to_all_single(received, send.contiguous(), receive_splits, send_splits, group=group)
+        return received
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad * ctx.scale, None
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:
+        send_splits, receive_splits = ctx.splits
+        back = grad.new_empty(sum(send_splits))
+        dist.all_to_all_single(back, grad.contiguous(), send_splits, receive_splits, group=ctx.group)
+        return back * ctx.scale, None, None, None, None
 
 
 class ShardedEmbeddingBagCollection(nn.Module):
@@ -217,9 +222,8 @@ class ShardedEmbeddingBagCollection(nn.Module):
             send.requires_grad_()  # every rank must join the backward collective, with tables to train or not
         widths = [sum(self.width[k] for k in ks) for ks in by_rank]
         rows = slices[self.rank].stop - slices[self.rank].start
-        received = all_to_all_single(local.new_empty(rows * sum(widths)), send, [rows * w for w in widths],
-                                     [(s.stop - s.start) * local.shape[1] for s in slices], group=self.group or dist.group.WORLD)
-        received = _ScaleGrad.apply(received, 1.0 / self.world_size)
+        received = _Exchange.apply(send, [(s.stop - s.start) * local.shape[1] for s in slices], [rows * w for w in widths],
+                                   self.group, 1.0 / self.world_size)
         out: dict[str, torch.Tensor] = {}
         for ks, part in zip(by_rank, received.split([rows * w for w in widths])):
             columns = part.view(rows, -1).split([self.width[k] for k in ks], dim=1) if ks else []
