@@ -69,11 +69,7 @@ class EmbeddingBagCollection(nn.Module):
     def from_torchrec(cls, source: Any, counts: Mapping[str, Any] | None = None, **kwargs: Any) -> "EmbeddingBagCollection":
         """From a TorchRec EmbeddingBagCollection (its configs; `method="full"` also copies its weights)
         or a list of EmbeddingBagConfig; `counts` maps table names to training counts."""
-        configs = source.embedding_bag_configs() if hasattr(source, "embedding_bag_configs") else list(source)
-        counts = counts or {}
-        tables = [TableConfig(c.name, c.num_embeddings, c.embedding_dim, tuple(c.feature_names), c.pooling.name.lower(),
-                              counts.get(c.name)) for c in configs]
-        module = cls(tables, **kwargs)
+        module = cls(torchrec_tables(source, counts), **kwargs)
         if hasattr(source, "embedding_bags") and isinstance(module.set.embedding, FullEmbedding):
             module.load_weights({name: bag.weight for name, bag in source.embedding_bags.items()})
         return module
@@ -112,6 +108,14 @@ class EmbeddingBagCollection(nn.Module):
             keys = list(features.keys())
             return keyed_tensor(keys, [out[k] for k in keys])
         return out
+
+
+def torchrec_tables(source: Any, counts: Mapping[str, Any] | None = None) -> list[TableConfig]:
+    """TableConfigs of a TorchRec EmbeddingBagCollection or a list of its EmbeddingBagConfigs; `counts` by table name."""
+    configs = source.embedding_bag_configs() if hasattr(source, "embedding_bag_configs") else list(source)
+    counts = counts or {}
+    return [TableConfig(c.name, c.num_embeddings, c.embedding_dim, tuple(c.feature_names), c.pooling.name.lower(), counts.get(c.name))
+            for c in configs]
 
 
 def keyed_tensor(keys: list[str], tensors: list[torch.Tensor]) -> Any:

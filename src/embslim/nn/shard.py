@@ -37,7 +37,7 @@ from torch import nn
 from embslim.embeddings import FeatureEmbedding, method_info
 from embslim.embeddings.base import Stage
 from embslim.errors import BudgetError, ConfigError
-from embslim.nn.collection import EmbeddingBagCollection, TableConfig, _bag, keyed_tensor
+from embslim.nn.collection import EmbeddingBagCollection, TableConfig, _bag, keyed_tensor, torchrec_tables
 
 PROBE_ROWS = (600, 300, 50)
 PROBE_BUDGET = 0.3
@@ -162,7 +162,8 @@ class ShardedEmbeddingBagCollection(nn.Module):
     `KeyedJaggedTensor`) and returns the pooled outputs of every feature for its own rows of the batch
     (`batch_rows(batch, rank)`: the batch cut into world_size nearly equal contiguous slices), as a dict
     or a `KeyedTensor`. Table gradients are those of the mean loss over ranks, as DDP's dense ones are.
-    `plan` (table name -> rank) overrides `table_plan`.
+    `plan` (table name -> rank) overrides `table_plan`. `group`: the process group of the exchange (default: a
+    new group of all ranks, so the exchange never interleaves with DDP's all-reduces on the default group).
     """
 
     def __init__(self, tables: list[TableConfig], *, method: str = "full", budget_bytes: int | float | None = None,
@@ -174,8 +175,10 @@ class ShardedEmbeddingBagCollection(nn.Module):
             raise ConfigError(reason)
         if not dist.is_available() or not dist.is_initialized():
             raise ConfigError("a ShardedEmbeddingBagCollection needs torch.distributed.init_process_group first")
-        self.group = group
-        self.rank, self.world_size = dist.get_rank(group), dist.get_world_size(group)
+        # a group of its own: DDP all-reduces the dense gradients asynchronously during the same backward, and
+        # collectives on one group must be issued in the same order on every rank
+        self.group = group if group is not None else dist.new_group()
+        self.rank, self.world_size = dist.get_rank(self.group), dist.get_world_size(self.group)
         if plan is None:
             ranks = table_plan(tables, self.world_size)
         else:
@@ -189,6 +192,11 @@ class ShardedEmbeddingBagCollection(nn.Module):
         mine = [t for t, r in zip(tables, ranks) if r == self.rank]
         self.local_tables = mine
         self.local = EmbeddingBagCollection(mine, method=method, budget_bytes=budget_share(budget_bytes, tables, mine), **kwargs) if mine else None
+
+    @classmethod
+    def from_torchrec(cls, source: Any, counts: Mapping[str, Any] | None = None, **kwargs: Any) -> "ShardedEmbeddingBagCollection":
+        """Sharded tables for a TorchRec EmbeddingBagCollection or list of EmbeddingBagConfigs (configs only: fresh weights)."""
+        return cls(torchrec_tables(source, counts), **kwargs)
 
     def batch_rows(self, batch: int, rank: int | None = None) -> slice:
         """The rows of a global batch of `batch` rows that `rank` (default: this one) computes the dense part of."""
