@@ -225,7 +225,8 @@ def main(argv: list[str] | None = None) -> dict:
     data = load(args)
     result = train_sharded(args, data) if args.ranks > 1 else train_one_process(args, data)
     result.update(method=args.method, ranks=args.ranks, full_bytes=sum(data["rows"]) * DIM * 4)
-    per_rank = f", per rank {result['rank_bytes']} (tables {result['rank_tables']})" if args.ranks > 1 else ""
+    per_rank = (f", per rank {result['rank_bytes']} (tables {result['rank_tables']}), training loss "
+                f"{result['first_loss']:.4f} -> {result['last_loss']:.4f}") if args.ranks > 1 else ""
     print(f"{args.method}: test AUC {result['auc']:.4f}, tables {result['bytes']:,} bytes "
           f"({result['bytes'] / result['full_bytes']:.1%} of fp32){per_rank}")
     return result

@@ -1,5 +1,8 @@
 """Table-wise sharding of embslim collections over 2 gloo ranks, which methods allow it, and the TorchRec example."""
 import importlib.util
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,7 @@ import embslim.nn as enn
 from embslim.errors import ConfigError
 from embslim.nn.shard import budget_share, table_plan
 
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "torchrec_convert.py"
 WORLD = 2
 BATCH = 16
 ROWS = {"user": 800, "item": 400, "genre": 20}
@@ -157,14 +161,33 @@ def test_shared_storage_sees_one_concatenated_table_as_per_table_rows():
     assert len(list(ebc.set.embedding.parameters())) == 1 and enn.shared_storage(ebc.set.embedding) == []
 
 
-def test_torchrec_example_converts_trains_and_shards(tmp_path):
+def load_example():
     pytest.importorskip("torchrec")
-    spec = importlib.util.spec_from_file_location("torchrec_convert", Path(__file__).resolve().parents[1] / "examples" / "torchrec_convert.py")
+    spec = importlib.util.spec_from_file_location("torchrec_convert", EXAMPLE)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    plain = example.main(["--method", "qr", "--budget", "0.1", "--epochs", "2"])
-    assert 0.6 < plain["auc"] <= 1 and plain["bytes"] <= 0.1 * plain["full_bytes"]
-    sharded = example.main(["--method", "qr", "--budget", "0.1", "--epochs", "2", "--ranks", "2"])
-    assert 0.6 < sharded["auc"] <= 1 and sum(sharded["rank_bytes"]) <= 0.1 * sharded["full_bytes"]
-    with pytest.raises(SystemExit, match="robe"):
-        example.main(["--method", "robe", "--budget", "0.1", "--ranks", "2"])
+    return example
+
+
+def test_torchrec_example_converted_to_full_trains_exactly_as_torchrec_and_qr_fits_its_budget():
+    example = load_example()
+    args = ["--rows", "6000", "--epochs", "1"]
+    theirs, full = example.main(args + ["--method", "torchrec"]), example.main(args + ["--method", "full"])
+    assert full["auc"] == theirs["auc"]
+    qr = example.main(args + ["--method", "qr", "--budget", "0.1"])
+    assert 0.5 < qr["auc"] <= 1 and qr["bytes"] <= 0.1 * qr["full_bytes"]
+
+
+def test_torchrec_example_trains_sharded_on_two_gloo_ranks_and_refuses_a_method_with_shared_storage():
+    pytest.importorskip("torchrec")
+    run = subprocess.run([sys.executable, str(EXAMPLE), "--method", "qr", "--budget", "0.1", "--ranks", "2", "--rows", "3000", "--epochs", "1", "--batch-size", "32"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    line = run.stdout.strip().splitlines()[-1]
+    found = re.search(r"tables ([\d,]+) bytes \(([\d.]+)% of fp32\), per rank \[(\d+), (\d+)\].*loss ([\d.]+) -> ([\d.]+)", line)
+    assert found, line
+    total, percent, rank0, rank1, first, last = found.groups()
+    assert int(total.replace(",", "")) == int(rank0) + int(rank1) and int(rank0) > 0 and int(rank1) > 0
+    assert float(percent) <= 10.0 and float(last) < 0.95 * float(first)
+    with pytest.raises(SystemExit, match="'robe' .* cannot be sharded by table"):
+        load_example().main(["--method", "robe", "--budget", "0.1", "--ranks", "2"])
