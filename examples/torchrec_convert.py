@@ -31,6 +31,7 @@ import argparse
 import importlib.util
 import os
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -163,7 +164,8 @@ def train_one_process(args: argparse.Namespace, data: dict) -> dict:
 def rank_main(rank: int, args: argparse.Namespace, data: dict, out: str) -> None:
     """One gloo rank: its tables (sharded), the DDP-wrapped dense part on its slice of every global batch."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=args.ranks)
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=args.ranks,
+                            timeout=timedelta(minutes=10))
     torch.manual_seed(args.seed)
     ebc = embslim.nn.ShardedEmbeddingBagCollection.from_torchrec(table_configs(data["rows"]), counts=data["counts"], method=args.method,
                                                                  budget_bytes=args.budget, total_steps=steps(data, args))

@@ -3,6 +3,7 @@ import importlib.util
 import re
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,8 @@ def features(seed: int) -> dict:
 def _worker(rank: int, path: str) -> None:
     """One rank: the sharded forward and table gradients (full, given weights), a qr forward, and a short qr training run."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{path}/rendezvous", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method=f"file://{path}/rendezvous", rank=rank, world_size=WORLD,
+                            timeout=timedelta(seconds=120))  # a stuck collective fails the test instead of hanging it
     weights = {t.name: torch.randn(t.num_embeddings, 8, generator=torch.Generator().manual_seed(i)) for i, t in enumerate(tables())}
     full = enn.ShardedEmbeddingBagCollection(tables())
     if full.local is not None:
