@@ -147,3 +147,22 @@ def test_an_artifact_with_flat_values_loads_into_width_tables():
     emb = BlockwiseEmbedding(fields, {"a": FieldLayout([0, 2, 6], [[1, 3], [0]])}, width=4)
     emb.load_artifact_tensors({"values": torch.arange(8.0).unsqueeze(1)})
     assert emb.lookup(0, torch.tensor([1, 4])).tolist() == [[0, 2, 0, 3], [6, 0, 0, 0]]
+
+
+def test_gradients_reach_each_kept_value_from_its_output_column():
+    rng = np.random.default_rng(5)
+    cards, width = [30, 60], 5
+    layouts = random_layout(rng, cards, width, prefix=False)
+    fields = [FieldSpec(f"f{i}", c, np.ones(c, dtype=np.int64)) for i, c in enumerate(cards)]
+    emb = BlockwiseEmbedding(fields, layouts, width)
+    blocks = [torch.randn(b - a, len(c)) for lay in layouts.values() for a, b, c in zip(lay.starts[:-1], lay.starts[1:], lay.cols)]
+    emb.load_block_values(blocks)
+    ids = torch.from_numpy(np.stack([rng.integers(0, c, 200) for c in cards], axis=1))
+    weights = torch.randn(200, len(cards), width)
+    torch.stack(emb(SparseBatch(ids, {}, torch.zeros(200))), 1).mul(weights).sum().backward()
+    reference = [b.clone().requires_grad_() for b in blocks]
+    torch.stack([reference_lookup(layouts, reference, width, f, ids[:, f]) for f in range(len(cards))], 1).mul(weights).sum().backward()
+    grads = [t.grad.to_dense() for t in emb.tables]
+    for (w, first, n), ref in zip(emb.block_rows(), reference):
+        if w and n:
+            assert torch.allclose(grads[emb.group_widths.index(w)][first:first + n], ref.grad, atol=1e-5)

@@ -8,10 +8,10 @@ shared [rows, w] table, so a batch costs one row gather per width present (as
 of a row are then spread to their columns of a K-wide vector (pruned columns are
 zero), so every backbone sees a uniform width and nothing downstream changes.
 
-Serving bytes = kept values + per block its start, row shift into its width table,
-kept count and int16 column positions, + field offsets: everything `forward` reads.
-The byte count depends on the layout only through values and block count, so the
-cost of keeping one more (block, dimension) pair is always rows * 4 bytes.
+Serving bytes = kept values + per field its block starts and first block, + per block
+its row shift into its width table, kept count and int16 column positions: everything
+`forward` reads. The index depends on the blocks alone, so keeping one more (block,
+dimension) pair always costs rows * 4 bytes.
 """
 from __future__ import annotations
 
@@ -58,9 +58,10 @@ def layout_bytes(layouts: dict[str, FieldLayout], width: int) -> int:
 
 
 def index_bytes_for(blocks_per_field: list[int], width: int) -> int:
-    """Bytes of the block index: global block starts, row shifts, kept counts, column positions, field offsets."""
-    total = sum(blocks_per_field)
-    return (total + 1) * INDEX_BYTES + 2 * total * INDEX_BYTES + total * width * COLUMN_BYTES + len(blocks_per_field) * INDEX_BYTES
+    """Bytes of the block index: per field its block starts (padded to the most blocks of any field) and
+    first block; per block its row shift, kept count and int16 column positions."""
+    total, most = sum(blocks_per_field), max(blocks_per_field, default=1)
+    return len(blocks_per_field) * (most + 1) * INDEX_BYTES + 2 * total * INDEX_BYTES + total * width * COLUMN_BYTES
 
 
 def layout_to_json(layouts: dict[str, FieldLayout], width: int) -> dict:
@@ -77,6 +78,39 @@ def layout_from_json(spec: dict) -> tuple[dict[str, FieldLayout], int]:
     return layouts, int(spec["width"])
 
 
+class _Place(torch.autograd.Function):
+    """Rows of each width group written to their columns of one [rows, K] tensor, zeros elsewhere.
+
+    Groups are (first row, width, column index) with their [n, w] values: one write per group
+    forward and one slice per group backward, not a padded copy per group plus a concatenation.
+    """
+
+    @staticmethod
+    def forward(ctx, rows: int, width: int, spans: list, *vals: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros((rows, width), dtype=vals[0].dtype if vals else torch.float32,
+                          device=vals[0].device if vals else None)
+        for (at, w, cols), v in zip(spans, vals):
+            if cols is None:
+                out[at:at + len(v), :w] = v
+            else:
+                padded = F.pad(v, (0, 1))  # column w is the zero every pruned column reads
+                out[at:at + len(v)] = padded.index_select(1, cols) if cols.dim() == 1 else padded.gather(1, cols)
+        ctx.spans, ctx.sizes = spans, [len(v) for v in vals]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple:
+        grads = []
+        for (at, w, cols), n in zip(ctx.spans, ctx.sizes):
+            g = grad[at:at + n]
+            if cols is None:
+                grads.append(g[:, :w])
+            else:
+                acc = g.new_zeros((n, w + 1))
+                grads.append((acc.index_add_(1, cols, g) if cols.dim() == 1 else acc.scatter_add_(1, cols, g))[:, :w])
+        return (None, None, None, *grads)
+
+
 @register_embedding("blockwise", settings=BlockwiseSettings)
 class BlockwiseEmbedding(FeatureEmbedding):
     """Per-block kept dimensions, configured by a layout (see `layout_to_json`), one dense table per kept width.
@@ -90,30 +124,31 @@ class BlockwiseEmbedding(FeatureEmbedding):
     def __init__(self, fields: list[FieldSpec], layouts: dict[str, FieldLayout], width: int, init_std: float = 0.01) -> None:
         super().__init__()
         self.fields, self.width, self.layouts = list(fields), width, layouts
-        starts, kept, shift, colpos = [], [], [], []
+        kept, shift, colpos = [], [], []
         group_rows = [0] * (width + 1)
         group_cols: dict[int, dict[tuple[int, ...], int]] = {}  # width -> {kept columns: first block keeping them}
-        row_offset = 0
-        for f in fields:
+        most = max((len(layouts[f.name].cols) for f in fields if f.name in layouts), default=1)
+        field_starts, first_block = np.zeros((len(fields), most), dtype=np.int64), []
+        for i, f in enumerate(fields):
             lay = layouts.get(f.name)
             if lay is None or lay.starts[-1] != f.cardinality or lay.starts[0] != 0:
                 raise ConfigError(f"layout for field {f.name!r} must cover ids 0..{f.cardinality}")
             if any(c < 0 or c >= width for cs in lay.cols for c in cs) or any(len(set(c)) != len(c) for c in lay.cols):
                 raise ConfigError(f"layout for field {f.name!r}: dims must be distinct and below width {width}")
+            field_starts[i] = lay.starts[:-1] + [f.cardinality] * (most - len(lay.cols))  # padding no id reaches
+            first_block.append(len(kept))
             for a, b, cols in zip(lay.starts[:-1], lay.starts[1:], lay.cols):
                 w = len(cols)
-                starts.append(row_offset + a)
                 kept.append(w)
-                shift.append(group_rows[w] - (row_offset + a))
+                shift.append(group_rows[w] - a)
                 group_rows[w] += b - a
                 pos = np.full(width, w, dtype=np.int16)
                 pos[list(cols)] = np.arange(w, dtype=np.int16)
                 colpos.append(pos)
                 if b > a:
-                    group_cols.setdefault(w, {}).setdefault(tuple(cols), len(starts) - 1)
-            row_offset += f.cardinality
-        self.register_buffer("field_offsets", torch.tensor(np.r_[0, np.cumsum([f.cardinality for f in fields])[:-1]], dtype=torch.int64))
-        self.register_buffer("starts", torch.tensor(starts + [row_offset], dtype=torch.int64))
+                    group_cols.setdefault(w, {}).setdefault(tuple(cols), len(kept) - 1)
+        self.register_buffer("block_starts", torch.from_numpy(field_starts))
+        self.register_buffer("first_block", torch.tensor(first_block, dtype=torch.int64))
         self.register_buffer("shift", torch.tensor(shift, dtype=torch.int64))
         self.register_buffer("kept", torch.tensor(kept, dtype=torch.int64))
         self.register_buffer("colpos", torch.from_numpy(np.stack(colpos) if colpos else np.zeros((0, width), dtype=np.int16)))
@@ -127,6 +162,7 @@ class BlockwiseEmbedding(FeatureEmbedding):
         self._spread: dict[int, str | int | None] = {
             w: ("prefix" if list(sets) == [tuple(range(w))] else next(iter(sets.values())) if len(sets) == 1 else None)
             for w, sets in group_cols.items()}
+        self._per_row_columns = None in self._spread.values()
         self._single_width = self.group_widths[0] if len(self.group_widths) == 1 and group_rows[0] == 0 else None
 
     @classmethod
@@ -151,45 +187,50 @@ class BlockwiseEmbedding(FeatureEmbedding):
     def dims(self) -> list[int]:
         return [self.width] * len(self.fields)
 
-    def lookup_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        """Global rows (field offset + id), any shape -> [..., width] vectors, zeros in pruned columns.
+    def lookup_blocks(self, ids: torch.Tensor, starts: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+        """Field-local ids [..., k] whose fields have block starts [k, S] and first blocks [k] -> [..., k, width].
 
         Each width group is one row gather, so the sparse gradient has one row per lookup.
         """
-        flat = rows.reshape(-1)
-        block = torch.searchsorted(self.starts, flat, right=True) - 1
+        block = first + (ids >= starts.select(-1, 1)) if starts.shape[-1] > 1 else first.expand_as(ids)
+        for s in range(2, starts.shape[-1]):
+            block = block + (ids >= starts.select(-1, s))  # a few compares beat a binary search of every block
+        flat, block = ids.reshape(-1), block.reshape(-1)
         local = flat + self.shift[block]
         if self._single_width is not None:
-            return self._spread_rows(self._single_width, local, block).reshape(*rows.shape, self.width)
-        kept = self.kept[block]
+            return self._spread_rows(self._single_width, local, block).reshape(*ids.shape, self.width)
+        kept = self.kept[block].to(torch.uint8 if self.width < 256 else torch.int16)  # small keys sort several times faster
         order = torch.argsort(kept, stable=True)
-        parts, at = [], 0
+        local = local.index_select(0, order)
+        block = block.index_select(0, order) if self._per_row_columns else block
+        spans, vals, at = [], [], 0
         for w, n in enumerate(torch.bincount(kept, minlength=self.width + 1).tolist()):
-            if n or (w in self._table_of and torch.is_grad_enabled()):  # an untouched table still steps (Adam's step count)
-                idx = order[at:at + n]
-                parts.append(self._spread_rows(w, local[idx], block[idx]) if w else flat.new_zeros((n, self.width), dtype=torch.float32))
-                at += n
-        ordered = torch.cat(parts) if len(parts) > 1 else parts[0]
-        out = ordered.new_empty((len(flat), self.width)).index_copy_(0, order, ordered)
-        return out.reshape(*rows.shape, self.width)
+            if w and (n or (w in self._table_of and torch.is_grad_enabled())):  # an untouched table still steps (Adam's step count)
+                vals.append(F.embedding(local[at:at + n], self.tables[self._table_of[w]], sparse=True))
+                spans.append((at, w, self._columns(w, block[at:at + n])))
+            at += n
+        ordered = _Place.apply(len(flat), self.width, spans, *vals)
+        back = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=order.device))
+        return F.embedding(back, ordered).reshape(*ids.shape, self.width)  # a row gather: faster than scattering rows
 
     def _spread_rows(self, w: int, local: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
         """Rows `local` of the width-w table, spread to their K columns (zeros elsewhere)."""
         vals = F.embedding(local, self.tables[self._table_of[w]], sparse=True)
+        return _Place.apply(len(local), self.width, [(0, w, self._columns(w, block))], vals)
+
+    def _columns(self, w: int, block: torch.Tensor) -> torch.Tensor | None:
+        """Where each output column of these rows reads (w: the zero): None for columns 0..w-1, one [K]
+        index when every block of the group keeps the same columns, else one [rows, K] index."""
         how = self._spread[w]
         if how == "prefix":
-            return F.pad(vals, (0, self.width - w))
-        padded = F.pad(vals, (0, 1))  # column w is the zero every pruned column reads
-        if how is None:
-            return padded.gather(1, self.colpos[block].long())
-        return padded.index_select(1, self.colpos[how].long())
+            return None
+        return self.colpos[how].long() if how is not None else self.colpos[block].long()
 
     def lookup(self, field: int, ids: torch.Tensor) -> torch.Tensor:
-        return self.lookup_rows(ids + self.field_offsets[field])
+        return self.lookup_blocks(ids.unsqueeze(-1), self.block_starts[field:field + 1], self.first_block[field:field + 1]).squeeze(-2)
 
     def lookup_fields(self, ids: torch.Tensor, fields: list[int]) -> list[torch.Tensor]:
-        vecs = self.lookup_rows(ids + self.field_offsets[fields])
-        return list(vecs.unbind(1))
+        return list(self.lookup_blocks(ids, self.block_starts[fields], self.first_block[fields]).unbind(1))
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         return list(self.tables)
@@ -200,8 +241,9 @@ class BlockwiseEmbedding(FeatureEmbedding):
     def block_rows(self) -> list[tuple[int, int, int]]:
         """(kept width, first row in that width's table, rows) of every block, in field and block order."""
         out = []
-        for start, end, shift, w in zip(self.starts[:-1].tolist(), self.starts[1:].tolist(), self.shift.tolist(), self.kept.tolist()):
-            out.append((w, start + shift, end - start))
+        for f, lay in zip(self.fields, (self.layouts[f.name] for f in self.fields)):
+            for a, b, cols in zip(lay.starts[:-1], lay.starts[1:], lay.cols):
+                out.append((len(cols), a + int(self.shift[len(out)]), b - a))
         return out
 
     @torch.no_grad()
