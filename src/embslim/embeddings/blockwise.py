@@ -79,14 +79,18 @@ def layout_from_json(spec: dict) -> tuple[dict[str, FieldLayout], int]:
 
 
 class _Place(torch.autograd.Function):
-    """Rows of each width group written to their columns of one [rows, K] tensor, zeros elsewhere.
+    """Rows of each width group written to their columns of one [rows, K] tensor, zeros elsewhere,
+    then put back in lookup order (row i is row back[i] of the grouped rows).
 
     Groups are (first row, width, column index) with their [n, w] values: one write per group
-    forward and one slice per group backward, not a padded copy per group plus a concatenation.
+    forward and one slice per group backward, not a padded copy per group plus a concatenation;
+    the reordering is a row gather both ways (`order` is the inverse of `back`), where autograd's
+    embedding backward would accumulate rows one by one.
     """
 
     @staticmethod
-    def forward(ctx, rows: int, width: int, spans: list, *vals: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, back: torch.Tensor | None, order: torch.Tensor | None, width: int, spans: list, *vals: torch.Tensor) -> torch.Tensor:
+        rows = sum(len(v) for v in vals) if back is None else len(back)
         out = torch.zeros((rows, width), dtype=vals[0].dtype if vals else torch.float32,
                           device=vals[0].device if vals else None)
         for (at, w, cols), v in zip(spans, vals):
@@ -95,11 +99,12 @@ class _Place(torch.autograd.Function):
             else:
                 padded = F.pad(v, (0, 1))  # column w is the zero every pruned column reads
                 out[at:at + len(v)] = padded.index_select(1, cols) if cols.dim() == 1 else padded.gather(1, cols)
-        ctx.spans, ctx.sizes = spans, [len(v) for v in vals]
-        return out
+        ctx.spans, ctx.sizes, ctx.order = spans, [len(v) for v in vals], order
+        return out if back is None else F.embedding(back, out)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple:
+        grad = grad if ctx.order is None else F.embedding(ctx.order, grad)
         grads = []
         for (at, w, cols), n in zip(ctx.spans, ctx.sizes):
             g = grad[at:at + n]
@@ -108,7 +113,7 @@ class _Place(torch.autograd.Function):
             else:
                 acc = g.new_zeros((n, w + 1))
                 grads.append((acc.index_add_(1, cols, g) if cols.dim() == 1 else acc.scatter_add_(1, cols, g))[:, :w])
-        return (None, None, None, *grads)
+        return (None, None, None, None, *grads)
 
 
 @register_embedding("blockwise", settings=BlockwiseSettings)
@@ -209,14 +214,13 @@ class BlockwiseEmbedding(FeatureEmbedding):
                 vals.append(F.embedding(local[at:at + n], self.tables[self._table_of[w]], sparse=True))
                 spans.append((at, w, self._columns(w, block[at:at + n])))
             at += n
-        ordered = _Place.apply(len(flat), self.width, spans, *vals)
         back = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=order.device))
-        return F.embedding(back, ordered).reshape(*ids.shape, self.width)  # a row gather: faster than scattering rows
+        return _Place.apply(back, order, self.width, spans, *vals).reshape(*ids.shape, self.width)
 
     def _spread_rows(self, w: int, local: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
         """Rows `local` of the width-w table, spread to their K columns (zeros elsewhere)."""
         vals = F.embedding(local, self.tables[self._table_of[w]], sparse=True)
-        return _Place.apply(len(local), self.width, [(0, w, self._columns(w, block))], vals)
+        return _Place.apply(None, None, self.width, [(0, w, self._columns(w, block))], vals)
 
     def _columns(self, w: int, block: torch.Tensor) -> torch.Tensor | None:
         """Where each output column of these rows reads (w: the zero): None for columns 0..w-1, one [K]
@@ -224,7 +228,8 @@ class BlockwiseEmbedding(FeatureEmbedding):
         how = self._spread[w]
         if how == "prefix":
             return None
-        return self.colpos[how].long() if how is not None else self.colpos[block].long()
+        positions = self.colpos.long()  # [blocks, K]: small, and a row gather of int64 beats indexing int16
+        return positions[how] if how is not None else F.embedding(block, positions)
 
     def lookup(self, field: int, ids: torch.Tensor) -> torch.Tensor:
         return self.lookup_blocks(ids.unsqueeze(-1), self.block_starts[field:field + 1], self.first_block[field:field + 1]).squeeze(-2)
