@@ -120,8 +120,8 @@ class _Place(torch.autograd.Function):
 class BlockwiseEmbedding(FeatureEmbedding):
     """Per-block kept dimensions, configured by a layout (see `layout_to_json`), one dense table per kept width.
 
-    A batch is one searchsorted over the global block starts, a sort of the rows by their
-    block's width, one row gather per width group and one reordering copy. A group whose
+    A batch is a few compares against each field's block starts, a sort of the rows by their
+    block's width, one row gather per width group and one reordering gather. A group whose
     blocks all keep the same columns (MDE's prefixes) spreads its rows with a fixed column
     index; otherwise (DNIS) each row gathers its block's column positions.
     """
