@@ -92,7 +92,7 @@ class _Place(torch.autograd.Function):
     def forward(ctx, back: torch.Tensor | None, order: torch.Tensor | None, width: int, spans: list, *vals: torch.Tensor) -> torch.Tensor:
         rows = sum(len(v) for v in vals) if back is None else len(back)
         out = torch.zeros((rows, width), dtype=vals[0].dtype if vals else torch.float32,
-                          device=vals[0].device if vals else None)
+                          device=vals[0].device if vals else back.device if back is not None else None)
         for (at, w, cols), v in zip(spans, vals):
             if cols is None:
                 out[at:at + len(v), :w] = v
