@@ -93,3 +93,76 @@ def test_mde_embedding_reports_bytes_within_budget():
     fields = [zipf_field("a", 2000), zipf_field("b", 300)]
     emb = create_embedding(fields, EmbeddingConfig("mde", dim=8, budget_bytes=20_000))
     assert emb.memory_bytes() <= 20_000
+
+
+def random_layout(rng: np.random.Generator, cards: list[int], width: int, prefix: bool) -> dict[str, FieldLayout]:
+    """Random blocks keeping random column sets (or prefixes), some of them empty."""
+    layouts = {}
+    for i, card in enumerate(cards):
+        cuts = sorted(rng.choice(np.arange(1, card), size=min(3, card - 1), replace=False).tolist())
+        starts = [0] + cuts + [card]
+        kept = [int(rng.integers(0, width + 1)) for _ in starts[:-1]]
+        cols = [list(range(k)) if prefix else rng.permutation(width)[:k].tolist() for k in kept]
+        layouts[f"f{i}"] = FieldLayout(starts, cols)
+    return layouts
+
+
+def reference_lookup(layouts: dict[str, FieldLayout], blocks: list[torch.Tensor], width: int, field: int, ids: torch.Tensor) -> torch.Tensor:
+    """One id at a time: the block holding it, its kept values put in their columns."""
+    lay = list(layouts.values())[field]
+    first = sum(len(l.cols) for l in list(layouts.values())[:field])
+    out = torch.zeros(len(ids), width)
+    for i, v in enumerate(ids.tolist()):
+        s = int(np.searchsorted(lay.starts, v, side="right")) - 1
+        out[i, lay.cols[s]] = blocks[first + s][v - lay.starts[s]]
+    return out
+
+
+@pytest.mark.parametrize("prefix", [True, False], ids=["prefix-columns", "any-columns"])
+def test_width_grouped_tables_serve_exactly_the_values_of_each_block(prefix):
+    rng = np.random.default_rng(3)
+    cards, width = [40, 7, 90, 2], 6
+    layouts = random_layout(rng, cards, width, prefix)
+    fields = [FieldSpec(f"f{i}", c, np.ones(c, dtype=np.int64)) for i, c in enumerate(cards)]
+    emb = BlockwiseEmbedding(fields, layouts, width)
+    blocks = [torch.randn(b - a, len(c)) for lay in layouts.values() for a, b, c in zip(lay.starts[:-1], lay.starts[1:], lay.cols)]
+    emb.load_block_values(blocks)
+    ids = torch.from_numpy(np.stack([rng.integers(0, c, 300) for c in cards], axis=1))
+    served = emb(SparseBatch(ids, {}, torch.zeros(300)))
+    for f in range(len(cards)):
+        assert torch.equal(served[f], reference_lookup(layouts, blocks, width, f, ids[:, f]))
+
+
+def test_each_lookup_sends_one_gradient_row_to_its_width_table():
+    fields = [FieldSpec("a", 6, np.ones(6, dtype=np.int64))]
+    emb = BlockwiseEmbedding(fields, {"a": FieldLayout([0, 2, 4, 6], [[1, 3], [0], [2, 0]])}, width=4)
+    emb.lookup(0, torch.tensor([0, 1, 3, 5, 5])).sum().backward()
+    grads = {t.shape[1]: t.grad.coalesce() for t in emb.tables}
+    assert grads[2].indices().tolist() == [[0, 1, 3]] and grads[2].values().tolist() == [[1, 1], [1, 1], [2, 2]]
+    assert grads[1].indices().tolist() == [[1]]
+
+
+def test_an_artifact_with_flat_values_loads_into_width_tables():
+    fields = [FieldSpec("a", 6, np.ones(6, dtype=np.int64))]
+    emb = BlockwiseEmbedding(fields, {"a": FieldLayout([0, 2, 6], [[1, 3], [0]])}, width=4)
+    emb.load_artifact_tensors({"values": torch.arange(8.0).unsqueeze(1)})
+    assert emb.lookup(0, torch.tensor([1, 4])).tolist() == [[0, 2, 0, 3], [6, 0, 0, 0]]
+
+
+def test_gradients_reach_each_kept_value_from_its_output_column():
+    rng = np.random.default_rng(5)
+    cards, width = [30, 60], 5
+    layouts = random_layout(rng, cards, width, prefix=False)
+    fields = [FieldSpec(f"f{i}", c, np.ones(c, dtype=np.int64)) for i, c in enumerate(cards)]
+    emb = BlockwiseEmbedding(fields, layouts, width)
+    blocks = [torch.randn(b - a, len(c)) for lay in layouts.values() for a, b, c in zip(lay.starts[:-1], lay.starts[1:], lay.cols)]
+    emb.load_block_values(blocks)
+    ids = torch.from_numpy(np.stack([rng.integers(0, c, 200) for c in cards], axis=1))
+    weights = torch.randn(200, len(cards), width)
+    torch.stack(emb(SparseBatch(ids, {}, torch.zeros(200))), 1).mul(weights).sum().backward()
+    reference = [b.clone().requires_grad_() for b in blocks]
+    torch.stack([reference_lookup(layouts, reference, width, f, ids[:, f]) for f in range(len(cards))], 1).mul(weights).sum().backward()
+    grads = [t.grad.to_dense() for t in emb.tables]
+    for (w, first, n), ref in zip(emb.block_rows(), reference):
+        if w and n:
+            assert torch.allclose(grads[emb.group_widths.index(w)][first:first + n], ref.grad, atol=1e-5)

@@ -1,13 +1,17 @@
 """Mixed dimensions per frequency block: what DNIS pruning and the MDE rule produce.
 
 Each field's ids are cut into frequency blocks; block s keeps a subset of the K
-output dimensions and stores a dense [rows_s, kept_s] table. All blocks of a field
-live in one flat parameter, so one gather serves a batch whatever the block mix;
-kept values are scattered to their columns of a K-wide vector (pruned columns are
+output dimensions, i.e. a dense [rows_s, kept_s] table. Blocks are stored grouped
+by kept width: every (field, block) keeping w columns owns a run of rows of one
+shared [rows, w] table, so a batch costs one row gather per width present (as
+`full` costs one per width) and the sparse gradients hold whole rows. The w values
+of a row are then spread to their columns of a K-wide vector (pruned columns are
 zero), so every backbone sees a uniform width and nothing downstream changes.
 
-Serving bytes = kept values + per-block starts, flat offsets, kept counts and the
-int16 column map: everything `forward` reads.
+Serving bytes = kept values + per field its block starts and first block, + per block
+its row shift into its width table, kept count and int16 column positions: everything
+`forward` reads. The index depends on the blocks alone, so keeping one more (block,
+dimension) pair always costs rows * 4 bytes.
 """
 from __future__ import annotations
 
@@ -54,9 +58,10 @@ def layout_bytes(layouts: dict[str, FieldLayout], width: int) -> int:
 
 
 def index_bytes_for(blocks_per_field: list[int], width: int) -> int:
-    """Bytes of the block index: global block starts, flat offsets, kept counts, column map, field offsets."""
-    total = sum(blocks_per_field)
-    return (total + 1) * INDEX_BYTES + 2 * total * INDEX_BYTES + total * width * COLUMN_BYTES + len(blocks_per_field) * INDEX_BYTES
+    """Bytes of the block index: per field its block starts (padded to the most blocks of any field) and
+    first block; per block its row shift, kept count and int16 column positions."""
+    total, most = sum(blocks_per_field), max(blocks_per_field, default=1)
+    return len(blocks_per_field) * (most + 1) * INDEX_BYTES + 2 * total * INDEX_BYTES + total * width * COLUMN_BYTES
 
 
 def layout_to_json(layouts: dict[str, FieldLayout], width: int) -> dict:
@@ -73,41 +78,97 @@ def layout_from_json(spec: dict) -> tuple[dict[str, FieldLayout], int]:
     return layouts, int(spec["width"])
 
 
+class _Place(torch.autograd.Function):
+    """Rows of each width group written to their columns of one [rows, K] tensor, zeros elsewhere,
+    then put back in lookup order (row i is row back[i] of the grouped rows).
+
+    Groups are (first row, width, column index) with their [n, w] values: one write per group
+    forward and one slice per group backward, not a padded copy per group plus a concatenation;
+    the reordering is a row gather both ways (`order` is the inverse of `back`), where autograd's
+    embedding backward would accumulate rows one by one.
+    """
+
+    @staticmethod
+    def forward(ctx, back: torch.Tensor | None, order: torch.Tensor | None, width: int, spans: list, *vals: torch.Tensor) -> torch.Tensor:
+        rows = sum(len(v) for v in vals) if back is None else len(back)
+        out = torch.zeros((rows, width), dtype=vals[0].dtype if vals else torch.float32,
+                          device=vals[0].device if vals else back.device if back is not None else None)
+        for (at, w, cols), v in zip(spans, vals):
+            if cols is None:
+                out[at:at + len(v), :w] = v
+            else:
+                padded = F.pad(v, (0, 1))  # column w is the zero every pruned column reads
+                out[at:at + len(v)] = padded.index_select(1, cols) if cols.dim() == 1 else padded.gather(1, cols)
+        ctx.spans, ctx.sizes, ctx.order = spans, [len(v) for v in vals], order
+        return out if back is None else F.embedding(back, out)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple:
+        grad = grad if ctx.order is None else F.embedding(ctx.order, grad)
+        grads = []
+        for (at, w, cols), n in zip(ctx.spans, ctx.sizes):
+            g = grad[at:at + n]
+            if cols is None:
+                grads.append(g[:, :w])
+            else:
+                acc = g.new_zeros((n, w + 1))
+                grads.append((acc.index_add_(1, cols, g) if cols.dim() == 1 else acc.scatter_add_(1, cols, g))[:, :w])
+        return (None, None, None, None, *grads)
+
+
 @register_embedding("blockwise", settings=BlockwiseSettings)
 class BlockwiseEmbedding(FeatureEmbedding):
-    """Per-block kept dimensions, configured by a layout (see `layout_to_json`).
+    """Per-block kept dimensions, configured by a layout (see `layout_to_json`), one dense table per kept width.
 
-    All fields share one flat value parameter and one global block index, so a batch
-    of single-valued fields is one searchsorted, one gather and one scatter.
+    A batch is a few compares against each field's block starts, a sort of the rows by their
+    block's width, one row gather per width group and one reordering gather. A group whose
+    blocks all keep the same columns (MDE's prefixes) spreads its rows with a fixed column
+    index; otherwise (DNIS) each row gathers its block's column positions.
     """
 
     def __init__(self, fields: list[FieldSpec], layouts: dict[str, FieldLayout], width: int, init_std: float = 0.01) -> None:
         super().__init__()
         self.fields, self.width, self.layouts = list(fields), width, layouts
-        starts, kept, rows, cols = [], [], [], []
-        row_offset = 0
-        for f in fields:
+        kept, shift, colpos = [], [], []
+        group_rows = [0] * (width + 1)
+        group_cols: dict[int, dict[tuple[int, ...], int]] = {}  # width -> {kept columns: first block keeping them}
+        most = max((len(layouts[f.name].cols) for f in fields if f.name in layouts), default=1)
+        field_starts, first_block = np.zeros((len(fields), most), dtype=np.int64), []
+        for i, f in enumerate(fields):
             lay = layouts.get(f.name)
             if lay is None or lay.starts[-1] != f.cardinality or lay.starts[0] != 0:
                 raise ConfigError(f"layout for field {f.name!r} must cover ids 0..{f.cardinality}")
             if any(c < 0 or c >= width for cs in lay.cols for c in cs) or any(len(set(c)) != len(c) for c in lay.cols):
                 raise ConfigError(f"layout for field {f.name!r}: dims must be distinct and below width {width}")
-            starts += [row_offset + a for a in lay.starts[:-1]]
-            kept += [len(c) for c in lay.cols]
-            rows += lay.rows()
-            cols += lay.cols
-            row_offset += f.cardinality
-        kept_a, rows_a = np.array(kept, dtype=np.int64), np.array(rows, dtype=np.int64)
-        colmap = np.full((len(kept), width), width, dtype=np.int16)
-        for b, c in enumerate(cols):
-            colmap[b, : len(c)] = c
-        self.register_buffer("field_offsets", torch.tensor(np.r_[0, np.cumsum([f.cardinality for f in fields])[:-1]], dtype=torch.int64))
-        self.register_buffer("starts", torch.tensor(starts + [row_offset], dtype=torch.int64))
-        self.register_buffer("bases", torch.tensor(np.r_[0, np.cumsum(rows_a * kept_a)[:-1]], dtype=torch.int64))
-        self.register_buffer("kept", torch.from_numpy(kept_a))
-        self.register_buffer("colmap", torch.from_numpy(colmap))
-        self.n_values = int((rows_a * kept_a).sum())
-        self.values = nn.Parameter(torch.randn(max(self.n_values, 1), 1) * init_std)
+            field_starts[i] = lay.starts[:-1] + [f.cardinality] * (most - len(lay.cols))  # padding no id reaches
+            first_block.append(len(kept))
+            for a, b, cols in zip(lay.starts[:-1], lay.starts[1:], lay.cols):
+                w = len(cols)
+                kept.append(w)
+                shift.append(group_rows[w] - a)
+                group_rows[w] += b - a
+                pos = np.full(width, w, dtype=np.int16)
+                pos[list(cols)] = np.arange(w, dtype=np.int16)
+                colpos.append(pos)
+                if b > a:
+                    group_cols.setdefault(w, {}).setdefault(tuple(cols), len(kept) - 1)
+        self.register_buffer("block_starts", torch.from_numpy(field_starts))
+        self.register_buffer("first_block", torch.tensor(first_block, dtype=torch.int64))
+        self.register_buffer("shift", torch.tensor(shift, dtype=torch.int64))
+        self.register_buffer("kept", torch.tensor(kept, dtype=torch.int64))
+        self.register_buffer("colpos", torch.from_numpy(np.stack(colpos) if colpos else np.zeros((0, width), dtype=np.int16)))
+        self.group_widths = [w for w in range(1, width + 1) if group_rows[w] > 0]
+        self._table_of = {w: g for g, w in enumerate(self.group_widths)}
+        self.tables = nn.ParameterList([nn.Parameter(torch.empty(group_rows[w], w)) for w in self.group_widths])
+        n_values = sum(r * w for w, r in enumerate(group_rows))
+        self.load_flat_values(torch.randn(max(n_values, 1))[:n_values] * init_std)  # the draws of the flat storage before
+        # How each width group spreads its values: "prefix" (columns 0..w-1), a block whose column
+        # positions every block of the group shares, or None (per-row column positions).
+        self._spread: dict[int, str | int | None] = {
+            w: ("prefix" if list(sets) == [tuple(range(w))] else next(iter(sets.values())) if len(sets) == 1 else None)
+            for w, sets in group_cols.items()}
+        self._per_row_columns = None in self._spread.values()
+        self._single_width = self.group_widths[0] if len(self.group_widths) == 1 and group_rows[0] == 0 else None
 
     @classmethod
     def from_config(cls, fields: list[FieldSpec], config: EmbeddingConfig, settings: BlockwiseSettings) -> "BlockwiseEmbedding":
@@ -131,44 +192,87 @@ class BlockwiseEmbedding(FeatureEmbedding):
     def dims(self) -> list[int]:
         return [self.width] * len(self.fields)
 
-    def lookup_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        """Global rows (field offset + id), any shape -> [..., width] vectors, zeros in pruned columns.
+    def lookup_blocks(self, ids: torch.Tensor, starts: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+        """Field-local ids [..., k] whose fields have block starts [k, S] and first blocks [k] -> [..., k, width].
 
-        Only kept entries are gathered, so the sparse gradient has one entry per kept value used.
+        Each width group is one row gather, so the sparse gradient has one row per lookup.
         """
-        flat_rows = rows.reshape(-1).contiguous()
-        block = torch.searchsorted(self.starts, flat_rows, right=True) - 1
-        valid = torch.arange(self.width, device=rows.device) < self.kept[block].unsqueeze(1)
-        which, j = valid.nonzero(as_tuple=True)
-        b = block[which]
-        index = self.bases[b] + (flat_rows[which] - self.starts[b]) * self.kept[b] + j
-        vals = F.embedding(index, self.values, sparse=True).squeeze(1)
-        out = vals.new_zeros((len(flat_rows), self.width)).index_put((which, self.colmap[b, j].long()), vals)
-        return out.reshape(*rows.shape, self.width)
+        block = first + (ids >= starts.select(-1, 1)) if starts.shape[-1] > 1 else first.expand_as(ids)
+        for s in range(2, starts.shape[-1]):
+            block = block + (ids >= starts.select(-1, s))  # a few compares beat a binary search of every block
+        flat, block = ids.reshape(-1), block.reshape(-1)
+        local = flat + self.shift[block]
+        if self._single_width is not None:
+            return self._spread_rows(self._single_width, local, block).reshape(*ids.shape, self.width)
+        kept = self.kept[block].to(torch.uint8 if self.width < 256 else torch.int16)  # small keys sort several times faster
+        order = torch.argsort(kept, stable=True)
+        local = local.index_select(0, order)
+        block = block.index_select(0, order) if self._per_row_columns else block
+        spans, vals, at = [], [], 0
+        for w, n in enumerate(torch.bincount(kept, minlength=self.width + 1).tolist()):
+            if w and (n or (w in self._table_of and torch.is_grad_enabled())):  # an untouched table still steps (Adam's step count)
+                vals.append(F.embedding(local[at:at + n], self.tables[self._table_of[w]], sparse=True))
+                spans.append((at, w, self._columns(w, block[at:at + n])))
+            at += n
+        back = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=order.device))
+        return _Place.apply(back, order, self.width, spans, *vals).reshape(*ids.shape, self.width)
+
+    def _spread_rows(self, w: int, local: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+        """Rows `local` of the width-w table, spread to their K columns (zeros elsewhere)."""
+        vals = F.embedding(local, self.tables[self._table_of[w]], sparse=True)
+        return _Place.apply(None, None, self.width, [(0, w, self._columns(w, block))], vals)
+
+    def _columns(self, w: int, block: torch.Tensor) -> torch.Tensor | None:
+        """Where each output column of these rows reads (w: the zero): None for columns 0..w-1, one [K]
+        index when every block of the group keeps the same columns, else one [rows, K] index."""
+        how = self._spread[w]
+        if how == "prefix":
+            return None
+        positions = self.colpos.long()  # [blocks, K]: small, and a row gather of int64 beats indexing int16
+        return positions[how] if how is not None else F.embedding(block, positions)
 
     def lookup(self, field: int, ids: torch.Tensor) -> torch.Tensor:
-        return self.lookup_rows(ids + self.field_offsets[field])
+        return self.lookup_blocks(ids.unsqueeze(-1), self.block_starts[field:field + 1], self.first_block[field:field + 1]).squeeze(-2)
 
     def lookup_fields(self, ids: torch.Tensor, fields: list[int]) -> list[torch.Tensor]:
-        vecs = self.lookup_rows(ids + self.field_offsets[fields])
-        return list(vecs.unbind(1))
+        return list(self.lookup_blocks(ids, self.block_starts[fields], self.first_block[fields]).unbind(1))
 
     def sparse_parameters(self) -> list[nn.Parameter]:
-        return [self.values]
-
-    def parameter_count(self) -> int:
-        return self.n_values
-
-    def weight_bytes(self) -> int:
-        return self.n_values * VALUE_BYTES
+        return list(self.tables)
 
     def layout_json(self) -> dict:
         return layout_to_json(self.layouts, self.width)
 
-    def artifact_tensors(self) -> dict[str, torch.Tensor]:
-        return {**super().artifact_tensors(), "values": self.values.detach()[: self.n_values].contiguous()}
+    def block_rows(self) -> list[tuple[int, int, int]]:
+        """(kept width, first row in that width's table, rows) of every block, in field and block order."""
+        out = []
+        for f, lay in zip(self.fields, (self.layouts[f.name] for f in self.fields)):
+            for a, b, cols in zip(lay.starts[:-1], lay.starts[1:], lay.cols):
+                out.append((len(cols), a + int(self.shift[len(out)]), b - a))
+        return out
+
+    @torch.no_grad()
+    def load_block_values(self, blocks: list[torch.Tensor]) -> None:
+        """Set the values of every block from [rows_s, kept_s] tensors in field and block order
+        (columns in the layout's order): how searched values warm-start the pruned tables."""
+        spans = self.block_rows()
+        if len(blocks) != len(spans):
+            raise ConfigError(f"need the values of {len(spans)} blocks, got {len(blocks)}")
+        for (w, first, n), vals in zip(spans, blocks):
+            if w and n:
+                self.tables[self._table_of[w]][first:first + n].copy_(vals.reshape(n, w))
 
     def load_artifact_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            self.values[: self.n_values].copy_(tensors["values"])
-        self.load_state_dict({k: v for k, v in tensors.items() if k != "values"}, strict=False)
+        """Load an artifact; one written before width tables (a flat `values` and a column map) loads too."""
+        if "values" in tensors:
+            self.load_flat_values(tensors["values"])
+        else:
+            self.load_state_dict(tensors)
+
+    def load_flat_values(self, flat: torch.Tensor) -> None:
+        """Set every block from one flat run of values, block after block, each [rows, kept] row-major."""
+        flat, at, blocks = flat.reshape(-1), 0, []
+        for w, _, n in self.block_rows():
+            blocks.append(flat[at:at + n * w])
+            at += n * w
+        self.load_block_values(blocks)

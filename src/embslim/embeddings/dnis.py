@@ -120,9 +120,7 @@ class DNISEmbedding(FullEmbedding):
         layouts = layout_for_budget(self, budget_bytes, config, scores)
         module = BlockwiseEmbedding(self.fields, layouts, self.width)
         module.settings = BlockwiseSettings(layout_to_json(layouts, self.width))
-        with torch.no_grad():
-            init = pruned_values(self, layouts)
-            module.values[: len(init)].copy_(init)
+        module.load_block_values(pruned_values(self, layouts))
         context.record.update({"rule": f"DNIS pruning scores ({config.score}) of the searched model, kept while they fit",
                                "bytes": layout_bytes(layouts, self.width), "layout": layout_to_json(layouts, self.width)})
         return module

@@ -112,9 +112,7 @@ class DNISSearch:
         layouts = layout_for_budget(emb, budget, self.config, rank_pairs(emb, self.config, lower))
         slim = BlockwiseEmbedding(emb.fields, layouts, width, self.tables.config.init_std).to(emb.alpha.device)
         if self.config.fine_tune:
-            with torch.no_grad():
-                init = pruned_values(emb, layouts)
-                slim.values[: len(init)].copy_(init)
+            slim.load_block_values(pruned_values(emb, layouts))
         self.layout, self.budget_bytes = layout_to_json(layouts, width), budget
         slim.settings = BlockwiseSettings(self.layout)
         self.tables.convert(slim, EmbeddingConfig("blockwise", width, None, None, self.tables.config.init_std, {"layout": self.layout}))

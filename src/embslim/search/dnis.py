@@ -217,8 +217,9 @@ def search_train_config(train_config, dnis: DNISConfig):
 
 
 @torch.no_grad()
-def pruned_values(search: DNISEmbedding, layouts: dict) -> torch.Tensor:
-    """Initial flat values of a blockwise embedding taken from the searched e * alpha (for fine-tuning)."""
+def pruned_values(search: DNISEmbedding, layouts: dict) -> list[torch.Tensor]:
+    """Initial values of a blockwise embedding taken from the searched e * alpha (for fine-tuning):
+    one [rows, kept] tensor per block in field and block order (`BlockwiseEmbedding.load_block_values`)."""
     table, alpha = search.tables[0], search.alpha
     offsets = getattr(search, f"offsets_{search.width}")
     parts, block_base = [], 0
@@ -226,6 +227,6 @@ def pruned_values(search: DNISEmbedding, layouts: dict) -> torch.Tensor:
         lay = layouts[f.name]
         for s, (a, b) in enumerate(zip(lay.starts[:-1], lay.starts[1:])):
             cols = torch.tensor(lay.cols[s], dtype=torch.int64)
-            parts.append((table[offsets[i] + a: offsets[i] + b][:, cols] * alpha[block_base + s, cols]).reshape(-1))
+            parts.append(table[offsets[i] + a: offsets[i] + b][:, cols] * alpha[block_base + s, cols])
         block_base += len(lay.cols)
-    return torch.cat(parts).unsqueeze(1) if parts else torch.zeros(1, 1)
+    return parts

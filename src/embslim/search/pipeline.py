@@ -108,9 +108,7 @@ def run_search(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: D
         slim_config = replace(config, embedding=EmbeddingConfig("blockwise", width, init_std=config.embedding.init_std, options={"layout": layout}))
         model, d = build_model(data, slim_config)
         if dnis.fine_tune:
-            with torch.no_grad():
-                init = pruned_values(emb, layouts)
-                model.embedding.values[: len(init)].copy_(init)
+            model.embedding.load_block_values(pruned_values(emb, layouts))
             warm_start_from_network(model, search_model)
         return train_model(model, d, slim_config, path, resume_stage, save=export_embedding)
 
