@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import tempfile
 from datetime import timedelta
 from pathlib import Path

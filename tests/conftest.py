@@ -68,3 +68,17 @@ def run_until_killed(script: str) -> None:
     threads = f"import torch; torch.set_num_threads({torch.get_num_threads()})\n"
     proc = subprocess.run([sys.executable, "-c", threads + script], env=os.environ.copy())
     assert proc.returncode == -signal.SIGKILL
+
+
+def straight_and_resumed(config, tmp_path: Path, at_step: int) -> tuple[dict, dict]:
+    """Results of one uninterrupted run of `config` on the tiny data, and of a run interrupted at `at_step`
+    (as a kill would) and resumed from its last checkpoint."""
+    from embslim.train.run import build_model, run, train_model
+
+    data = load_tiny()
+    straight = run(data, config, tmp_path / "straight")
+    model, d = build_model(data, config)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(model, d, config, tmp_path / "resumed", callbacks=[Interrupt(at_step=at_step)])
+    model, d = build_model(data, config)
+    return straight, train_model(model, d, config, tmp_path / "resumed", resume=True)

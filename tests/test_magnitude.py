@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import Interrupt, load_tiny
+from conftest import load_tiny, straight_and_resumed
 from embslim.cli import main
 from embslim.data.fields import FieldSpec
 from embslim.embeddings import EmbeddingConfig, create_embedding, load_artifact
@@ -14,7 +14,7 @@ from embslim.embeddings.base import StepContext
 from embslim.embeddings.magnitude import MagnitudeEmbedding, MagnitudeSettings
 from embslim.embeddings.sparse_storage import SparseRows, form_bytes, mask_bytes
 from embslim.errors import BudgetError
-from embslim.train.run import RunConfig, build_model, run, train_model
+from embslim.train.run import RunConfig, build_model, train_model
 from embslim.train.trainer import TrainConfig
 
 
@@ -111,15 +111,9 @@ def test_budget_below_the_sparse_index_is_a_budget_error():
 
 
 def test_resume_after_interruption_mid_schedule_ends_like_an_uninterrupted_run(tmp_path):
-    data = load_tiny()
     config = RunConfig("deepfm", EmbeddingConfig("magnitude", dim=8, options={"density": 0.3, "end": 0.6}),
                        train=TrainConfig(epochs=3, batch_size=256, patience=5, progress=False, seed=2))
-    straight = run(data, config, tmp_path / "a")
-    model, d = build_model(data, config)
-    with pytest.raises(KeyboardInterrupt):
-        train_model(model, d, config, tmp_path / "b", callbacks=[Interrupt(at_step=12)])
-    model, d = build_model(data, config)
-    resumed = train_model(model, d, config, tmp_path / "b", resume=True)
+    straight, resumed = straight_and_resumed(config, tmp_path, at_step=12)
     assert resumed["metrics"] == straight["metrics"] and resumed["embedding"]["bytes"] == straight["embedding"]["bytes"]
 
 

@@ -4,13 +4,13 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import Interrupt, load_tiny
+from conftest import load_tiny, straight_and_resumed
 from embslim.data.fields import FieldSpec
 from embslim.embeddings import EmbeddingConfig, create_embedding, load_artifact
 from embslim.embeddings.base import StepContext
 from embslim.embeddings.mpe import choose_widths, pack_rows, unpack_rows
 from embslim.errors import BudgetError
-from embslim.train.run import RunConfig, build_model, fit, run, train_model
+from embslim.train.run import RunConfig, fit
 from embslim.train.trainer import TrainConfig
 
 FAST = TrainConfig(epochs=3, batch_size=256, patience=5, progress=False, seed=5)
@@ -144,12 +144,6 @@ def test_budget_below_the_index_is_a_one_line_budget_error():
 
 
 def test_resume_after_interruption_ends_like_an_uninterrupted_run(tmp_path):
-    data = load_tiny()
     config = RunConfig("deepfm", EmbeddingConfig("mpe", dim=8, budget_bytes=800, options={"search_fraction": 0.5}), train=FAST)
-    straight = run(data, config, tmp_path / "a")
-    model, d = build_model(data, config)
-    with pytest.raises(KeyboardInterrupt):
-        train_model(model, d, config, tmp_path / "b", callbacks=[Interrupt(at_step=12)])
-    model, d = build_model(data, config)
-    resumed = train_model(model, d, config, tmp_path / "b", resume=True)
+    straight, resumed = straight_and_resumed(config, tmp_path, at_step=12)
     assert resumed["metrics"] == straight["metrics"] and resumed["embedding"] == straight["embedding"]

@@ -4,14 +4,14 @@ import json
 import pytest
 import torch
 
-from conftest import Interrupt, load_tiny
+from conftest import load_tiny, straight_and_resumed
 from embslim.cli import main
 from embslim.embeddings import EmbeddingConfig, create_embedding, load_artifact
 from embslim.embeddings.base import SliceContext
 from embslim.embeddings.full import full_bytes
 from embslim.embeddings.nested import widths_for_budget
 from embslim.models import create_model
-from embslim.train.run import RunConfig, build_model, model_data, run, train_model
+from embslim.train.run import RunConfig, build_model
 from embslim.train.slice import read_run, sliceable_methods
 from embslim.train.trainer import TrainConfig, Trainer
 from test_embeddings import make_batch, make_fields
@@ -92,14 +92,8 @@ def test_only_methods_that_implement_sliced_are_sliceable():
 
 
 def test_nested_run_resumed_after_an_interruption_ends_identical(tmp_path):
-    data = load_tiny()
     config = RunConfig("deepfm", EmbeddingConfig("nested", dim=8, budget_bytes=2000), train=FAST)
-    straight = run(data, config, tmp_path / "a")
-    model, d = build_model(data, config)
-    with pytest.raises(KeyboardInterrupt):
-        train_model(model, d, config, tmp_path / "b", callbacks=[Interrupt(at_step=15)])
-    model, d = build_model(data, config)
-    resumed = train_model(model, d, config, tmp_path / "b", resume=True)
+    straight, resumed = straight_and_resumed(config, tmp_path, at_step=15)
     assert resumed["metrics"] == straight["metrics"] and resumed["embedding"] == straight["embedding"]
 
 

@@ -14,7 +14,7 @@ from embslim.data import DATASETS, PrepareConfig, load_dataset
 from embslim.data.fetch import Archive, fetch_archive
 from embslim.data.registry import data_dirs, get_source
 from embslim.data.synthetic import SYNTHETIC_SHAPES, synthetic_config
-from embslim.embeddings import EmbeddingConfig, list_embeddings, method_info, settings_from, split_key_values
+from embslim.embeddings import EmbeddingConfig, list_embeddings, method_info, split_key_values
 from embslim.embeddings.full import full_bytes
 from embslim.errors import ConfigError, EmbslimError
 from embslim.extras import require

@@ -44,14 +44,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from embslim.data.fields import FieldSpec
 from embslim.embeddings.base import EmbeddingConfig, StepContext, storage_bytes
 from embslim.embeddings.masked import MaskedEmbedding
 from embslim.embeddings.registry import register_embedding
-from embslim.embeddings.sparse_storage import SparseRows, mask_bytes
+from embslim.embeddings.sparse_storage import SparseRows
 from embslim.errors import ConfigError
 
 
