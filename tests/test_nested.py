@@ -40,12 +40,12 @@ def test_training_loss_is_the_mean_of_one_pass_per_trained_width():
     data = load_tiny()
     emb = create_embedding(data.table.fields, EmbeddingConfig("nested", dim=8))
     trainer = Trainer(create_model("fm", emb, task="ctr"), data, TrainConfig(progress=False))
-    batch = next(trainer.batches(data.split("train"), 0))
+    batch = next(trainer.objective.batches(0))
     assert emb.passes() == [[w] * 4 for w in (1, 2, 4, 8)]
     per_width = []
     for widths in emb.passes():
         with emb.serving(widths):
-            per_width.append(trainer.batch_loss(batch))
+            per_width.append(trainer.objective.loss(batch))
     assert torch.allclose(trainer.loss(batch), torch.stack(per_width).mean())
 
 

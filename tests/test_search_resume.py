@@ -45,7 +45,7 @@ def stop_in(monkeypatch: pytest.MonkeyPatch, stage: str, epoch: int | None, stop
         if self.out_dir is not None and self.out_dir.name == stage:
             if epoch is None:
                 raise KeyboardInterrupt
-            steps_per_epoch = -(-len(self.epoch_table(0)) // self.config.batch_size)
+            steps_per_epoch = self.steps_per_epoch()
             self.callbacks.append(stop(epoch * steps_per_epoch + 3))
 
     monkeypatch.setattr(Trainer, "__init__", interrupted)

@@ -6,9 +6,7 @@ import pytest
 
 from embslim.cli import main
 from embslim.embeddings import EmbeddingConfig
-from embslim.train.metrics import ranking_metrics
 from embslim.train.run import RunConfig, build_model, run, train_model
-from embslim.train.topk import held_out_ranks
 from embslim.train.trainer import TrainConfig, Trainer
 from conftest import Interrupt, load_tiny, run_until_killed
 
@@ -112,20 +110,7 @@ def test_topk_ranks_all_items_excluding_seen_ones(tmp_path):
     (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + ratings)
     data = load_dataset("movielens-latest-small", "topk", tmp_path)
     r = run(data, RunConfig("mf", EmbeddingConfig(dim=4), train=TrainConfig(epochs=2, progress=False)))
-    assert set(r["metrics"]["test"]) == {"hr@10", "ndcg@10", "recall@20", "mrr"}
+    assert {"hr@10", "ndcg@10", "recall@20", "hr@50", "mrr"} <= set(r["metrics"]["test"])
     assert r["metrics"]["test"]["hr@10"] == 1.0
 
 
-def test_held_out_rank_ignores_excluded_items_and_item_zero():
-    import scipy.sparse as sp
-
-    scores = np.array([[9.0, 5.0, 4.0, 3.0, 8.0]])
-    excluded = sp.csr_matrix(np.array([[0, 1, 0, 0, 0]]))
-    assert held_out_ranks(scores, np.array([2]), excluded).tolist() == [1]
-
-
-def test_ranking_metrics_of_known_ranks():
-    m = ranking_metrics(np.array([0, 1, 15, 30]))
-    assert m["hr@10"] == 0.5 and m["recall@20"] == 0.75
-    assert m["ndcg@10"] == pytest.approx((1 + 1 / np.log2(3)) / 4)
-    assert m["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 16 + 1 / 31) / 4)

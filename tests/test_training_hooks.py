@@ -54,8 +54,8 @@ def test_hooks_see_each_step_before_and_after_the_update_with_the_planned_total(
 
 def test_train_loss_wraps_the_task_loss_of_each_batch():
     trainer = trainer_for({"passes": 2}, epochs=1, batch_size=512)
-    batch = next(trainer.batches(trainer.data.split("train"), 0))
-    assert torch.allclose(trainer.loss(batch), 2 * trainer.batch_loss(batch))
+    batch = next(trainer.objective.batches(0))
+    assert torch.allclose(trainer.loss(batch), 2 * trainer.objective.loss(batch))
 
 
 def test_epochs_before_the_size_is_final_are_never_kept_as_best():

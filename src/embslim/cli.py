@@ -22,7 +22,7 @@ from embslim.models import ModelOptions, list_models, model_class
 from embslim.train.recipes import recipe
 from embslim.train.trainer import TrainConfig
 
-TRAIN_KEYS = {"epochs", "lr", "batch_size", "patience", "negatives", "embedding_l2", "weight_decay", "optimizer"}
+TRAIN_KEYS = {"epochs", "lr", "batch_size", "patience", "negatives", "embedding_l2", "weight_decay", "optimizer", "eval_protocol"}
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -58,6 +58,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--weight-decay", type=non_negative_float)
     t.add_argument("--optimizer", choices=["adam", "adamw"])
     t.add_argument("--negatives", type=positive_int, help="sampled negatives per positive (topk)")
+    t.add_argument("--eval-protocol", choices=["full", "sampled100", "both"],
+                   help="topk: rank against every item (full, default), against 100 sampled unseen items as in the SASRec "
+                        "paper (sampled100, metrics named s100_*), or both")
     t.add_argument("--seed", type=seed_int, default=0)
     o = p.add_argument_group("output")
     o.add_argument("--out", type=Path, help="run folder (default runs/train-DATASET-TASK-MODEL-seedN)")
@@ -236,7 +239,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def print_summary(results: dict, out: Path) -> None:
     emb = results["embedding"]
-    test = "  ".join(f"{k} {v:.4f}" for k, v in results["metrics"]["test"].items())
+    test = "  ".join(f"{k} {v:.4f}" for k, v in results["metrics"]["test"].items() if "@" not in k or k.endswith("@10") and "recall" not in k)
     print(f"{results['config']['dataset']} {results['config']['task']} {results['config']['model']}: test {test}")
     print(f"embedding: {emb['method']} {emb['params']:,} params, {emb['bytes']:,} bytes to serve, {emb['train_bytes']:,} bytes to train")
     t = results["timing"]

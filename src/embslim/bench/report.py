@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-HIGHER_IS_BETTER = {"auc": True, "logloss": False, "rmse": False, "mae": False, "hr@10": True, "ndcg@10": True, "recall@20": True, "mrr": True}
+HIGHER_IS_BETTER = {"auc": True, "logloss": False, "rmse": False, "mae": False, "mrr": True, "s100_mrr": True,
+                    **{f"{p}{m}@{k}": True for p in ("", "s100_") for m in ("hr", "ndcg", "recall") for k in (10, 20, 50)}}
 PRIMARY = {"ctr": "auc", "rating": "rmse", "topk": "ndcg@10"}
 
 

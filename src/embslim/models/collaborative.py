@@ -39,6 +39,16 @@ class MF(UserItemModel):
         dot = (aligned[:, 0] * aligned[:, 1]).sum(dim=1)
         return dot + self.user_bias(vectors[0]).squeeze(1) + self.item_bias(vectors[1]).squeeze(1)
 
+    def retrieval(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query vectors of `users` and vectors of every item whose inner products rank items as `score` does.
+
+        The user's bias and the global bias add the same to every item, so they drop out of a ranking.
+        """
+        items = self.embedding.field_table(1)
+        queries = self.aligner.field(0, self.embedding.lookup(0, users))
+        return (torch.cat([queries, queries.new_ones((len(users), 1))], dim=1),
+                torch.cat([self.aligner.field(1, items), self.item_bias(items)], dim=1))
+
     def absorb_rotation(self, rotation: torch.Tensor) -> None:
         if self.aligner.proj:
             raise NotImplementedError("rotation needs the user and item vectors at the same width")

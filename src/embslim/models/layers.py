@@ -32,14 +32,15 @@ class FieldAligner(nn.Module):
 
     def forward(self, vectors: list[torch.Tensor]) -> torch.Tensor:
         """[B, F, width]"""
-        out = []
-        for i, v in enumerate(vectors):
-            if str(i) in self.proj:
-                v = self.proj[str(i)](v)
-            elif self.dims[i] == 0:
-                v = v.new_zeros((v.shape[0], self.width))
-            out.append(v)
-        return torch.stack(out, dim=1)
+        return torch.stack([self.field(i, v) for i, v in enumerate(vectors)], dim=1)
+
+    def field(self, i: int, v: torch.Tensor) -> torch.Tensor:
+        """Field `i`'s vectors [..., dims[i]] at the common width [..., width]."""
+        if str(i) in self.proj:
+            return self.proj[str(i)](v)
+        if self.dims[i] == 0:
+            return v.new_zeros(v.shape[:-1] + (self.width,))
+        return v
 
     def memory_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.parameters())

@@ -22,7 +22,7 @@ from embslim.embeddings.dnis import DNISEmbedding
 from embslim.errors import ConfigError
 from embslim.models.base import Recommender
 from embslim.search.importance import frequency_fill, loss_increase, ranking
-from embslim.train.trainer import task_loss
+from embslim.train.objectives import task_loss
 
 
 SCORES = ("loss", "magnitude")
@@ -149,7 +149,7 @@ class AlphaStep:
 
     def prune_schedule(self, trainer) -> dict[int, int]:
         """Global step -> budget of each pruning event."""
-        steps = self.config.search_epochs * -(-len(trainer.epoch_table(0)) // self.batch_size)
+        steps = self.config.search_epochs * trainer.steps_per_epoch()
         everything = {f.name: np.ones((n, self.embedding.width)) for f, n in zip(self.embedding.fields, self.embedding.field_blocks)}
         start = layout_bytes(layout_for_budget(self.embedding, 2**62, self.config, everything), self.embedding.width)
         n = self.PRUNE_EVENTS

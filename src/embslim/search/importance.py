@@ -23,7 +23,7 @@ from embslim.data.fields import FeatureTable, PreparedData
 from embslim.embeddings.batch import SparseBatch
 from embslim.embeddings.dnis import DNISEmbedding
 from embslim.models.base import Recommender
-from embslim.train.trainer import task_loss
+from embslim.train.objectives import task_loss
 
 EVAL_BATCH = 16384
 

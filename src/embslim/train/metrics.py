@@ -20,17 +20,6 @@ def rating_metrics(label: np.ndarray, pred: np.ndarray, low: float, high: float)
     return {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err)))}
 
 
-def ranking_metrics(ranks: np.ndarray) -> dict[str, float]:
-    """Metrics from the 0-based rank of each user's one held-out item among all candidates."""
-    ranks = ranks.astype(np.float64)
-    return {
-        "hr@10": float(np.mean(ranks < 10)),
-        "ndcg@10": float(np.mean(np.where(ranks < 10, 1.0 / np.log2(ranks + 2), 0.0))),
-        "recall@20": float(np.mean(ranks < 20)),
-        "mrr": float(np.mean(1.0 / (ranks + 1))),
-    }
-
-
 def is_better(task: str, value: float, best: float | None) -> bool:
     if best is None or np.isnan(best):
         return not np.isnan(value)

@@ -26,7 +26,8 @@ from embslim.embeddings.batch import SparseBatch
 from embslim.errors import BudgetError, ConfigError
 from embslim.models import ModelOptions
 from embslim.train.run import RunConfig, build_model, model_data, train_model, write_results
-from embslim.train.trainer import TrainConfig, task_loss
+from embslim.train.objectives import task_loss
+from embslim.train.trainer import TrainConfig
 
 DATA_ARGS = "data_args.json"  # the data flags of a run, written by `embslim train` and `embslim search`
 VAL_ROWS = 20_000

@@ -1,13 +1,7 @@
-"""Top-k recommendation: negative sampling for training and full-ranking evaluation.
-
-Evaluation ranks each user's held-out item against every item in the catalogue,
-excluding items the user already has in training (and, for test, the validation
-item), as in the leave-last-out protocol.
-"""
+"""Top-k rows for pointwise backbones: sampled negatives for training, every (user, item) pair for scoring."""
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 
 from embslim.data.fields import FeatureTable, PreparedData
 
@@ -50,29 +44,8 @@ def training_rows(data: PreparedData, negatives: int, rng: np.random.Generator) 
     )
 
 
-def seen_matrix(data: PreparedData, splits: tuple[str, ...]) -> sp.csr_matrix:
-    """Users x items matrix of interactions in the given splits."""
-    ucol = data.table.single_index(data.user_field)
-    icol = data.table.single_index(data.item_field)
-    rows = np.concatenate([data.splits[s] for s in splits])
-    users, items = data.table.ids[rows, ucol], data.table.ids[rows, icol]
-    shape = (int(data.table.ids[:, ucol].max()) + 1, len(data.items.label))
-    return sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (users, items)), shape=shape)
-
-
 def candidate_rows(held_out: FeatureTable, items: FeatureTable) -> FeatureTable:
     """Every (user row, catalogue item) pair: len(held_out) * n_items rows, user-major."""
     n_items = len(items.label)
     rows = held_out.take(np.repeat(np.arange(len(held_out)), n_items))
     return with_items(rows, items, np.tile(np.arange(n_items), len(held_out)))
-
-
-def held_out_ranks(scores: np.ndarray, targets: np.ndarray, excluded: sp.csr_matrix) -> np.ndarray:
-    """0-based rank of each target among its row of scores, excluded items and item 0 removed."""
-    scores = scores.astype(np.float64, copy=True)
-    target_scores = scores[np.arange(len(targets)), targets]
-    mask = excluded.toarray().astype(bool)
-    mask[:, 0] = True
-    mask[np.arange(len(targets)), targets] = False
-    scores[mask] = -np.inf
-    return (scores > target_scores[:, None]).sum(axis=1)

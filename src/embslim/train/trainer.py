@@ -20,17 +20,16 @@ from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from embslim.data.fields import FeatureTable, PreparedData
 from embslim.embeddings.base import StepContext
-from embslim.embeddings.batch import SparseBatch
 from embslim.errors import ConfigError, DataError
 from embslim.models.base import Recommender
 from embslim.train.checkpoint import load_checkpoint, save_checkpoint
-from embslim.train.metrics import PRIMARY, ctr_metrics, is_better, ranking_metrics, rating_metrics
-from embslim.train.topk import candidate_rows, held_out_ranks, seen_matrix, training_rows
+from embslim.train.metrics import PRIMARY, ctr_metrics, is_better, rating_metrics
+from embslim.train.objectives import Objective, create_objective, seen_matrix, task_loss
+from embslim.train.ranking import check_protocol, evaluate_ranking, primary_metric
 
 
 @dataclass(frozen=True)
@@ -48,13 +47,7 @@ class TrainConfig:
     progress: bool = True
     keep_best: bool = True  # end with the weights of the best validation epoch (False: the last epoch's)
     lr_decay: float = 1.0  # multiply the learning rate by this after each epoch without validation improvement
-
-
-def task_loss(task: str, out: torch.Tensor, label: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """The training loss of a task: squared error for ratings, logistic loss on logits otherwise."""
-    if task == "rating":
-        return F.mse_loss(out, label, reduction=reduction)
-    return F.binary_cross_entropy_with_logits(out, label, reduction=reduction)
+    eval_protocol: str = "full"  # top-k: full ranking, sampled100 (the SASRec paper's 100 negatives) or both
 
 
 class Callback(Protocol):
@@ -95,44 +88,26 @@ class Trainer:
             with torch.no_grad():  # a fresh model starts at the mean rating; a warm-started one keeps its bias
                 model.bias.fill_(float(train_label.mean()))
         self.step = 0
-
-    # -- data ------------------------------------------------------------------
-    def epoch_table(self, epoch: int) -> FeatureTable:
-        if self.data.task == "topk":
-            return training_rows(self.data, self.config.negatives, np.random.default_rng([self.config.seed, epoch, 1]))
-        return self.data.split("train")
-
-    def batches(self, table: FeatureTable, epoch: int):
-        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(table))
-        for start in range(0, len(order), self.config.batch_size):
-            yield SparseBatch.from_table(table, order[start:start + self.config.batch_size])
+        self.objective: Objective = create_objective(model, data, config)
+        check_protocol(config.eval_protocol)
 
     # -- training --------------------------------------------------------------
-    def batch_loss(self, batch: SparseBatch) -> torch.Tensor:
-        """Task loss (plus the embedding L2) of one pass of the model over `batch`."""
-        out, vectors = self.model.forward_train(batch)
-        loss = task_loss(self.data.task, out, batch.label)
-        if self.config.embedding_l2:
-            loss = loss + self.config.embedding_l2 * sum(v.pow(2).sum(dim=1).mean() for v in vectors)
-        return loss
-
-    def loss(self, batch: SparseBatch) -> torch.Tensor:
-        loss = self.model.embedding.train_loss(lambda: self.batch_loss(batch))
+    def loss(self, batch) -> torch.Tensor:
+        """The objective's loss of one batch, through the embedding's training hooks."""
+        loss = self.model.embedding.train_loss(lambda: self.objective.loss(batch))
         aux = self.model.embedding.aux_loss()
         return loss if aux is None else loss + aux
 
     def steps_per_epoch(self) -> int:
-        rows = len(self.data.split("train")) * (1 + self.config.negatives if self.data.task == "topk" else 1)
-        return -(-rows // self.config.batch_size)
+        return self.objective.steps_per_epoch()
 
     def step_context(self) -> StepContext:
         return StepContext(self.step, self.config.epochs * self.steps_per_epoch(), self.optimizers)
 
     def train_epoch(self, epoch: int) -> tuple[float, int]:
         self.model.train()
-        table = self.epoch_table(epoch)
         total, seen = 0.0, 0
-        bar = tqdm(self.batches(table, epoch), total=-(-len(table) // self.config.batch_size), desc=f"epoch {epoch + 1}",
+        bar = tqdm(self.objective.batches(epoch), total=self.steps_per_epoch(), desc=f"epoch {epoch + 1}",
                    disable=not self.config.progress, leave=False, unit="batch")
         for batch in bar:
             loss = self.loss(batch)
@@ -154,7 +129,7 @@ class Trainer:
         """Train with early stopping; returns {"val": best val metrics, "test": test metrics, "history", "timing"}."""
         cfg = self.config
         task = self.data.task
-        metric = PRIMARY[task][0]
+        metric = self.primary_metric()
         ckpt_path = self.out_dir / "checkpoint.pt" if self.out_dir else None
         state = load_checkpoint(ckpt_path) if (resume and ckpt_path) else None
         torch.manual_seed(cfg.seed)
@@ -206,12 +181,16 @@ class Trainer:
     @torch.no_grad()
     def predict(self, table: FeatureTable) -> np.ndarray:
         self.model.eval()
-        out = [self.model(SparseBatch.from_table(table, np.arange(s, min(s + self.config.eval_batch_size, len(table)))))
-               for s in range(0, len(table), self.config.eval_batch_size)]
-        pred = torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+        return self.finite(self.objective.predict(table))
+
+    @staticmethod
+    def finite(pred: np.ndarray) -> np.ndarray:
         if not np.isfinite(pred).all():
             raise ConfigError("training diverged (the model predicts NaN or infinity): lower --lr, --embedding-l2 or --weight-decay")
         return pred
+
+    def primary_metric(self) -> str:
+        return primary_metric(self.config.eval_protocol) if self.data.task == "topk" else PRIMARY[self.data.task][0]
 
     def evaluate(self, split: str) -> dict[str, float]:
         if self.data.task == "topk":
@@ -224,15 +203,18 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate_ranking(self, split: str) -> dict[str, float]:
+        """Each held-out user's item ranked against the catalogue, items known before `split` excluded."""
+        self.model.eval()
         held_out = self.data.split(split)
+        users = held_out.ids[:, held_out.single_index(self.data.user_field)]
+        targets = held_out.ids[:, held_out.single_index(self.data.item_field)]
         excluded = seen_matrix(self.data, ("train",) if split == "val" else ("train", "val"))
-        ucol = held_out.single_index(self.data.user_field)
-        icol = held_out.single_index(self.data.item_field)
         n_items = len(self.data.items.label)
-        chunk = max(1, self.config.eval_batch_size * 4 // n_items)
-        ranks = []
-        for s in range(0, len(held_out), chunk):
-            part = held_out.take(np.arange(s, min(s + chunk, len(held_out))))
-            scores = self.predict(candidate_rows(part, self.data.items)).reshape(len(part), n_items)
-            ranks.append(held_out_ranks(scores, part.ids[:, icol], excluded[part.ids[:, ucol]]))
-        return ranking_metrics(np.concatenate(ranks))
+
+        def score(chunk: np.ndarray) -> torch.Tensor:
+            scores = self.objective.rank_scores(chunk, split)
+            self.finite(scores.numpy())
+            return scores
+
+        return evaluate_ranking(score, users, targets, excluded, n_items, self.config.eval_protocol,
+                                chunk=self.objective.users_per_chunk(n_items), seed=self.config.seed)
