@@ -32,6 +32,18 @@ def test_full_rank_counts_higher_scores_ignoring_known_items_and_item_zero():
     assert full_ranks(scores, np.array([2]), known).tolist() == [1]
 
 
+def test_full_ranks_equal_masking_every_known_item_by_hand():
+    rng = np.random.default_rng(3)
+    scores = torch.as_tensor(rng.integers(0, 20, size=(30, 40)).astype(np.float32))  # many ties
+    known = sp.random(30, 40, density=0.3, random_state=4, format="csr")
+    targets = rng.integers(1, 40, size=30)
+    masked = scores.clone()
+    masked[torch.as_tensor(known.toarray() > 0)] = -torch.inf
+    masked[:, 0] = -torch.inf
+    expected = [(masked[u] > scores[u, t]).sum().item() - (masked[u, t] > scores[u, t]).item() for u, t in enumerate(targets)]
+    assert full_ranks(scores, targets, known).tolist() == expected
+
+
 def test_a_known_target_is_still_ranked():
     scores = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
     known = sp.csr_matrix(np.array([[0, 0, 1, 0]]))

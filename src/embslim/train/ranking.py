@@ -55,17 +55,20 @@ def ranking_metrics(ranks: np.ndarray, ks: tuple[int, ...] = KS) -> dict[str, fl
 def full_ranks(scores: torch.Tensor, targets: np.ndarray, excluded: sp.csr_matrix) -> np.ndarray:
     """0-based rank of each row's target among all items, excluded items and item 0 removed.
 
-    scores: [U, n_items]; excluded: [U, n_items] sparse (the user's known items).
+    scores: [U, n_items]; excluded: [U, n_items] sparse (the user's known items). Counts the items scoring
+    above the target, then subtracts the excluded ones among them (a sparse correction, no masked copy).
     """
-    scores = scores.to(torch.float64).clone()
     rows = torch.arange(len(targets))
     tgt = torch.as_tensor(targets, dtype=torch.long)
-    target_scores = scores[rows, tgt].clone()
+    target_scores = scores[rows, tgt].unsqueeze(1)
+    higher = (scores > target_scores).sum(dim=1)
     coo = excluded.tocoo()
-    scores[torch.as_tensor(coo.row, dtype=torch.long), torch.as_tensor(coo.col, dtype=torch.long)] = -torch.inf
-    scores[:, 0] = -torch.inf
-    scores[rows, tgt] = target_scores
-    return (scores > target_scores.unsqueeze(1)).sum(dim=1).numpy()
+    r, c = torch.as_tensor(coo.row, dtype=torch.long), torch.as_tensor(coo.col, dtype=torch.long)
+    known = (c != 0) & (c != tgt[r])
+    r, c = r[known], c[known]
+    higher -= torch.zeros_like(higher).index_add_(0, r, (scores[r, c] > target_scores[r, 0]).long())
+    higher -= (scores[:, 0] > target_scores[:, 0]).long()
+    return higher.numpy()
 
 
 def sampled_negatives(targets: np.ndarray, excluded: sp.csr_matrix, n_items: int, rng: np.random.Generator,
