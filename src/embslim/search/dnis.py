@@ -16,13 +16,13 @@ import numpy as np
 import torch
 
 from embslim.data.fields import PreparedData
-from embslim.embeddings.batch import SparseBatch
 from embslim.embeddings.blockwise import layout_bytes
 from embslim.embeddings.dnis import DNISEmbedding
 from embslim.errors import ConfigError
 from embslim.models.base import Recommender
 from embslim.search.importance import frequency_fill, loss_increase, ranking
-from embslim.train.objectives import task_loss
+from embslim.train.objectives import create_objective
+from embslim.train.trainer import TrainConfig
 
 
 SCORES = ("loss", "magnitude")
@@ -107,18 +107,17 @@ class AlphaStep:
     PRUNE_SPAN = 0.75
 
     def __init__(self, model: Recommender, data: PreparedData, config: DNISConfig, batch_size: int, seed: int,
-                 budget_bytes: int | None = None) -> None:
+                 budget_bytes: int | None = None, train: TrainConfig | None = None) -> None:
         self.model, self.config = model, config
         self.budget_bytes = budget_bytes
         self.events: dict[int, int] | None = None
         self.embedding: DNISEmbedding = model.embedding
         self.update = AlphaUpdate(self.embedding, config)
         self.data = data
-        self.val = data.split("val")
-        self.task = data.task
+        self.objective = create_objective(model, data, train or TrainConfig(batch_size=batch_size, seed=seed))
         self.batch_size = batch_size
         self.rng = np.random.default_rng([seed, 99])
-        self.order, self.cursor = self.rng.permutation(len(self.val)), 0
+        self.order, self.cursor = self.rng.permutation(self.objective.validation_size()), 0
 
     def state_dict(self) -> dict:
         """Alpha's optimiser, the validation batch order and the pruning mask, for checkpoints."""
@@ -130,16 +129,16 @@ class AlphaStep:
         self.rng.bit_generator.state = state["rng"]
         self.order, self.cursor, self.update.mask = state["order"], state["cursor"], state["mask"]
 
-    def next_batch(self) -> SparseBatch:
+    def next_batch(self):
         if self.cursor >= len(self.order):
-            self.order, self.cursor = self.rng.permutation(len(self.val)), 0
+            self.order, self.cursor = self.rng.permutation(self.objective.validation_size()), 0
         rows = self.order[self.cursor:self.cursor + self.batch_size]
         self.cursor += self.batch_size
-        return SparseBatch.from_table(self.val, rows)
+        return self.objective.validation_batch(rows)
 
     def on_batch_end(self, trainer, step: int) -> None:
         batch = self.next_batch()
-        self.update.step(task_loss(self.task, self.model(batch), batch.label))
+        self.update.step(self.objective.example_losses(batch).mean())
         if self.budget_bytes is not None:
             if self.events is None:
                 self.events = self.prune_schedule(trainer)

@@ -19,27 +19,26 @@ from typing import Callable
 import numpy as np
 import torch
 
-from embslim.data.fields import FeatureTable, PreparedData
-from embslim.embeddings.batch import SparseBatch
+from embslim.data.fields import PreparedData
 from embslim.embeddings.dnis import DNISEmbedding
 from embslim.models.base import Recommender
-from embslim.train.objectives import task_loss
+from embslim.train.objectives import Objective, create_objective
+from embslim.train.trainer import TrainConfig
 
 EVAL_BATCH = 16384
 
 
-class _PerRowLoss:
-    """Per-row validation loss of `model` on a fixed set of rows, in fixed batches."""
+class _ExampleLosses:
+    """Per-example validation loss of a model on a fixed set of its objective's validation examples, in fixed batches."""
 
-    def __init__(self, model: Recommender, table: FeatureTable, task: str) -> None:
-        self.model, self.task = model, task
-        self.batches = [SparseBatch.from_table(table, np.arange(s, min(s + EVAL_BATCH, len(table))))
-                        for s in range(0, len(table), EVAL_BATCH)]
+    def __init__(self, objective: Objective, indices: np.ndarray) -> None:
+        self.objective = objective
+        self.batches = [objective.validation_batch(indices[s:s + EVAL_BATCH]) for s in range(0, len(indices), EVAL_BATCH)]
 
     @torch.no_grad()
     def __call__(self) -> np.ndarray:
-        self.model.eval()
-        return torch.cat([task_loss(self.task, self.model(b), b.label, reduction="none") for b in self.batches]).double().numpy()
+        self.objective.model.eval()
+        return torch.cat([self.objective.example_losses(b) for b in self.batches]).double().numpy()
 
 
 def _lower_bound(delta_sum: np.ndarray, delta_sq: np.ndarray, n: np.ndarray, z: float) -> np.ndarray:
@@ -59,14 +58,12 @@ def loss_increase(model: Recommender, data: PreparedData, z: float = 2.0, max_ro
     fields x width passes over that many rows.
     """
     emb: DNISEmbedding = model.embedding
-    table = data.split("val")
-    if len(table) > max_rows:
-        table = table.take(np.sort(np.random.default_rng([seed, 7]).choice(len(table), max_rows, replace=False)))
+    objective = create_objective(model, data, TrainConfig(seed=seed))
+    n = objective.validation_size()
+    indices = np.sort(np.random.default_rng([seed, 7]).choice(n, max_rows, replace=False)) if n > max_rows else np.arange(n)
     starts = emb.field_block_starts()
-    row_blocks = {f.name: None if f.multivalued else
-                  np.searchsorted(np.asarray(starts[f.name]), table.ids[:, table.single_index(f.name)], side="right") - 1
-                  for f in emb.fields}
-    return drop_increase(emb, _PerRowLoss(model, table, data.task), row_blocks, z)
+    row_blocks = {f.name: objective.example_blocks(indices, f.name, np.asarray(starts[f.name])) for f in emb.fields}
+    return drop_increase(emb, _ExampleLosses(objective, indices), row_blocks, z)
 
 
 @torch.no_grad()

@@ -156,7 +156,7 @@ def search_dims(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: 
     warm_start_from(search_model, full_model)
     aligned = dnis.align and align_to_principal_axes(search_model)
     callback = AlphaStep(search_model, sdata, dnis, config.train.batch_size, config.train.seed,
-                         budget_bytes if dnis.prune_during_search else None)
+                         budget_bytes if dnis.prune_during_search else None, search_config.train)
     fit = Trainer(search_model, sdata, search_config.train, out, [callback]).fit(resume=resume)
     if dnis.threshold is None:
         scores = pruning_scores(search_model, sdata, dnis, config.train.seed)

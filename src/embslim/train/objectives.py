@@ -19,7 +19,7 @@ from embslim.data.fields import FeatureTable, PreparedData
 from embslim.embeddings.batch import SparseBatch
 from embslim.errors import ConfigError
 from embslim.models.base import Recommender
-from embslim.train.topk import candidate_rows, training_rows
+from embslim.train.topk import candidate_rows, training_rows, with_negatives
 
 
 def task_loss(task: str, out: torch.Tensor, label: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -57,6 +57,23 @@ class Objective:
     def users_per_chunk(self, n_items: int) -> int:
         """How many users `rank_scores` takes at once: about four million scores."""
         return max(1, 2**22 // n_items)
+
+    # Validation examples, for searches that learn on validation loss (DNIS's alpha step, its loss-increase score).
+    def validation_size(self) -> int:
+        """How many validation examples `validation_batch` indexes."""
+        raise NotImplementedError
+
+    def validation_batch(self, indices: np.ndarray) -> Any:
+        raise NotImplementedError
+
+    def example_losses(self, batch: Any) -> torch.Tensor:
+        """Task loss of each example of a batch (no regulariser): [len(batch)]."""
+        raise NotImplementedError
+
+    def example_blocks(self, indices: np.ndarray, field: str, starts: np.ndarray) -> np.ndarray | None:
+        """For a field with one value per example, the block (by `starts`, the first id of each block) of each
+        validation example's value; None where an example reads many values of the field (bags, sequences)."""
+        return None
 
 
 OBJECTIVES: dict[str, type[Objective]] = {}
@@ -110,6 +127,30 @@ class PointwiseObjective(Objective):
         if self.config.embedding_l2:
             loss = loss + self.config.embedding_l2 * l2_of_rows(vectors)
         return loss
+
+    def validation_table(self) -> FeatureTable:
+        """The validation rows; for top-k each held-out positive with `negatives` sampled items (fixed per seed)."""
+        if getattr(self, "_validation", None) is None:
+            val = self.data.split("val")
+            if self.data.task == "topk":
+                val = with_negatives(val, self.data.items, self.config.negatives, np.random.default_rng([self.config.seed, 0, 2]))
+            self._validation = val
+        return self._validation
+
+    def validation_size(self) -> int:
+        return len(self.validation_table())
+
+    def validation_batch(self, indices: np.ndarray) -> SparseBatch:
+        return SparseBatch.from_table(self.validation_table(), indices)
+
+    def example_losses(self, batch: SparseBatch) -> torch.Tensor:
+        return task_loss(self.data.task, self.model(batch), batch.label, reduction="none")
+
+    def example_blocks(self, indices: np.ndarray, field: str, starts: np.ndarray) -> np.ndarray | None:
+        table = self.validation_table()
+        if field in table.bags:
+            return None
+        return np.searchsorted(starts, table.ids[indices, table.single_index(field)], side="right") - 1
 
     @torch.no_grad()
     def predict(self, table: FeatureTable) -> np.ndarray:

@@ -28,11 +28,15 @@ def _fit_width(padded: np.ndarray, width: int) -> np.ndarray:
 
 def training_rows(data: PreparedData, negatives: int, rng: np.random.Generator) -> FeatureTable:
     """Training positives plus `negatives` uniformly sampled items per positive (label 0)."""
-    pos = data.split("train")
-    n_items = len(data.items.label)
+    return with_negatives(data.split("train"), data.items, negatives, rng)
+
+
+def with_negatives(pos: FeatureTable, items: FeatureTable, negatives: int, rng: np.random.Generator) -> FeatureTable:
+    """`pos` (label 1) followed by `negatives` copies of it whose items are drawn uniformly (label 0)."""
+    n_items = len(items.label)
     parts = [pos]
     for _ in range(negatives):
-        neg = with_items(pos, data.items, rng.integers(1, n_items, size=len(pos)))
+        neg = with_items(pos, items, rng.integers(1, n_items, size=len(pos)))
         neg.label = np.zeros(len(pos), dtype=np.float32)
         parts.append(neg)
     width = {name: max(p.bags[name].shape[1] for p in parts) for name in pos.bags}

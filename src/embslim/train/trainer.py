@@ -28,7 +28,7 @@ from embslim.errors import ConfigError, DataError
 from embslim.models.base import Recommender
 from embslim.train.checkpoint import load_checkpoint, save_checkpoint
 from embslim.train.metrics import PRIMARY, ctr_metrics, is_better, rating_metrics
-from embslim.train.objectives import Objective, create_objective, seen_matrix, task_loss
+from embslim.train.objectives import Objective, create_objective, seen_matrix
 from embslim.train.ranking import check_protocol, evaluate_ranking, primary_metric
 
 
