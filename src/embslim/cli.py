@@ -22,7 +22,8 @@ from embslim.models import ModelOptions, list_models, model_class
 from embslim.train.recipes import recipe
 from embslim.train.trainer import TrainConfig
 
-TRAIN_KEYS = {"epochs", "lr", "batch_size", "patience", "negatives", "embedding_l2", "weight_decay", "optimizer", "eval_protocol"}
+TRAIN_KEYS = {"epochs", "lr", "batch_size", "patience", "negatives", "embedding_l2", "weight_decay", "optimizer", "eval_protocol",
+              "table_optimizer", "table_lr"}
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -56,7 +57,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--patience", type=positive_int, help="epochs without validation improvement before stopping")
     t.add_argument("--embedding-l2", type=non_negative_float, help="L2 penalty on the embedding rows a batch uses")
     t.add_argument("--weight-decay", type=non_negative_float)
-    t.add_argument("--optimizer", choices=["adam", "adamw"])
+    t.add_argument("--optimizer", choices=["adam", "adamw"], help="optimizer of the dense network (and of tables with dense gradients)")
+    t.add_argument("--table-optimizer", choices=["adam", "rowwise-adagrad", "adagrad", "sgd"],
+                   help="optimizer of tables with sparse gradients (default adam: lazy Adam; rowwise-adagrad keeps one float per row)")
+    t.add_argument("--table-lr", type=learning_rate, help="learning rate of the tables (default: --lr)")
     t.add_argument("--negatives", type=positive_int, help="sampled negatives per positive (topk)")
     t.add_argument("--eval-protocol", choices=["full", "sampled100", "both"],
                    help="topk: rank against every item (full, default), against 100 sampled unseen items as in the SASRec "

@@ -81,17 +81,21 @@ class StepContext:
     @torch.no_grad()
     def reset_state(self, param: torch.Tensor, where: torch.Tensor | None = None) -> None:
         """Zero the optimiser state of `param`: all of it, or the entries a boolean mask of its shape
-        (or of its leading dimension: whole rows) selects. Step counters are left alone."""
+        (or of its leading dimension: whole rows) selects; per-row state is zeroed for every row with a
+        selected entry. Step counters are left alone."""
         for opt in self.optimizers:
             state = opt.state.get(param)
             if not state:
                 continue
             for value in state.values():
-                if torch.is_tensor(value) and value.shape == param.shape:
-                    if where is None:
-                        value.zero_()
-                    else:
-                        value[where] = 0
+                if not torch.is_tensor(value) or value.dim() == 0:
+                    continue
+                if where is None and value.shape in (param.shape, param.shape[:1]):
+                    value.zero_()
+                elif value.shape == param.shape:
+                    value[where] = 0
+                elif value.shape == param.shape[:1]:  # per-row state (row-wise Adagrad): rows with any entry selected
+                    value[where if where.dim() == 1 else where.reshape(len(where), -1).any(dim=1)] = 0
 
 
 @dataclass

@@ -22,6 +22,7 @@ from embslim.embeddings import EmbeddingConfig, convert_embedding, create_embedd
 from embslim.embeddings.registry import config_for_source
 from embslim.embeddings.settings import settings_dict
 from embslim.models import ModelOptions, Recommender, create_model, model_class
+from embslim.train.table_optim import state_bytes
 from embslim.train.trainer import TrainConfig, Trainer
 
 
@@ -47,13 +48,15 @@ def build_model(data: PreparedData, config: RunConfig) -> tuple[Recommender, Pre
     return model, data
 
 
-def describe_embedding(model: Recommender) -> dict:
+def describe_embedding(model: Recommender, table_optimizer: str = "adam") -> dict:
+    """What results.json says of the embedding; training bytes count `table_optimizer`'s state of the sparse tables."""
     emb = model.embedding
+    sparse = emb.sparse_parameters()
     out = {
         "method": getattr(emb, "method_name", type(emb).__name__),
         "params": model.embedding_params(),
         "bytes": model.embedding_bytes("serve"),
-        "train_bytes": model.embedding_bytes("train"),
+        "train_bytes": model.embedding_bytes("train") - state_bytes("adam", sparse) + state_bytes(table_optimizer, sparse),
         "dims": dict(zip([f.name for f in emb.fields], emb.dims)),
         "settings": settings_dict(emb.settings),
     }
@@ -79,7 +82,7 @@ def train_model(model: Recommender, data: PreparedData, config: RunConfig, out_d
         "config": {"dataset": data.name, "task": data.task, **json.loads(json.dumps(asdict(config), default=str))},
         "data": {"rows": data.info.get("rows"), "fields": {f.name: f.cardinality for f in data.table.fields}},
         "metrics": {"val": fit["val"], "test": fit["test"]},
-        "embedding": describe_embedding(model),
+        "embedding": describe_embedding(model, config.train.table_optimizer),
         "timing": {"wall_seconds": time.perf_counter() - t0, **fit["timing"]},
         "history": fit["history"],
         "environment": environment(),

@@ -1,7 +1,7 @@
 """One trainer for every backbone and embedding method.
 
-Sparse tables get SparseAdam (lazy Adam on the rows a batch touches), the rest
-Adam or AdamW. Each epoch ends with a validation pass, early stopping on the task's
+Sparse tables get their own optimiser (`table_optimizer`: lazy Adam on the rows a batch
+touches by default, or row-wise Adagrad, Adagrad, SGD), the rest Adam or AdamW. Each epoch ends with a validation pass, early stopping on the task's
 primary metric and an atomic checkpoint; `resume=True` continues after the last
 finished epoch with the same RNG state, so a killed run ends where an uninterrupted
 one would. Embedding methods hook in through `train_loss()`, `aux_loss()`,
@@ -30,6 +30,7 @@ from embslim.train.checkpoint import load_checkpoint, save_checkpoint
 from embslim.train.metrics import PRIMARY, ctr_metrics, is_better, rating_metrics
 from embslim.train.objectives import Objective, create_objective, seen_matrix
 from embslim.train.ranking import check_protocol, evaluate_ranking, primary_metric
+from embslim.train.table_optim import TABLE_OPTIMIZERS, make_table_optimizer
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class TrainConfig:
     keep_best: bool = True  # end with the weights of the best validation epoch (False: the last epoch's)
     lr_decay: float = 1.0  # multiply the learning rate by this after each epoch without validation improvement
     eval_protocol: str = "full"  # top-k: full ranking, sampled100 (the SASRec paper's 100 negatives) or both
+    table_optimizer: str = "adam"  # tables with sparse gradients: adam (SparseAdam), rowwise-adagrad, adagrad or sgd
+    table_lr: float | None = None  # their learning rate (default: lr)
 
 
 class Callback(Protocol):
@@ -68,6 +71,8 @@ class Trainer:
                  out_dir: Path | None = None, callbacks: list[Callback] | None = None) -> None:
         if config.optimizer not in ("adam", "adamw"):
             raise ConfigError(f"optimizer must be adam or adamw, got {config.optimizer!r}")
+        if config.table_optimizer not in TABLE_OPTIMIZERS:
+            raise ConfigError(f"table optimizer must be one of {list(TABLE_OPTIMIZERS)}, got {config.table_optimizer!r}")
         empty = [name for name, rows in data.splits.items() if len(rows) == 0]
         if empty:
             sizes = ", ".join(f"{name} {len(rows)}" for name, rows in data.splits.items())
@@ -81,7 +86,7 @@ class Trainer:
         dense_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         self.optimizers = [dense_cls(dense, lr=config.lr, weight_decay=config.weight_decay)]
         if sparse:
-            self.optimizers.append(torch.optim.SparseAdam(sparse, lr=config.lr))
+            self.optimizers.append(make_table_optimizer(config.table_optimizer, sparse, config.table_lr or config.lr))
         train_label = data.split("train").label
         self.label_range = (float(train_label.min()), float(train_label.max()))
         if data.task == "rating" and not model.bias.detach().any():

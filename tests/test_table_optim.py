@@ -1,0 +1,94 @@
+"""Table optimisers: row-wise Adagrad's update, each optimiser's state bytes, and training with each."""
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from embslim.embeddings import EmbeddingConfig
+from embslim.embeddings.base import StepContext
+from embslim.errors import ConfigError
+from embslim.train.run import RunConfig, build_model, describe_embedding, run, train_model
+from embslim.train.table_optim import TABLE_OPTIMIZERS, RowWiseAdagrad, state_bytes
+from embslim.train.trainer import TrainConfig, Trainer
+from conftest import Interrupt, load_tiny
+
+FAST = TrainConfig(epochs=2, batch_size=256, patience=5, progress=False, seed=3)
+
+
+def grads_for(rows: list[int], d: int = 4, seed: int = 0) -> torch.Tensor:
+    g = torch.zeros(6, d)
+    g[rows] = torch.randn(len(rows), d, generator=torch.Generator().manual_seed(seed))
+    return g
+
+
+def test_rowwise_adagrad_keeps_one_accumulator_per_row_from_the_mean_squared_gradient():
+    w = nn.Parameter(torch.ones(6, 4))
+    opt = RowWiseAdagrad([w], lr=0.1)
+    g = grads_for([1, 4])
+    w.grad = g.clone()
+    opt.step()
+    acc = g.pow(2).mean(dim=1)
+    assert torch.allclose(opt.state[w]["sum"], acc)
+    expected = torch.ones(6, 4)
+    expected[[1, 4]] -= 0.1 * g[[1, 4]] / (acc[[1, 4]].sqrt().unsqueeze(1) + 1e-8)
+    assert torch.allclose(w.detach(), expected)
+
+
+def test_rowwise_adagrad_gives_the_same_update_for_sparse_and_dense_gradients():
+    dense, sparse = nn.Parameter(torch.ones(6, 4)), nn.Parameter(torch.ones(6, 4))
+    opts = RowWiseAdagrad([dense], lr=0.05), RowWiseAdagrad([sparse], lr=0.05)
+    for step, rows in enumerate([[0, 2], [2, 5], [1, 2, 3]]):
+        g = grads_for(rows, seed=step)
+        dense.grad, sparse.grad = g.clone(), g.to_sparse(1)
+        for opt in opts:
+            opt.step()
+    assert torch.allclose(dense.detach(), sparse.detach(), atol=1e-6)
+
+
+def test_state_bytes_per_optimizer_at_dim_16():
+    p = [nn.Parameter(torch.zeros(100, 16))]
+    assert state_bytes("adam", p) == 2 * 6400 and state_bytes("adagrad", p) == 6400
+    assert state_bytes("rowwise-adagrad", p) == 400 and state_bytes("sgd", p) == 0
+
+
+def test_reset_state_zeroes_the_rows_of_a_row_wise_accumulator():
+    w = nn.Parameter(torch.ones(6, 4))
+    opt = RowWiseAdagrad([w])
+    w.grad = torch.ones(6, 4)
+    opt.step()
+    StepContext(1, 1, [opt]).reset_state(w, torch.tensor([True, False, False, True, False, False]).unsqueeze(1).expand(6, 4))
+    assert opt.state[w]["sum"].tolist() == [0, 1, 1, 0, 1, 1]
+
+
+@pytest.mark.parametrize("kind", TABLE_OPTIMIZERS)
+def test_every_table_optimizer_trains(kind):
+    lr = {"adam": None, "sgd": 0.5}.get(kind, 0.05)
+    r = run(load_tiny(), RunConfig("fm", EmbeddingConfig(dim=8), train=replace(FAST, table_optimizer=kind, table_lr=lr)))
+    assert r["history"][-1]["train_loss"] < r["history"][0]["train_loss"] and r["metrics"]["test"]["auc"] > 0.55
+
+
+def test_training_bytes_count_each_table_optimizers_state():
+    model, _ = build_model(load_tiny(), RunConfig("fm", EmbeddingConfig(dim=8), train=FAST))
+    train = {k: describe_embedding(model, k)["train_bytes"] for k in TABLE_OPTIMIZERS}
+    values = sum(p.numel() * 4 for p in model.embedding.sparse_parameters())
+    assert train["adam"] - train["adagrad"] == train["adagrad"] - train["sgd"] == values
+    assert train["rowwise-adagrad"] - train["sgd"] == sum(p.shape[0] * 4 for p in model.embedding.sparse_parameters()) == values // 8
+
+
+def test_resume_with_rowwise_adagrad_ends_like_an_uninterrupted_run(tmp_path):
+    data = load_tiny()
+    config = RunConfig("deepfm", train=replace(FAST, epochs=3, table_optimizer="rowwise-adagrad", table_lr=0.05))
+    straight = run(data, config, tmp_path / "a")
+    model, d = build_model(data, config)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(model, d, config, tmp_path / "b", callbacks=[Interrupt(at_step=15)])
+    model, d = build_model(data, config)
+    assert train_model(model, d, config, tmp_path / "b", resume=True)["metrics"] == straight["metrics"]
+
+
+def test_unknown_table_optimizer_is_a_config_error():
+    data = load_tiny()
+    model, d = build_model(data, RunConfig("fm", train=FAST))
+    with pytest.raises(ConfigError, match="table optimizer"):
+        Trainer(model, d, replace(FAST, table_optimizer="lamb"))
