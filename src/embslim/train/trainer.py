@@ -205,9 +205,8 @@ class Trainer:
     def evaluate_ranking(self, split: str) -> dict[str, float]:
         """Each held-out user's item ranked against the catalogue, items known before `split` excluded."""
         self.model.eval()
-        held_out = self.data.split(split)
-        users = held_out.ids[:, held_out.single_index(self.data.user_field)]
-        targets = held_out.ids[:, held_out.single_index(self.data.item_field)]
+        rows = self.data.splits[split]
+        users, targets = self.data.row_users()[rows], self.data.row_items()[rows]
         excluded = seen_matrix(self.data, ("train",) if split == "val" else ("train", "val"))
         n_items = len(self.data.items.label)
 
