@@ -48,6 +48,9 @@ class TrainConfig:
     keep_best: bool = True  # end with the weights of the best validation epoch (False: the last epoch's)
     lr_decay: float = 1.0  # multiply the learning rate by this after each epoch without validation improvement
     eval_protocol: str = "full"  # top-k: full ranking, sampled100 (the SASRec paper's 100 negatives) or both
+    seq_loss: str = "bce"  # sequence models: "bce" (one sampled negative per position) or "softmax" (sampled softmax)
+    softmax_negatives: int = 128  # sequence models, seq_loss "softmax": uniform negatives shared by a batch
+    temperature: float = 0.05  # sequence models, seq_loss "softmax": divides the cosine similarities
 
 
 class Callback(Protocol):
