@@ -2,7 +2,8 @@
 
 Criteo-shaped generated data: 26 fields of 100,000 ids (Zipf), dim 16, batch 4096, MLP 256-128.
 Baselines share the MLP and step: per-field nn.EmbeddingBag with dense gradients + Adam, and with
-sparse gradients + SparseAdam. Figures are samples/s and ratios to the dense baseline measured in
+sparse gradients + SparseAdam. embslim's DeepFM is timed with each table optimizer (`--table-optimizer`;
+`embslim_deepfm_full` is the default, lazy Adam). Figures are samples/s and ratios to the dense baseline measured in
 the same process (the machine is shared, so absolute numbers drift).
 
     python bench/train_throughput.py [--steps 30] [--out benchmarks/results/train_throughput.json]
@@ -25,6 +26,7 @@ from embslim.data.synthetic import zipf_ids
 from embslim.embeddings import EmbeddingConfig
 from embslim.models import ModelOptions
 from embslim.train.run import RunConfig, build_model
+from embslim.train.table_optim import TABLE_OPTIMIZERS
 from embslim.train.trainer import TrainConfig, Trainer
 
 FIELDS, ROWS, DIM, BATCH = 26, 100_000, 16, 4096
@@ -78,12 +80,12 @@ def time_plain(data: PreparedData, sparse: bool, steps: int) -> float:
     return steps * BATCH / (time.perf_counter() - start)
 
 
-def time_embslim(data: PreparedData, steps: int) -> float:
-    config = RunConfig("deepfm", EmbeddingConfig(dim=DIM), ModelOptions(hidden=(256, 128)), TrainConfig(batch_size=BATCH, progress=False))
+def time_embslim(data: PreparedData, steps: int, table_optimizer: str = "adam") -> float:
+    train = TrainConfig(batch_size=BATCH, progress=False, table_optimizer=table_optimizer, table_lr=None if table_optimizer == "adam" else 0.01)
+    config = RunConfig("deepfm", EmbeddingConfig(dim=DIM), ModelOptions(hidden=(256, 128)), train)
     model, data = build_model(data, config)
     trainer = Trainer(model, data, config.train)
-    table = data.split("train")
-    batches = trainer.batches(table, 0)
+    batches = trainer.objective.batches(0)
     start = None
     for step in range(steps + 2):
         if step == 2:
@@ -107,6 +109,7 @@ def main() -> None:
         "plain_embeddingbag_dense": time_plain(data, sparse=False, steps=args.steps),
         "plain_embeddingbag_sparse": time_plain(data, sparse=True, steps=args.steps),
         "embslim_deepfm_full": time_embslim(data, args.steps),
+        **{f"embslim_deepfm_full_{kind}": time_embslim(data, args.steps, kind) for kind in TABLE_OPTIMIZERS if kind != "adam"},
     }
     base = results["plain_embeddingbag_dense"]
     for name, sps in results.items():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from embslim.budget import parse_budget
 from embslim.cli_types import (blocks_spec, budget_fractions, budget_text, dnis_options, dropout_rate, field_dims, int_list,
-                               learning_rate, non_negative_float, non_negative_int, positive_int, seed_int)
+                               learning_rate, non_negative_float, non_negative_int, positive_float, positive_int, seed_int)
 from embslim.data import DATASETS, PrepareConfig, load_dataset
 from embslim.data.fetch import Archive, fetch_archive
 from embslim.data.registry import data_dirs, get_source
@@ -19,11 +19,11 @@ from embslim.embeddings.full import full_bytes
 from embslim.errors import ConfigError, EmbslimError
 from embslim.extras import require
 from embslim.models import ModelOptions, list_models, model_class
-from embslim.train.recipes import recipe
+from embslim.train.recipes import model_options, recipe
 from embslim.train.trainer import TrainConfig
 
 TRAIN_KEYS = {"epochs", "lr", "batch_size", "patience", "negatives", "embedding_l2", "weight_decay", "optimizer", "eval_protocol",
-              "table_optimizer", "table_lr"}
+              "table_optimizer", "table_lr", "seq_loss", "softmax_negatives", "temperature"}
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -49,7 +49,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--embedding-opt", action="append", metavar="KEY=VALUE",
                    help="a setting of the embedding method, repeatable or comma-separated, e.g. shared=true (see `embslim list`)")
     g.add_argument("--hidden", type=int_list, help="MLP widths, e.g. 256,128")
-    g.add_argument("--dropout", type=dropout_rate, help="dropout rate of the MLP, in [0, 1)")
+    g.add_argument("--dropout", type=dropout_rate, help="dropout rate of the MLP (sequence models: of every block), in [0, 1)")
+    g.add_argument("--maxlen", type=positive_int, help="sequence models: the last items of a history they read (default per recipe)")
     t = p.add_argument_group("training (defaults per model and task: embslim/train/recipes.py)")
     t.add_argument("--epochs", type=positive_int)
     t.add_argument("--lr", type=learning_rate)
@@ -65,6 +66,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--eval-protocol", choices=["full", "sampled100", "both"],
                    help="topk: rank against every item (full, default), against 100 sampled unseen items as in the SASRec "
                         "paper (sampled100, metrics named s100_*), or both")
+    t.add_argument("--seq-loss", choices=["bce", "softmax"],
+                   help="sequence models: bce (one sampled negative per position, as in the SASRec paper; default) or softmax "
+                        "(sampled softmax over --softmax-negatives shared negatives, cosine / --temperature)")
+    t.add_argument("--softmax-negatives", type=positive_int, help="negatives of --seq-loss softmax (default 128)")
+    t.add_argument("--temperature", type=positive_float, help="temperature of --seq-loss softmax (default 0.05)")
     t.add_argument("--seed", type=seed_int, default=0)
     o = p.add_argument_group("output")
     o.add_argument("--out", type=Path, help="run folder (default runs/train-DATASET-TASK-MODEL-seedN)")
@@ -116,7 +122,9 @@ def configs_from_args(args: argparse.Namespace, data) -> tuple:
     options = split_key_values(args.embedding_opt, "--embedding-opt")
     method_info(args.embedding).parse(options)
     emb = EmbeddingConfig(args.embedding, args.dim, args.dims, budget, defaults.get("init_std", 0.01), options)
-    opts = {}
+    opts = model_options(defaults)
+    if getattr(args, "maxlen", None) is not None:
+        opts["maxlen"] = args.maxlen
     if args.hidden:
         opts["hidden"] = args.hidden
     if args.dropout is not None:

@@ -67,6 +67,14 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    """A finite number > 0 (temperatures)."""
+    value = _float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
 def dropout_rate(text: str) -> float:
     """A fraction in [0, 1): dropping every unit would zero the layer."""
     value = _float(text)

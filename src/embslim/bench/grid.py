@@ -23,7 +23,8 @@ from embslim.embeddings.full import full_bytes
 from embslim.errors import BudgetError, ConfigError
 from embslim.models import model_class
 from embslim.search.dnis import DNISConfig
-from embslim.train.recipes import recipe
+from embslim.models import ModelOptions
+from embslim.train.recipes import model_options, recipe, train_options
 from embslim.train.run import RunConfig, fit, write_results
 from embslim.train.slice import sliceable_methods
 from embslim.train.trainer import TrainConfig
@@ -108,12 +109,13 @@ def run_cell(spec: BenchSpec, cell: Cell, out: Path) -> dict:
         torch.set_num_threads(int(os.environ["EMBSLIM_BENCH_THREADS"]))
     data = load(spec)
     rec = recipe(spec.model, data.task)
-    train = TrainConfig(**{k: v for k, v in rec.items() if k != "init_std"}, seed=cell.seed, progress=False)
+    train = TrainConfig(**train_options(rec), seed=cell.seed, progress=False)
     if spec.epochs:
         train = replace(train, epochs=spec.epochs)
     fields = data.select_fields(model_class(spec.model).select_fields(data.table.fields, data.user_field, data.item_field)).table.fields
     budget = int(cell.budget * full_bytes(fields, [spec.dim] * len(fields)))
-    base = RunConfig(spec.model, EmbeddingConfig(REFERENCE, spec.dim, init_std=rec.get("init_std", 0.01)), train=train)
+    base = RunConfig(spec.model, EmbeddingConfig(REFERENCE, spec.dim, init_std=rec.get("init_std", 0.01)),
+                     ModelOptions.from_dict(model_options(rec)), train=train)
     reset_peak_rss()
     t0 = time.perf_counter()
     try:

@@ -16,7 +16,7 @@ import numpy as np
 
 from embslim.data.fields import FeatureTable, FieldSpec, PreparedData
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: top-k entries store each row's time rank (`order`)
 
 
 def default_cache_dir() -> Path:
@@ -65,6 +65,8 @@ def save_prepared(data: PreparedData, path: Path) -> None:
     arrays.update({f"bag:{k}": v for k, v in data.table.bags.items()})
     arrays.update({f"split:{k}": v for k, v in data.splits.items()})
     arrays.update({f"counts:{f.name}": f.counts for f in data.table.fields})
+    if data.order is not None:
+        arrays["order"] = data.order
     meta = {
         "name": data.name, "task": data.task, "user_field": data.user_field, "item_field": data.item_field,
         "info": data.info,
@@ -87,7 +89,8 @@ def load_prepared(path: Path) -> PreparedData:
         bags = {k[4:]: z[k] for k in z.files if k.startswith("bag:")}
         splits = {k[6:]: z[k] for k in z.files if k.startswith("split:")}
         table = FeatureTable(fields, z["ids"], bags, z["label"])
-    data = PreparedData(meta["name"], meta["task"], table, splits, meta["user_field"], meta["item_field"], info=meta["info"])
+        order = z["order"] if "order" in z.files else None
+    data = PreparedData(meta["name"], meta["task"], table, splits, meta["user_field"], meta["item_field"], info=meta["info"], order=order)
     if data.task == "topk":
         data.items = item_table(table, data.item_field)
     return data

@@ -87,6 +87,7 @@ def prepare(raw: RawColumns, config: PrepareConfig) -> PreparedData:
     data = PreparedData(raw.name, config.task, table, splits, raw.user_field, raw.item_field, info=dict(raw.info))
     if config.task == "topk":
         data.items = item_table(table, raw.item_field)
+        data.order = time_order(raw.timestamp)
     data.info["fields"] = stats
     data.info["min_count"] = config.min_count
     data.info["rows"] = {k: int(len(v)) for k, v in splits.items()}
@@ -106,6 +107,13 @@ def _label(target: np.ndarray, config: PrepareConfig) -> np.ndarray:
     if config.task == "rating":
         return target.astype(np.float32)
     return np.ones(len(target), dtype=np.float32)
+
+
+def time_order(timestamps: np.ndarray) -> np.ndarray:
+    """Each row's rank in time: by timestamp, ties in file order (as `leave_last_out` orders them)."""
+    order = np.empty(len(timestamps), dtype=np.int64)
+    order[np.lexsort((np.arange(len(timestamps)), timestamps))] = np.arange(len(timestamps))
+    return order
 
 
 def item_table(table: FeatureTable, item_field: str | None) -> FeatureTable:

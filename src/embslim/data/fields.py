@@ -86,6 +86,9 @@ class PreparedData:
 
     For top-k tasks `user_field`/`item_field` name the key fields and `items` holds one
     row per item id (its item-side features) so every item can be scored for a user.
+    `order[row]` is the row's rank in time (timestamp, then file order), so sequence models can
+    rebuild each user's history; `user_ids` keeps the per-row user id when `select_fields`
+    drops the user field (a sequence model embeds items only but still ranks per user).
     """
 
     name: str
@@ -96,11 +99,31 @@ class PreparedData:
     item_field: str | None = None
     items: FeatureTable | None = None
     info: dict = field(default_factory=dict)
+    order: np.ndarray | None = None
+    user_ids: np.ndarray | None = None
 
     def select_fields(self, names: list[str]) -> "PreparedData":
-        """The same data restricted to the named fields (user/item keys must be kept for top-k)."""
+        """The same data restricted to the named fields (the item key must be kept for top-k; the user
+        key's column survives in `user_ids` when it is dropped)."""
         items = self.items.select([n for n in names if n in {f.name for f in self.items.fields}]) if self.items is not None else None
-        return PreparedData(self.name, self.task, self.table.select(names), self.splits, self.user_field, self.item_field, items, self.info)
+        dropped = self.user_field not in names and self.user_field in {f.name for f in self.table.fields}
+        users = self.row_users() if dropped else self.user_ids
+        return PreparedData(self.name, self.task, self.table.select(names), self.splits, self.user_field, self.item_field, items, self.info,
+                            self.order, users)
+
+    def row_users(self) -> np.ndarray:
+        """The user id of every row, whether or not the user field is among the table's fields."""
+        if self.user_ids is not None:
+            return self.user_ids
+        if self.user_field is None:
+            raise KeyError(f"dataset {self.name!r} has no user field")
+        return self.table.ids[:, self.table.single_index(self.user_field)]
+
+    def row_items(self) -> np.ndarray:
+        """The item id of every row."""
+        if self.item_field is None:
+            raise KeyError(f"dataset {self.name!r} has no item field")
+        return self.table.ids[:, self.table.single_index(self.item_field)]
 
     def split(self, name: str) -> FeatureTable:
         return self.table.take(self.splits[name])

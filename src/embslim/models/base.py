@@ -21,6 +21,8 @@ class ModelOptions:
     cross_layers: int = 3
     attention_layers: int = 3
     heads: int = 2
+    maxlen: int = 50  # sequence models: items of history read (the last ones)
+    blocks: int = 2  # sequence models: attention blocks (SASRec, HSTU)
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelOptions":

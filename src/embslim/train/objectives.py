@@ -180,9 +180,8 @@ class PointwiseObjective(Objective):
 
 def seen_matrix(data: PreparedData, splits: tuple[str, ...]) -> sp.csr_matrix:
     """Users x items matrix of interactions in the given splits."""
-    ucol = data.table.single_index(data.user_field)
-    icol = data.table.single_index(data.item_field)
+    all_users = data.row_users()
     rows = np.concatenate([data.splits[s] for s in splits])
-    users, items = data.table.ids[rows, ucol], data.table.ids[rows, icol]
-    shape = (int(data.table.ids[:, ucol].max()) + 1, len(data.items.label))
+    users, items = all_users[rows], data.row_items()[rows]
+    shape = (int(all_users.max()) + 1, len(data.items.label))
     return sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (users, items)), shape=shape)

@@ -51,6 +51,9 @@ class TrainConfig:
     eval_protocol: str = "full"  # top-k: full ranking, sampled100 (the SASRec paper's 100 negatives) or both
     table_optimizer: str = "adam"  # tables with sparse gradients: adam (SparseAdam), rowwise-adagrad, adagrad or sgd
     table_lr: float | None = None  # their learning rate (default: lr)
+    seq_loss: str = "bce"  # sequence models: "bce" (one sampled negative per position) or "softmax" (sampled softmax)
+    softmax_negatives: int = 128  # sequence models, seq_loss "softmax": uniform negatives shared by a batch
+    temperature: float = 0.05  # sequence models, seq_loss "softmax": divides the cosine similarities
 
 
 class Callback(Protocol):
@@ -210,9 +213,8 @@ class Trainer:
     def evaluate_ranking(self, split: str) -> dict[str, float]:
         """Each held-out user's item ranked against the catalogue, items known before `split` excluded."""
         self.model.eval()
-        held_out = self.data.split(split)
-        users = held_out.ids[:, held_out.single_index(self.data.user_field)]
-        targets = held_out.ids[:, held_out.single_index(self.data.item_field)]
+        rows = self.data.splits[split]
+        users, targets = self.data.row_users()[rows], self.data.row_items()[rows]
         excluded = seen_matrix(self.data, ("train",) if split == "val" else ("train", "val"))
         n_items = len(self.data.items.label)
 

@@ -1,0 +1,116 @@
+"""Next-item training and ranking for sequence backbones (SASRec, HSTU).
+
+Each training example is one user's training history: position t of the input (items 0..t)
+predicts item t + 1, every position at once, over the last `maxlen` items. The loss is chosen
+by `TrainConfig.seq_loss`:
+- "bce": the SASRec paper's, a logistic loss on the next item against one negative per position,
+  drawn uniformly from the items the user has not interacted with in training;
+- "softmax": sampled softmax as in the generative-recommenders reference, the next item against
+  `softmax_negatives` uniform items shared by the batch, cosine similarities over `temperature`
+  (accidental hits of the target are masked). Ranking then uses the same cosine similarity.
+A validation query reads the training history, a test query the training and validation history,
+so neither ever sees its own held-out item.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from embslim.data.fields import PreparedData
+from embslim.data.histories import Histories, histories
+from embslim.errors import ConfigError
+from embslim.models.base import Recommender
+from embslim.train.objectives import Objective, l2_of_rows, register_objective
+
+SEQ_LOSSES = ("bce", "softmax")
+RESAMPLE_ROUNDS = 20
+
+
+@dataclass
+class SequenceBatch:
+    """Inputs [B, L] and next-item targets [B, L] (-1 where there is none), with the loss's negatives."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    negatives: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+@register_objective("sequence")
+class SequenceObjective(Objective):
+    def __init__(self, model: Recommender, data: PreparedData, config: Any) -> None:
+        super().__init__(model, data, config)
+        if config.seq_loss not in SEQ_LOSSES:
+            raise ConfigError(f"seq_loss must be one of {list(SEQ_LOSSES)}, got {config.seq_loss!r}")
+        if config.seq_loss == "softmax" and (config.softmax_negatives < 1 or config.temperature <= 0):
+            raise ConfigError(f"sampled softmax needs softmax_negatives >= 1 and temperature > 0, got {config.softmax_negatives} and {config.temperature}")
+        self.maxlen = model.maxlen
+        self.n_items = len(data.items.label)
+        self.history: dict[str, Histories] = {"val": histories(data, ("train",)), "test": histories(data, ("train", "val"))}
+        train = self.history["val"]
+        self.users = np.flatnonzero(train.lengths() >= 2)
+        if len(self.users) == 0:
+            raise ConfigError(f"dataset {data.name!r}: no user has two training items, so there is no next item to learn")
+        self.seen = np.unique(np.repeat(np.arange(len(train)), train.lengths()) * self.n_items + train.items)
+
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.users) // self.config.batch_size)
+
+    def batches(self, epoch: int) -> Iterator[SequenceBatch]:
+        rng = np.random.default_rng([self.config.seed, epoch, 3])
+        order = rng.permutation(self.users)
+        train = self.history["val"]
+        for start in range(0, len(order), self.config.batch_size):
+            users = order[start:start + self.config.batch_size]
+            inputs = train.last(users, self.maxlen, drop_last=1)
+            targets = np.where(inputs >= 0, train.last(users, self.maxlen), -1)
+            if self.config.seq_loss == "bce":
+                negatives = self.unseen_items(np.repeat(users, self.maxlen).reshape(targets.shape), rng)
+            else:
+                negatives = rng.integers(1, self.n_items, size=self.config.softmax_negatives)
+            yield SequenceBatch(*(torch.as_tensor(a, dtype=torch.long) for a in (inputs, targets, negatives)))
+
+    def unseen_items(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One item per entry, uniform over items 1.. that the entry's user has no training interaction with."""
+        items = rng.integers(1, self.n_items, size=users.shape)
+        for _ in range(RESAMPLE_ROUNDS):
+            keys = users * self.n_items + items
+            clash = self.seen[np.minimum(np.searchsorted(self.seen, keys), len(self.seen) - 1)] == keys
+            if not clash.any():
+                break
+            items[clash] = rng.integers(1, self.n_items, size=int(clash.sum()))
+        return items
+
+    def loss(self, batch: SequenceBatch) -> torch.Tensor:
+        states, used = self.model.encode(batch.inputs)
+        where = batch.targets >= 0
+        h = states[where]
+        positives = self.model.embedding.lookup(0, batch.targets[where])
+        if self.config.seq_loss == "bce":
+            negatives = self.model.embedding.lookup(0, batch.negatives[where])
+            pos, neg = (h * positives).sum(-1), (h * negatives).sum(-1)
+            loss = F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos)) + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg))
+        else:
+            negatives = self.model.embedding.lookup(0, batch.negatives)
+            h, pn, nn_ = F.normalize(h, dim=-1), F.normalize(positives, dim=-1), F.normalize(negatives, dim=-1)
+            neg = (h @ nn_.T).masked_fill(batch.negatives.unsqueeze(0) == batch.targets[where].unsqueeze(1), -torch.inf)
+            logits = torch.cat([(h * pn).sum(-1, keepdim=True), neg], dim=1) / self.config.temperature
+            loss = F.cross_entropy(logits, torch.zeros(len(h), dtype=torch.long))
+        if self.config.embedding_l2:
+            loss = loss + self.config.embedding_l2 * l2_of_rows(used + [positives, negatives])
+        return loss
+
+    @torch.no_grad()
+    def rank_scores(self, users: np.ndarray, split: str) -> torch.Tensor:
+        inputs = torch.as_tensor(self.history[split].last(np.asarray(users), self.maxlen), dtype=torch.long)
+        query = self.model.encode(inputs)[0][:, -1]
+        items = self.model.item_vectors()
+        if self.config.seq_loss == "softmax":
+            query, items = F.normalize(query, dim=-1), F.normalize(items, dim=-1)
+        return query @ items.T

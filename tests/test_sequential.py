@@ -1,0 +1,223 @@
+"""Sequential top-k: time-ordered histories without leakage, and the SASRec / HSTU backbones."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from embslim.cli import main
+from embslim.data import load_dataset
+from embslim.data.histories import Histories, histories
+from embslim.embeddings import EmbeddingConfig, create_embedding, list_embeddings
+from embslim.embeddings.full import full_bytes
+from embslim.errors import ConfigError
+from embslim.models import ModelOptions, create_model
+from embslim.train.objective_sequence import SequenceObjective
+from embslim.train.objectives import seen_matrix
+from embslim.train.ranking import full_ranks
+from embslim.train.run import RunConfig, build_model, run, train_model
+from embslim.train.trainer import TrainConfig, Trainer
+from conftest import Interrupt
+
+
+def write_sequences(folder: Path, users: int = 30, items: int = 120, length: tuple[int, int] = (4, 14), seed: int = 0) -> Path:
+    """A file in the SASRec format (`user item` per line, line order is time), users' lines interleaved."""
+    rng = np.random.default_rng(seed)
+    events = []
+    for u in range(1, users + 1):
+        n = int(rng.integers(*length))
+        chosen = rng.choice(np.arange(1, items + 1), n, replace=False)
+        times = np.sort(rng.random(n))
+        events += [(t, u, int(i)) for t, i in zip(times, chosen)]
+    events.sort()
+    path = folder / "Tiny.txt"
+    path.write_text("".join(f"{u} {i}\n" for _, u, i in events))
+    return path
+
+
+def test_histories_follow_file_order_and_hold_out_the_last_two_items(tmp_path):
+    path = write_sequences(tmp_path)
+    data = load_dataset("amazon-video-games", "topk", path)
+    lines = [line.split() for line in path.read_text().splitlines()]
+    raw_item = dict(zip(data.row_items().tolist(), (item for _, item in lines)))
+    user_id = dict(zip((user for user, _ in lines), data.row_users().tolist()))
+    train, both = histories(data, ("train",)), histories(data, ("train", "val"))
+    for user, uid in user_id.items():
+        sequence = [item for u, item in lines if u == user]
+        assert [raw_item[i] for i in train.of(uid).tolist()] == sequence[:-2]
+        assert [raw_item[i] for i in both.of(uid).tolist()] == sequence[:-1]
+
+
+def test_query_inputs_never_contain_their_held_out_item(tmp_path):
+    data = load_dataset("amazon-video-games", "topk", write_sequences(tmp_path))
+    data = data.select_fields([data.item_field])
+    for split, before in (("val", ("train",)), ("test", ("train", "val"))):
+        rows = data.splits[split]
+        inputs = histories(data, before).last(data.row_users()[rows], 50)
+        assert not (inputs == data.row_items()[rows][:, None]).any()
+    test_rows = data.splits["test"]
+    val_inputs = histories(data, ("train",)).last(data.row_users()[test_rows], 50)
+    assert not (val_inputs == data.row_items()[test_rows][:, None]).any()
+
+
+def test_last_keeps_the_latest_items_left_padded():
+    h = Histories(np.array([0, 0, 2, 7]), np.array([5, 6, 1, 2, 3, 4, 9]))
+    assert h.last(np.array([0, 1, 2]), 4).tolist() == [[-1, -1, -1, -1], [-1, -1, 5, 6], [2, 3, 4, 9]]
+    assert h.last(np.array([2]), 3, drop_last=1).tolist() == [[2, 3, 4]]
+
+
+def test_movielens_histories_follow_timestamps(tmp_path):
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,10,4,300\n1,11,4,100\n1,12,4,200\n1,13,4,50\n1,14,4,400\n")
+    data = load_dataset("movielens-latest-small", "topk", tmp_path)
+    item_ids = data.row_items()
+    by_raw = {raw: item_ids[row] for row, raw in enumerate([10, 11, 12, 13, 14])}
+    assert histories(data, ("train",)).of(data.row_users()[0]).tolist() == [by_raw[13], by_raw[11], by_raw[12]]
+
+
+def test_time_order_survives_the_cache(tmp_path):
+    path = write_sequences(tmp_path)
+    first = load_dataset("amazon-video-games", "topk", path)
+    second = load_dataset("amazon-video-games", "topk", path)
+    assert second.order is not None and np.array_equal(first.order, second.order)
+
+
+# -- backbones ---------------------------------------------------------------------------------------------------------
+SEQ_MODELS = ("sasrec", "hstu")
+QUICK = TrainConfig(epochs=1, batch_size=8, progress=False, seed=3)
+
+
+def tiny_run(tmp_path: Path, model: str, embedding: EmbeddingConfig = EmbeddingConfig(dim=8), train: TrainConfig = QUICK,
+             options: ModelOptions = ModelOptions(maxlen=10, heads=1, dropout=0.2)) -> RunConfig:
+    return RunConfig(model, embedding, options, train)
+
+
+@pytest.fixture
+def tiny_sequences(tmp_path):
+    return load_dataset("amazon-video-games", "topk", write_sequences(tmp_path, users=40, items=400, length=(6, 16)))
+
+
+def test_sequence_models_embed_items_only(tiny_sequences, tmp_path):
+    for name in SEQ_MODELS:
+        model, data = build_model(tiny_sequences, tiny_run(tmp_path, name))
+        assert [f.name for f in model.embedding.fields] == [tiny_sequences.item_field]
+        assert np.array_equal(data.row_users(), tiny_sequences.row_users())
+
+
+@pytest.mark.parametrize("name", SEQ_MODELS)
+def test_a_later_item_never_changes_an_earlier_output(name, tiny_sequences, tmp_path):
+    model, _ = build_model(tiny_sequences, tiny_run(tmp_path, name, options=ModelOptions(maxlen=8, heads=2, dropout=0.2)))
+    model.eval()
+    items = torch.tensor([[-1, -1, 3, 7, 9, 4, 12, 5]])
+    changed = items.clone()
+    changed[0, 5] = 40
+    with torch.no_grad():
+        a, b = model.encode(items)[0], model.encode(changed)[0]
+    assert torch.equal(a[:, :5], b[:, :5])
+    assert not torch.allclose(a[:, 5:], b[:, 5:])
+
+
+@pytest.mark.parametrize("name", SEQ_MODELS)
+@pytest.mark.parametrize("loss", ["bce", "softmax"])
+def test_rank_scores_rank_items_as_scoring_each_item_does(name, loss, tiny_sequences, tmp_path):
+    train = TrainConfig(epochs=1, batch_size=8, progress=False, seq_loss=loss, softmax_negatives=16)
+    model, data = build_model(tiny_sequences, tiny_run(tmp_path, name, train=train))
+    Trainer(model, data, train).train_epoch(0)
+    model.eval()
+    objective = SequenceObjective(model, data, train)
+    rows = data.splits["test"]
+    users, targets = data.row_users()[rows], data.row_items()[rows]
+    fast = objective.rank_scores(users, "test")
+    inputs = torch.as_tensor(histories(data, ("train", "val")).last(users, model.maxlen))
+    with torch.no_grad():
+        query = model.encode(inputs)[0][:, -1]
+        slow = torch.stack([torch.nn.functional.cosine_similarity(query, model.embedding.lookup(0, torch.tensor([i])), dim=1)
+                            if loss == "softmax" else (query * model.embedding.lookup(0, torch.tensor([i]))).sum(1)
+                            for i in range(objective.n_items)], dim=1)
+    known = seen_matrix(data, ("train", "val"))[users]
+    assert torch.allclose(fast, slow, atol=1e-5)
+    assert np.array_equal(full_ranks(fast, targets, known), full_ranks(slow, targets, known))
+
+
+def test_bce_negatives_are_items_the_user_has_not_trained_on(tiny_sequences, tmp_path):
+    model, data = build_model(tiny_sequences, tiny_run(tmp_path, "sasrec"))
+    objective = SequenceObjective(model, data, QUICK)
+    users = np.repeat(objective.users, 50)
+    negatives = objective.unseen_items(users, np.random.default_rng(0))
+    train = histories(data, ("train",))
+    assert (negatives >= 1).all() and (negatives < objective.n_items).all()
+    assert not any(n in set(train.of(u).tolist()) for u, n in zip(users.tolist(), negatives.tolist()))
+
+
+def test_training_lowers_the_loss_and_is_deterministic(tiny_sequences, tmp_path):
+    config = tiny_run(tmp_path, "sasrec", train=TrainConfig(epochs=4, batch_size=8, progress=False, patience=10, seed=1))
+    a, b = run(tiny_sequences, config), run(tiny_sequences, config)
+    assert a["metrics"] == b["metrics"]
+    losses = [h["train_loss"] for h in a["history"]]
+    assert losses[-1] < losses[0]
+
+
+def test_unknown_sequence_loss_is_a_config_error(tiny_sequences, tmp_path):
+    train = TrainConfig(epochs=1, progress=False, seq_loss="hinge")
+    model, data = build_model(tiny_sequences, tiny_run(tmp_path, "sasrec", train=train))
+    with pytest.raises(ConfigError, match="seq_loss"):
+        Trainer(model, data, train)
+
+
+def test_sequence_models_are_top_k_only(tiny_sequences):
+    with pytest.raises(ConfigError, match="topk"):
+        create_model("sasrec", create_embedding(tiny_sequences.table.fields[1:], EmbeddingConfig(dim=4)), task="ctr")
+
+
+def method_config(method: str, data) -> EmbeddingConfig:
+    """A config each registered method can be built from for the item table at width 8."""
+    fields = data.select_fields([data.item_field]).table.fields
+    if method == "dnis":
+        return EmbeddingConfig("dnis", dim=8, options={"blocks": 2})
+    if method == "blockwise":
+        rows = fields[0].cardinality
+        layout = {"width": 8, "fields": {fields[0].name: {"blocks": [{"rows": [0, 20], "dims": list(range(8))},
+                                                                        {"rows": [20, rows], "dims": [0, 1, 2]}]}}}
+        return EmbeddingConfig("blockwise", dim=8, options={"layout": layout})
+    return EmbeddingConfig(method, dim=8, budget_bytes=full_bytes(fields, [8]) // 2)
+
+
+@pytest.mark.parametrize("method", list_embeddings())
+def test_every_embedding_method_trains_under_sasrec(method, tiny_sequences, tmp_path):
+    embedding = method_config(method, tiny_sequences)
+    r = run(tiny_sequences, tiny_run(tmp_path, "sasrec", embedding, TrainConfig(epochs=1, batch_size=16, progress=False, eval_protocol="both")))
+    assert all(np.isfinite(v) for v in r["metrics"]["test"].values())
+    assert {"hr@10", "ndcg@10", "s100_hr@10"} <= set(r["metrics"]["test"])
+    if embedding.budget_bytes is not None:
+        assert r["embedding"]["bytes"] <= embedding.budget_bytes
+
+
+@pytest.mark.parametrize("method", ["full", "mde", "qr", "int8"])
+def test_embedding_methods_train_under_hstu(method, tiny_sequences, tmp_path):
+    embedding = method_config(method, tiny_sequences)
+    r = run(tiny_sequences, tiny_run(tmp_path, "hstu", embedding))
+    assert all(np.isfinite(v) for v in r["metrics"]["test"].values())
+    assert r["embedding"]["bytes"] <= embedding.budget_bytes
+
+
+@pytest.mark.parametrize("name", SEQ_MODELS)
+def test_resume_after_interruption_ends_like_an_uninterrupted_run(name, tiny_sequences, tmp_path):
+    config = tiny_run(tmp_path, name, train=TrainConfig(epochs=3, batch_size=8, patience=5, progress=False, seed=5))
+    straight = run(tiny_sequences, config, tmp_path / "straight")
+    model, data = build_model(tiny_sequences, config)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(model, data, config, tmp_path / "resumed", callbacks=[Interrupt(at_step=6)])
+    model, data = build_model(tiny_sequences, config)
+    resumed = train_model(model, data, config, tmp_path / "resumed", resume=True)
+    assert resumed["metrics"] == straight["metrics"]
+
+
+def test_cli_trains_sasrec_and_reports_both_protocols(tmp_path):
+    path = write_sequences(tmp_path, users=30, items=150)
+    argv = ["train", "--dataset", "amazon-video-games", "--data-path", str(path), "--task", "topk", "--model", "sasrec", "--dim", "8",
+            "--epochs", "1", "--maxlen", "12", "--seq-loss", "softmax", "--eval-protocol", "both", "--quiet", "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert {"hr@10", "ndcg@10", "s100_hr@10", "s100_ndcg@10"} <= set(results["metrics"]["test"])
+    assert results["config"]["model_options"]["maxlen"] == 12 and results["config"]["train"]["seq_loss"] == "softmax"
+    assert results["config"]["model_options"]["heads"] == 1  # from the recipe row
