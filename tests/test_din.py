@@ -2,6 +2,7 @@
 the item table, padding-proof attention, and every embedding method behind DIN."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -181,3 +182,24 @@ def test_every_embedding_method_trains_under_din_with_the_history(with_history, 
     assert model.sequences == {HISTORY: [f.name for f in model.embedding.fields].index("item_id")}
     if budget is not None:
         assert results["embedding"]["bytes"] <= budget
+
+
+def test_cli_trains_din_with_the_history_flag_and_records_it(release, tmp_path):
+    from embslim.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "movielens-100k", "--data-path", str(release[0]), "--model", "din", "--history", "4",
+            "--dim", "4", "--epochs", "1", "--hidden", "8", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["data"]["history"]["max_length"] == 4
+    assert HISTORY not in results["embedding"]["dims"]
+    assert json.loads((out / "data_args.json").read_text())["history"] == 4
+
+
+def test_cli_refuses_history_for_a_model_that_ignores_it_in_one_line(release, capsys):
+    from embslim.cli import main
+
+    code = main(["train", "--dataset", "movielens-100k", "--data-path", str(release[0]), "--model", "mf", "--history", "4", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "does not read a behaviour history" in err
