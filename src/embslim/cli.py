@@ -36,6 +36,9 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-bad-rows", type=non_negative_float, default=0, help="malformed rows tolerated: a count, or a fraction if < 1 (default 0)")
     g.add_argument("--split-seed", type=seed_int, default=0, help="seed of the random train/val/test split (default 0)")
     g.add_argument("--synthetic-rows", type=positive_int, help="rows of a generated dataset (synthetic: 200000, synthetic-criteo: 2000000)")
+    g.add_argument("--history", type=non_negative_int, default=0,
+                   help="ctr/rating: give each row its user's last N earlier items, read through the item table (din attends over "
+                        "them, other backbones mean-pool them); default 0, off")
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -81,7 +84,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 def load_from_args(args: argparse.Namespace):
     source = get_source(args.dataset)
     config = PrepareConfig(task=args.task or source.default_task, min_count=args.min_count if args.min_count is not None else source.min_count,
-                           split_seed=args.split_seed)
+                           split_seed=args.split_seed, history=args.history or 0)
     synthetic = synthetic_config(args.dataset, args.synthetic_rows) if args.synthetic_rows and args.dataset in SYNTHETIC_SHAPES else None
     return load_dataset(args.dataset, config.task, args.data_path, config, args.max_bad_rows, args.schema, synthetic)
 
@@ -133,7 +136,7 @@ def configs_from_args(args: argparse.Namespace, data) -> tuple:
 
 
 DATA_FLAGS = {"dataset": "synthetic", "task": None, "data_path": None, "schema": None, "min_count": None, "max_bad_rows": 0,
-              "split_seed": 0, "synthetic_rows": None}  # the data flags and their defaults
+              "split_seed": 0, "synthetic_rows": None, "history": 0}  # the data flags and their defaults
 
 
 def write_data_args(args: argparse.Namespace, task: str, out: Path) -> None:
@@ -275,6 +278,10 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     print(f"fields (min count {info.get('min_count')}):  distinct values in train -> table rows incl. OOV (OOV share of train)")
     for name, s in info["fields"].items():
         print(f"  {name:<14} {s['distinct_in_train']:>9,} -> {s['cardinality']:>9,}  ({s['oov_share_of_train']:.1%})")
+    if "history" in info:
+        h = info["history"]
+        print(f"history: last {h['max_length']} earlier items per row, read through {h['reads_table_of']}'s table "
+              f"(mean length {h['mean_length']:.1f}, empty {h['empty_share']:.1%})")
     return 0
 
 

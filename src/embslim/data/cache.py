@@ -63,13 +63,14 @@ def save_prepared(data: PreparedData, path: Path) -> None:
     """Write `data` as one .npz (arrays) with its metadata inside, atomically."""
     arrays = {"ids": data.table.ids, "label": data.table.label}
     arrays.update({f"bag:{k}": v for k, v in data.table.bags.items()})
+    arrays.update({f"seq:{k}": v for k, v in data.table.sequences.items()})
     arrays.update({f"split:{k}": v for k, v in data.splits.items()})
     arrays.update({f"counts:{f.name}": f.counts for f in data.table.fields})
     if data.order is not None:
         arrays["order"] = data.order
     meta = {
         "name": data.name, "task": data.task, "user_field": data.user_field, "item_field": data.item_field,
-        "info": data.info,
+        "info": data.info, "sequence_fields": data.table.sequence_fields,
         "fields": [{"name": f.name, "cardinality": f.cardinality, "multivalued": f.multivalued, "pooling": f.pooling, "side": f.side} for f in data.table.fields],
     }
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
@@ -88,7 +89,8 @@ def load_prepared(path: Path) -> PreparedData:
         fields = [FieldSpec(counts=z[f"counts:{m['name']}"], **m) for m in meta["fields"]]
         bags = {k[4:]: z[k] for k in z.files if k.startswith("bag:")}
         splits = {k[6:]: z[k] for k in z.files if k.startswith("split:")}
-        table = FeatureTable(fields, z["ids"], bags, z["label"])
+        sequences = {k[4:]: z[k] for k in z.files if k.startswith("seq:")}
+        table = FeatureTable(fields, z["ids"], bags, z["label"], sequences, meta.get("sequence_fields", {}))
         order = z["order"] if "order" in z.files else None
     data = PreparedData(meta["name"], meta["task"], table, splits, meta["user_field"], meta["item_field"], info=meta["info"], order=order)
     if data.task == "topk":

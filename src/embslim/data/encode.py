@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from embslim.data.fields import FeatureTable, FieldSpec, PreparedData, Side
+from embslim.data.history import HISTORY, behaviour_history
 from embslim.data.splits import leave_last_out, random_split
 from embslim.data.vocab import fit_vocab, pad_bags
 from embslim.errors import ConfigError
@@ -47,12 +48,15 @@ class PrepareConfig:
     split_seed: int = 0
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     click_threshold: float = 4.0
+    history: int = 0  # > 0: each row gets its user's last `history` earlier items (a sequence read through the item table)
 
 
 def prepare(raw: RawColumns, config: PrepareConfig) -> PreparedData:
     """Split, fit vocabularies on the training split, encode and label by task."""
     if config.task not in raw.tasks:
         raise ConfigError(f"dataset {raw.name!r} supports tasks {list(raw.tasks)}, not {config.task!r}")
+    if config.history:
+        _check_history(raw, config)
     n = len(raw.target)
     if config.task == "topk":
         if raw.timestamp is None or raw.user_field is None:
@@ -85,6 +89,13 @@ def prepare(raw: RawColumns, config: PrepareConfig) -> PreparedData:
     ids = np.stack(id_columns, axis=1) if id_columns else np.zeros((n, 0), dtype=np.int64)
     table = FeatureTable(fields, ids, bags, label)
     data = PreparedData(raw.name, config.task, table, splits, raw.user_field, raw.item_field, info=dict(raw.info))
+    if config.history:
+        items = id_columns[list(raw.columns).index(raw.item_field)]
+        history = behaviour_history(raw.columns[raw.user_field], raw.timestamp, items, config.history)
+        table.sequences[HISTORY], table.sequence_fields[HISTORY] = history, raw.item_field
+        lengths = (history >= 0).sum(axis=1)
+        data.info[HISTORY] = {"reads_table_of": raw.item_field, "max_length": config.history,
+                              "mean_length": float(lengths.mean()), "empty_share": float((lengths == 0).mean())}
     if config.task == "topk":
         data.items = item_table(table, raw.item_field)
         data.order = time_order(raw.timestamp)
@@ -92,6 +103,13 @@ def prepare(raw: RawColumns, config: PrepareConfig) -> PreparedData:
     data.info["min_count"] = config.min_count
     data.info["rows"] = {k: int(len(v)) for k, v in splits.items()}
     return data
+
+
+def _check_history(raw: RawColumns, config: PrepareConfig) -> None:
+    if config.task == "topk":
+        raise ConfigError("--history is for ctr and rating rows; top-k sequence models read each user's history themselves")
+    if raw.timestamp is None or raw.user_field is None or raw.item_field is None:
+        raise ConfigError(f"--history needs users, items and timestamps; dataset {raw.name!r} lacks them")
 
 
 def _vocab_stats(vocab) -> dict:

@@ -43,12 +43,18 @@ class FeatureTable:
 
     ids[:, j] belongs to the j-th single-valued field in `fields` order; bags[name] is
     [rows, max_len] with -1 as padding.
+
+    `sequences[name]` is a [rows, max_len] id matrix (-1 padding, oldest first) that is not a
+    field of its own: its ids index the table of the single-valued field `sequence_fields[name]`
+    (a behaviour history reads the item table), so it adds no table and no bytes.
     """
 
     fields: list[FieldSpec]
     ids: np.ndarray
     bags: dict[str, np.ndarray]
     label: np.ndarray
+    sequences: dict[str, np.ndarray] = field(default_factory=dict)
+    sequence_fields: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.label)
@@ -73,11 +79,13 @@ class FeatureTable:
         chosen = [by_name[n] for n in names]
         cols = [self.single_index(f.name) for f in chosen if not f.multivalued]
         bags = {f.name: self.bags[f.name] for f in chosen if f.multivalued}
-        return FeatureTable(chosen, self.ids[:, cols], bags, self.label)
+        kept = {s: f for s, f in self.sequence_fields.items() if f in names}
+        return FeatureTable(chosen, self.ids[:, cols], bags, self.label, {s: self.sequences[s] for s in kept}, kept)
 
     def take(self, rows: np.ndarray) -> "FeatureTable":
         """The rows at the given indices, sharing field specs."""
-        return FeatureTable(self.fields, self.ids[rows], {k: v[rows] for k, v in self.bags.items()}, self.label[rows])
+        return FeatureTable(self.fields, self.ids[rows], {k: v[rows] for k, v in self.bags.items()}, self.label[rows],
+                            {k: v[rows] for k, v in self.sequences.items()}, self.sequence_fields)
 
 
 @dataclass(eq=False)

@@ -100,7 +100,7 @@ def load_dataset(
     config = replace(config, task=task or config.task or source.default_task)
     if name in SYNTHETIC_SHAPES:
         generated = synthetic or SYNTHETIC_SHAPES[name]
-        parts = {"generator": GENERATOR_VERSION, "synthetic": generated.__dict__, "config": config.__dict__}
+        parts = {"generator": GENERATOR_VERSION, "synthetic": generated.__dict__, "config": _key_config(config)}
         # small generated sets are quicker to make than to load; 1M rows or more are cached like files
         return _cached(f"synthetic-{config.task}", parts, [], use_cache and generated.rows >= 1_000_000,
                        lambda: prepare(generate(generated), config))
@@ -114,8 +114,13 @@ def load_dataset(
         loader = source.loader
         parts = {}
     resolved = resolve_path(source, path)
-    parts = {"dataset": name, "config": config.__dict__, "max_bad_rows": max_bad_rows, **parts}
+    parts = {"dataset": name, "config": _key_config(config), "max_bad_rows": max_bad_rows, **parts}
     return _cached(f"{name}-{config.task}", parts, input_files(resolved), use_cache, lambda: prepare(loader(resolved, max_bad_rows), config))
+
+
+def _key_config(config: PrepareConfig) -> dict:
+    """The config as a cache key; options at their off value are left out, so entries made before they existed stay valid."""
+    return {k: v for k, v in config.__dict__.items() if not (k == "history" and v == 0)}
 
 
 def _cached(prefix: str, parts: dict, files: list[Path], use_cache: bool, build: Callable[[], PreparedData]) -> PreparedData:

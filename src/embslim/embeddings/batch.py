@@ -1,7 +1,7 @@
 """The sparse input every embedding method takes: ids per single-valued field, bags per multi-valued one."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -16,11 +16,13 @@ class SparseBatch:
     ids: [B, F] int64, one column per single-valued field (in field order).
     bags: name -> (values, offsets) for each multi-valued field; offsets has B+1 entries.
     label: [B] float32.
+    sequences: name -> [B, L] ids padded with -1, read through another field's table (a behaviour history).
     """
 
     ids: torch.Tensor
     bags: dict[str, tuple[torch.Tensor, torch.Tensor]]
     label: torch.Tensor
+    sequences: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.ids.shape[0]
@@ -30,11 +32,12 @@ class SparseBatch:
         """Gather `rows` (all when None) of an encoded table into tensors."""
         take = (lambda a: a) if rows is None else (lambda a: a[rows])
         bags = {name: padded_to_bag(torch.from_numpy(take(m))) for name, m in table.bags.items()}
-        return cls(torch.from_numpy(take(table.ids)), bags, torch.from_numpy(take(table.label)))
+        sequences = {name: torch.from_numpy(take(m)) for name, m in table.sequences.items()}
+        return cls(torch.from_numpy(take(table.ids)), bags, torch.from_numpy(take(table.label)), sequences)
 
     def to(self, device: torch.device | str) -> "SparseBatch":
         bags = {k: (v.to(device), o.to(device)) for k, (v, o) in self.bags.items()}
-        return SparseBatch(self.ids.to(device), bags, self.label.to(device))
+        return SparseBatch(self.ids.to(device), bags, self.label.to(device), {k: v.to(device) for k, v in self.sequences.items()})
 
 
 def padded_to_bag(padded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -38,12 +39,38 @@ class Recommender(nn.Module):
 
     The output is a logit for CTR/top-k and a rating for rating prediction; `bias`
     lets the trainer start rating models at the mean rating.
+
+    `sequences` maps each behaviour sequence of the data (e.g. "history") to the field whose
+    table its ids index. A backbone that sets `reads_sequences` gets one more input vector per
+    sequence after the fields' own (`input_dims` gives all widths): by default the mean of the
+    sequence's rows, read through that field's table by `lookup_sequence`, so the table is shared
+    and counted once; `pool_sequence` is where a backbone attends instead (DIN).
     """
 
-    def __init__(self, embedding: FeatureEmbedding) -> None:
+    reads_sequences: ClassVar[bool] = False
+
+    def __init__(self, embedding: FeatureEmbedding, sequences: dict[str, str] | None = None) -> None:
         super().__init__()
         self.embedding = embedding
         self.bias = nn.Parameter(torch.zeros(1))
+        names = [f.name for f in embedding.fields]
+        self.sequences = {name: names.index(field) for name, field in (sequences or {}).items()}
+
+    @property
+    def input_dims(self) -> list[int]:
+        """Width of each input vector `score` sees: the fields', then one per sequence."""
+        dims = self.embedding.dims
+        return dims + [dims[f] for f in self.sequences.values()]
+
+    def pool_sequence(self, name: str, field: int, ids: torch.Tensor, vectors: list[torch.Tensor]) -> torch.Tensor:
+        """One [B, d] vector of a [B, L] id sequence (-1 padding): the mean of its rows, zero when empty."""
+        rows = self.embedding.lookup_sequence(field, ids)
+        return rows.sum(dim=1) / (ids >= 0).sum(dim=1, keepdim=True).clamp(min=1).to(rows.dtype)
+
+    def input_vectors(self, batch: SparseBatch) -> list[torch.Tensor]:
+        """The fields' vectors, then one pooled vector per sequence."""
+        vectors = self.embedding(batch)
+        return vectors + [self.pool_sequence(name, f, batch.sequences[name], vectors) for name, f in self.sequences.items()]
 
     @staticmethod
     def select_fields(fields: list[FieldSpec], user_field: str | None, item_field: str | None) -> list[str]:
@@ -64,11 +91,11 @@ class Recommender(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} is not invariant to a rotation of its embeddings")
 
     def forward(self, batch: SparseBatch) -> torch.Tensor:
-        return self.score(self.embedding(batch)) + self.bias
+        return self.score(self.input_vectors(batch)) + self.bias
 
     def forward_train(self, batch: SparseBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Output and the per-field vectors it came from (for regularising the rows a batch used)."""
-        vectors = self.embedding(batch)
+        vectors = self.input_vectors(batch)
         return self.score(vectors) + self.bias, vectors
 
     def embedding_bytes(self, stage: Stage = "serve") -> int:

@@ -1,7 +1,9 @@
 """Feature-interaction backbones for CTR (and any task): LR, FM, DeepFM, DCNv2, AutoInt.
 
 All take per-field vectors of any widths: pairwise interactions go through a
-`FieldAligner`, concatenation-based parts use the vectors as they are.
+`FieldAligner`, concatenation-based parts use the vectors as they are. A behaviour
+history (`--history`) is one more input, the mean of its items' rows in the item table,
+treated like any multi-valued field.
 """
 from __future__ import annotations
 
@@ -18,25 +20,29 @@ from embslim.models.registry import register_model
 class LR(Recommender):
     """Logistic regression on the embeddings; with dim 1 it is classic per-value LR."""
 
-    def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, **_: object) -> None:
-        super().__init__(embedding)
-        self.linear = nn.Linear(sum(embedding.dims), 1, bias=False)
+    reads_sequences = True
+
+    def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, sequences: dict[str, str] | None = None, **_: object) -> None:
+        super().__init__(embedding, sequences)
+        self.linear = nn.Linear(sum(self.input_dims), 1, bias=False)
 
     def score(self, vectors: list[torch.Tensor]) -> torch.Tensor:
         return self.linear(torch.cat(vectors, dim=1)).squeeze(1)
 
     def absorb_rotation(self, rotation: torch.Tensor) -> None:
-        rotate_concat_reader(self.linear, rotation, len(self.embedding.dims))
+        rotate_concat_reader(self.linear, rotation, len(self.input_dims))
 
 
 @register_model("fm")
 class FM(Recommender):
     """Factorisation machine: first-order linear term plus all pairwise inner products."""
 
-    def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, **_: object) -> None:
-        super().__init__(embedding)
-        self.linear = nn.Linear(sum(embedding.dims), 1, bias=False)
-        self.aligner = FieldAligner(embedding.dims)
+    reads_sequences = True
+
+    def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, sequences: dict[str, str] | None = None, **_: object) -> None:
+        super().__init__(embedding, sequences)
+        self.linear = nn.Linear(sum(self.input_dims), 1, bias=False)
+        self.aligner = FieldAligner(self.input_dims)
 
     def score(self, vectors: list[torch.Tensor]) -> torch.Tensor:
         return self.linear(torch.cat(vectors, dim=1)).squeeze(1) + fm_interaction(self.aligner(vectors))
@@ -44,23 +50,23 @@ class FM(Recommender):
     def absorb_rotation(self, rotation: torch.Tensor) -> None:
         if self.aligner.proj:
             raise NotImplementedError("rotation needs every field at the same width")
-        rotate_concat_reader(self.linear, rotation, len(self.embedding.dims))
+        rotate_concat_reader(self.linear, rotation, len(self.input_dims))
 
 
 @register_model("deepfm")
 class DeepFM(FM):
     """FM plus an MLP over the concatenated embeddings, sharing the embeddings."""
 
-    def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, **kw: object) -> None:
-        super().__init__(embedding, options)
-        self.deep = mlp(sum(embedding.dims), options.hidden, options.dropout)
+    def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, sequences: dict[str, str] | None = None, **kw: object) -> None:
+        super().__init__(embedding, options, sequences)
+        self.deep = mlp(sum(self.input_dims), options.hidden, options.dropout)
 
     def score(self, vectors: list[torch.Tensor]) -> torch.Tensor:
         return super().score(vectors) + self.deep(torch.cat(vectors, dim=1)).squeeze(1)
 
     def absorb_rotation(self, rotation: torch.Tensor) -> None:
         super().absorb_rotation(rotation)
-        rotate_concat_reader(self.deep[0], rotation, len(self.embedding.dims))
+        rotate_concat_reader(self.deep[0], rotation, len(self.input_dims))
 
 
 class CrossLayer(nn.Module):
@@ -78,9 +84,11 @@ class CrossLayer(nn.Module):
 class DCNv2(Recommender):
     """DCN-V2 (Wang et al. 2021), parallel form: full-rank cross network beside an MLP."""
 
-    def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, **_: object) -> None:
-        super().__init__(embedding)
-        width = sum(embedding.dims)
+    reads_sequences = True
+
+    def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, sequences: dict[str, str] | None = None, **_: object) -> None:
+        super().__init__(embedding, sequences)
+        width = sum(self.input_dims)
         self.cross = nn.ModuleList(CrossLayer(width) for _ in range(options.cross_layers))
         self.deep = mlp(width, options.hidden, options.dropout, out_dim=None)
         self.head = nn.Linear(width + (options.hidden[-1] if options.hidden else width), 1)
@@ -97,14 +105,16 @@ class DCNv2(Recommender):
 class AutoInt(Recommender):
     """AutoInt (Song et al. 2019): multi-head self-attention over fields with residuals."""
 
-    def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, **_: object) -> None:
-        super().__init__(embedding)
-        self.aligner = FieldAligner(embedding.dims)
+    reads_sequences = True
+
+    def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, sequences: dict[str, str] | None = None, **_: object) -> None:
+        super().__init__(embedding, sequences)
+        self.aligner = FieldAligner(self.input_dims)
         width = self.aligner.width
         heads = options.heads if width % options.heads == 0 else 1
         self.attention = nn.ModuleList(nn.MultiheadAttention(width, heads, dropout=options.dropout, batch_first=True) for _ in range(options.attention_layers))
-        self.head = nn.Linear(width * len(embedding.dims), 1)
-        self.linear = nn.Linear(sum(embedding.dims), 1, bias=False)
+        self.head = nn.Linear(width * len(self.input_dims), 1)
+        self.linear = nn.Linear(sum(self.input_dims), 1, bias=False)
 
     def score(self, vectors: list[torch.Tensor]) -> torch.Tensor:
         x = self.aligner(vectors)

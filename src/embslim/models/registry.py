@@ -34,9 +34,14 @@ def model_class(name: str) -> type[Recommender]:
 
 
 def create_model(name: str, embedding: FeatureEmbedding, options: ModelOptions = ModelOptions(), task: str = "ctr",
-                 user_field: str | None = None, item_field: str | None = None) -> Recommender:
-    """Build backbone `name` over `embedding` for `task`."""
+                 user_field: str | None = None, item_field: str | None = None, sequences: dict[str, str] | None = None) -> Recommender:
+    """Build backbone `name` over `embedding` for `task`; `sequences` maps behaviour sequences to the fields whose tables they read."""
     cls = model_class(name)
     if task not in _TASKS[name]:
         raise ConfigError(f"model {name!r} supports tasks {list(_TASKS[name])}, not {task!r}")
+    if sequences:
+        if not cls.reads_sequences:
+            readers = [m for m in list_models() if _MODELS[m].reads_sequences]
+            raise ConfigError(f"model {name!r} does not read a behaviour history (--history); models that do: {readers}")
+        return cls(embedding, options, user_field=user_field, item_field=item_field, sequences=sequences)
     return cls(embedding, options, user_field=user_field, item_field=item_field)

@@ -44,7 +44,8 @@ def build_model(data: PreparedData, config: RunConfig) -> tuple[Recommender, Pre
     data = model_data(data, config.model)
     torch.manual_seed(config.train.seed)
     embedding = create_embedding(data.table.fields, config.embedding)
-    model = create_model(config.model, embedding, config.model_options, data.task, data.user_field, data.item_field)
+    model = create_model(config.model, embedding, config.model_options, data.task, data.user_field, data.item_field,
+                         data.table.sequence_fields)
     return model, data
 
 
@@ -80,7 +81,8 @@ def train_model(model: Recommender, data: PreparedData, config: RunConfig, out_d
     fit = Trainer(model, data, config.train, out_dir, callbacks).fit(resume=resume)
     results = {
         "config": {"dataset": data.name, "task": data.task, **json.loads(json.dumps(asdict(config), default=str))},
-        "data": {"rows": data.info.get("rows"), "fields": {f.name: f.cardinality for f in data.table.fields}},
+        "data": {"rows": data.info.get("rows"), "fields": {f.name: f.cardinality for f in data.table.fields},
+                 **({"history": data.info.get("history")} if data.table.sequences else {})},
         "metrics": {"val": fit["val"], "test": fit["test"]},
         "embedding": describe_embedding(model, config.train.table_optimizer),
         "timing": {"wall_seconds": time.perf_counter() - t0, **fit["timing"]},
