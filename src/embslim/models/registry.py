@@ -23,8 +23,9 @@ def register_model(name: str, tasks: tuple[str, ...] = ("ctr", "rating", "topk")
     return wrap
 
 
-def list_models() -> list[str]:
-    return sorted(_MODELS)
+def list_models(task: str | None = None) -> list[str]:
+    """Registered backbones, or those that support `task`."""
+    return sorted(n for n in _MODELS if task is None or task in _TASKS[n])
 
 
 def model_class(name: str) -> type[Recommender]:
