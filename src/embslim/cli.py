@@ -23,7 +23,7 @@ from embslim.train.recipes import recipe
 from embslim.train.trainer import TrainConfig
 
 TRAIN_KEYS = {"epochs", "lr", "batch_size", "patience", "negatives", "embedding_l2", "weight_decay", "optimizer", "eval_protocol",
-              "table_optimizer", "table_lr"}
+              "table_optimizer", "table_lr", "pair_loss"}
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -50,6 +50,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="a setting of the embedding method, repeatable or comma-separated, e.g. shared=true (see `embslim list`)")
     g.add_argument("--hidden", type=int_list, help="MLP widths, e.g. 256,128")
     g.add_argument("--dropout", type=dropout_rate, help="dropout rate of the MLP, in [0, 1)")
+    g.add_argument("--graph-layers", type=non_negative_int, help="lightgcn: propagation layers (default 3)")
     t = p.add_argument_group("training (defaults per model and task: embslim/train/recipes.py)")
     t.add_argument("--epochs", type=positive_int)
     t.add_argument("--lr", type=learning_rate)
@@ -65,6 +66,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--eval-protocol", choices=["full", "sampled100", "both"],
                    help="topk: rank against every item (full, default), against 100 sampled unseen items as in the SASRec "
                         "paper (sampled100, metrics named s100_*), or both")
+    t.add_argument("--pair-loss", choices=["bpr", "softmax"],
+                   help="topk: train on (user, positive, sampled negatives) with BPR or sampled softmax over --negatives shared "
+                        "items per batch (mf: instead of its pointwise logistic loss; lightgcn: default bpr)")
     t.add_argument("--seed", type=seed_int, default=0)
     o = p.add_argument_group("output")
     o.add_argument("--out", type=Path, help="run folder (default runs/train-DATASET-TASK-MODEL-seedN)")
@@ -121,6 +125,8 @@ def configs_from_args(args: argparse.Namespace, data) -> tuple:
         opts["hidden"] = args.hidden
     if args.dropout is not None:
         opts["dropout"] = args.dropout
+    if args.graph_layers is not None:
+        opts["graph_layers"] = args.graph_layers
     return RunConfig(args.model, emb, ModelOptions.from_dict(opts), train)
 
 

@@ -1,5 +1,6 @@
 """Backbones; importing a module registers its models."""
 from embslim.models import collaborative, ctr  # noqa: F401  (register models)
+from embslim.models import graph  # noqa: F401  (registers lightgcn)
 from embslim.models.base import ModelOptions, Recommender
 from embslim.models.registry import create_model, list_models, model_class, register_model
 

@@ -21,6 +21,7 @@ class ModelOptions:
     cross_layers: int = 3
     attention_layers: int = 3
     heads: int = 2
+    graph_layers: int = 3  # LightGCN propagation layers
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelOptions":

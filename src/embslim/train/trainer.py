@@ -51,6 +51,7 @@ class TrainConfig:
     eval_protocol: str = "full"  # top-k: full ranking, sampled100 (the SASRec paper's 100 negatives) or both
     table_optimizer: str = "adam"  # tables with sparse gradients: adam (SparseAdam), rowwise-adagrad, adagrad or sgd
     table_lr: float | None = None  # their learning rate (default: lr)
+    pair_loss: str = ""  # top-k: "" the model's own objective; "bpr" or "softmax" trains a pointwise model pairwise (objective_pairwise)
 
 
 class Callback(Protocol):
