@@ -13,7 +13,7 @@ from embslim.embeddings import EmbeddingConfig, SparseBatch, create_embedding, l
 from embslim.embeddings.full import full_bytes
 from embslim.errors import ConfigError
 from embslim.models import ModelOptions, create_model
-from embslim.models.graph import normalized_graph
+from embslim.models.graph import graph_product, normalized_graph
 from embslim.train.objective_pairwise import PairwiseObjective
 from embslim.train.objectives import create_objective
 from embslim.train.run import RunConfig, build_model, run
@@ -43,18 +43,28 @@ def pairs(data, split: str) -> set[tuple[int, int]]:
 
 def test_graph_holds_exactly_the_training_interactions(tiny):
     model, d, _ = lightgcn(tiny)
-    edges = set(map(tuple, model.graph.indices().T.tolist()))
+    edges = set(zip(*[a.tolist() for a in model.graph.nonzero()]))
     assert edges == pairs(d, "train")
     assert not edges & (pairs(d, "val") | pairs(d, "test"))
 
 
 def test_edge_weights_are_one_over_the_root_of_both_degrees_and_repeats_count_once():
-    graph = normalized_graph(np.array([1, 1, 1, 2, 2]), np.array([1, 2, 2, 2, 3]), 3, 4).to_dense()
+    graph = torch.from_numpy(normalized_graph(np.array([1, 1, 1, 2, 2]), np.array([1, 2, 2, 2, 3]), 3, 4).toarray())
     deg_u, deg_i = {1: 2, 2: 2}, {1: 1, 2: 2, 3: 1}
     expected = torch.zeros(3, 4)
     for u, i in [(1, 1), (1, 2), (2, 2), (2, 3)]:
         expected[u, i] = 1 / np.sqrt(deg_u[u] * deg_i[i])
     assert torch.allclose(graph, expected)
+
+
+def test_graph_product_and_its_gradient_match_the_dense_product():
+    graph = normalized_graph(np.array([0, 1, 1, 2, 3]), np.array([0, 0, 2, 1, 2]), 4, 3)
+    x = torch.randn(3, 5, requires_grad=True)
+    graph_product(graph, graph.T.tocsr(), x).pow(2).sum().backward()
+    dense = torch.from_numpy(graph.toarray())
+    y = x.detach().clone().requires_grad_()
+    (dense @ y).pow(2).sum().backward()
+    assert torch.allclose(graph_product(graph, graph.T.tocsr(), x), dense @ x, atol=1e-6) and torch.allclose(x.grad, y.grad, atol=1e-6)
 
 
 def test_zero_layers_score_the_dot_product_of_the_raw_tables(tiny):
@@ -69,7 +79,7 @@ def test_one_layer_averages_the_table_with_its_normalised_neighbours(tiny):
     model, d, objective = lightgcn(tiny, layers=1)
     model.eval()
     users0, items0 = model.embedding.field_table(0), model.embedding.field_table(1)
-    graph = model.graph.to_dense()
+    graph = torch.from_numpy(model.graph.toarray())
     user_final, item_final = (users0 + graph @ items0) / 2, (items0 + graph.T @ users0) / 2
     users = np.arange(1, 6)
     assert torch.allclose(objective.rank_scores(users, "val"), user_final[users] @ item_final.T, atol=1e-5)
