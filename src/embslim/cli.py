@@ -23,7 +23,7 @@ from embslim.train.recipes import model_options, recipe
 from embslim.train.trainer import TrainConfig
 
 TRAIN_KEYS = {"epochs", "lr", "batch_size", "patience", "negatives", "embedding_l2", "weight_decay", "optimizer", "eval_protocol",
-              "table_optimizer", "table_lr", "seq_loss", "softmax_negatives", "temperature"}
+              "table_optimizer", "table_lr", "seq_loss", "softmax_negatives", "temperature", "pair_loss"}
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -54,6 +54,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hidden", type=int_list, help="MLP widths, e.g. 256,128")
     g.add_argument("--dropout", type=dropout_rate, help="dropout rate of the MLP (sequence models: of every block), in [0, 1)")
     g.add_argument("--maxlen", type=positive_int, help="sequence models: the last items of a history they read (default per recipe)")
+    g.add_argument("--graph-layers", type=non_negative_int, help="lightgcn: propagation layers (default 3)")
     t = p.add_argument_group("training (defaults per model and task: embslim/train/recipes.py)")
     t.add_argument("--epochs", type=positive_int)
     t.add_argument("--lr", type=learning_rate)
@@ -74,6 +75,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                         "(sampled softmax over --softmax-negatives shared negatives, cosine / --temperature)")
     t.add_argument("--softmax-negatives", type=positive_int, help="negatives of --seq-loss softmax (default 128)")
     t.add_argument("--temperature", type=positive_float, help="temperature of --seq-loss softmax (default 0.05)")
+    t.add_argument("--pair-loss", choices=["bpr", "softmax"],
+                   help="topk: train on (user, positive, sampled negatives) with BPR or sampled softmax over --negatives shared "
+                        "items per batch (mf: instead of its pointwise logistic loss; lightgcn: default bpr)")
     t.add_argument("--seed", type=seed_int, default=0)
     o = p.add_argument_group("output")
     o.add_argument("--out", type=Path, help="run folder (default runs/train-DATASET-TASK-MODEL-seedN)")
@@ -132,6 +136,8 @@ def configs_from_args(args: argparse.Namespace, data) -> tuple:
         opts["hidden"] = args.hidden
     if args.dropout is not None:
         opts["dropout"] = args.dropout
+    if args.graph_layers is not None:
+        opts["graph_layers"] = args.graph_layers
     return RunConfig(args.model, emb, ModelOptions.from_dict(opts), train)
 
 

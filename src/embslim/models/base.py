@@ -24,6 +24,7 @@ class ModelOptions:
     heads: int = 2
     maxlen: int = 50  # sequence models: items of history read (the last ones)
     blocks: int = 2  # sequence models: attention blocks (SASRec, HSTU)
+    graph_layers: int = 3  # LightGCN propagation layers
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelOptions":

@@ -49,6 +49,14 @@ class MF(UserItemModel):
         return (torch.cat([queries, queries.new_ones((len(users), 1))], dim=1),
                 torch.cat([self.aligner.field(1, items), self.item_bias(items)], dim=1))
 
+    def pair_encode(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Query vectors of `users`, vectors of `items` (scores up to the user's bias, as in `retrieval`) and the
+        embedding rows they came from: what pairwise training (BPR, sampled softmax) needs."""
+        user_rows, item_rows = self.embedding.lookup(0, users), self.embedding.lookup(1, items)
+        queries = self.aligner.field(0, user_rows)
+        return (torch.cat([queries, queries.new_ones((len(users), 1))], dim=1),
+                torch.cat([self.aligner.field(1, item_rows), self.item_bias(item_rows)], dim=1), (user_rows, item_rows))
+
     def absorb_rotation(self, rotation: torch.Tensor) -> None:
         if self.aligner.proj:
             raise NotImplementedError("rotation needs the user and item vectors at the same width")

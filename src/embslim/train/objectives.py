@@ -88,6 +88,8 @@ def register_objective(name: str) -> Callable[[type[Objective]], type[Objective]
 
 def create_objective(model: Recommender, data: PreparedData, config: Any) -> Objective:
     name = getattr(model, "objective", "pointwise")
+    if name == "pointwise" and getattr(config, "pair_loss", ""):
+        name = "pairwise"  # a pointwise model (MF) trained with BPR or sampled softmax instead
     if name not in OBJECTIVES:
         raise ConfigError(f"{type(model).__name__} needs objective {name!r}, which is not registered; known: {sorted(OBJECTIVES)}")
     return OBJECTIVES[name](model, data, config)

@@ -54,6 +54,7 @@ class TrainConfig:
     seq_loss: str = "bce"  # sequence models: "bce" (one sampled negative per position) or "softmax" (sampled softmax)
     softmax_negatives: int = 128  # sequence models, seq_loss "softmax": uniform negatives shared by a batch
     temperature: float = 0.05  # sequence models, seq_loss "softmax": divides the cosine similarities
+    pair_loss: str = ""  # top-k: "" the model's own objective; "bpr" or "softmax" trains a pointwise model pairwise (objective_pairwise)
 
 
 class Callback(Protocol):
