@@ -1,7 +1,6 @@
 """The trainer: early stopping, determinism, resume after a kill, results in the documented shape."""
 import json
 
-import numpy as np
 import pytest
 
 from embslim.cli import main
