@@ -18,6 +18,7 @@ from embslim.embeddings import EmbeddingConfig, list_embeddings, method_info, sp
 from embslim.embeddings.full import full_bytes
 from embslim.errors import ConfigError, EmbslimError
 from embslim.extras import require
+from embslim.train.metrics import headline_metrics
 from embslim.models import ModelOptions, list_models, model_class
 from embslim.train.recipes import model_options, recipe
 from embslim.train.trainer import TrainConfig
@@ -260,7 +261,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def print_summary(results: dict, out: Path) -> None:
     emb = results["embedding"]
-    test = "  ".join(f"{k} {v:.4f}" for k, v in results["metrics"]["test"].items() if "@" not in k or k.endswith("@10") and "recall" not in k)
+    test = headline_metrics(results["metrics"]["test"])
     print(f"{results['config']['dataset']} {results['config']['task']} {results['config']['model']}: test {test}")
     print(f"embedding: {emb['method']} {emb['params']:,} params, {emb['bytes']:,} bytes to serve, {emb['train_bytes']:,} bytes to train")
     t = results["timing"]

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from embslim.embeddings.blockwise import FieldLayout
+from embslim.train.metrics import headline_metrics
 
 
 def kept_dims_table(layouts: dict[str, FieldLayout], counts: dict[str, np.ndarray]) -> dict[str, list[dict]]:
@@ -64,7 +65,7 @@ def summary_lines(report: dict) -> list[str]:
     kept = "" if asked == report["budget_bytes"] else f", of {asked:,} asked"
     lines = [f"budget {report['budget_bytes']:,} bytes ({report['budget_bytes'] / report['full_bytes']:.1%} of full {report['full_bytes']:,}{kept})"]
     for name, run in report["runs"].items():
-        test = "  ".join(f"{k} {v:.4f}" for k, v in run["metrics"]["test"].items())
+        test = headline_metrics(run["metrics"]["test"])
         lines.append(f"  {name:<8} test {test}   {run['embedding']['bytes']:>11,} bytes   {run['timing']['wall_seconds']:.1f}s")
     t = report["timing"]
     lines.append(f"full training {t['full_seconds']:.1f}s; DNIS search {t['search_seconds']:.1f}s + retrain {t['retrain_seconds']:.1f}s "

@@ -24,3 +24,8 @@ def is_better(task: str, value: float, best: float | None) -> bool:
     if best is None or np.isnan(best):
         return not np.isnan(value)
     return value > best if PRIMARY[task][1] == "max" else value < best
+
+
+def headline_metrics(metrics: dict[str, float]) -> str:
+    """The metrics a one-line summary shows: all but the top-k cut-offs beyond 10 (and Recall@10, which equals HR@10)."""
+    return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "@" not in k or (k.endswith("@10") and "recall" not in k))

@@ -106,7 +106,8 @@ class PairwiseObjective(Objective):
                 neg = rng.integers(1, self.n_items, size=k)
             yield PairBatch(torch.from_numpy(self.users[rows]), torch.from_numpy(self.items[rows]), torch.from_numpy(neg))
 
-    def loss(self, batch: PairBatch) -> torch.Tensor:
+    def pair_losses(self, batch: PairBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The loss of each (user, positive) of the batch and the embedding rows it read."""
         b = len(batch)
         items = torch.cat([batch.positives, batch.negatives.reshape(-1)])
         queries, vectors, (user_rows, item_rows) = self.model.pair_encode(batch.users, items)
@@ -114,14 +115,50 @@ class PairwiseObjective(Objective):
         s_pos = (queries * pos).sum(dim=-1)
         if self.pair_loss == "bpr":
             s_neg = torch.einsum("bd,bkd->bk", queries, neg.reshape(b, batch.negatives.shape[1], -1))
-            loss = F.softplus(s_neg - s_pos.unsqueeze(1)).mean()
+            losses = F.softplus(s_neg - s_pos.unsqueeze(1)).mean(dim=1)
         else:
             s_neg = (queries @ neg.T).masked_fill(batch.negatives.unsqueeze(0) == batch.positives.unsqueeze(1), -torch.inf)
             logits = torch.cat([s_pos.unsqueeze(1), s_neg], dim=1)
-            loss = F.cross_entropy(logits, torch.zeros(b, dtype=torch.long))
+            losses = F.cross_entropy(logits, torch.zeros(b, dtype=torch.long), reduction="none")
+        return losses, [user_rows, item_rows[:b], item_rows[b:]]
+
+    def loss(self, batch: PairBatch) -> torch.Tensor:
+        losses, rows = self.pair_losses(batch)
+        loss = losses.mean()
         if self.config.embedding_l2:
-            loss = loss + self.config.embedding_l2 * l2_of_rows([user_rows, item_rows[:b], item_rows[b:]])
+            loss = loss + self.config.embedding_l2 * l2_of_rows(rows)
         return loss
+
+    def validation_pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each held-out validation (user, item) with its negatives, drawn once per seed as training draws them."""
+        if getattr(self, "_validation", None) is None:
+            val = self.data.split("val")
+            users = val.ids[:, val.single_index(self.data.user_field)].astype(np.int64)
+            items = val.ids[:, val.single_index(self.data.item_field)].astype(np.int64)
+            rng = np.random.default_rng([self.config.seed, 0, 4])
+            k = self.config.negatives
+            neg = (sample_negatives(users, k, self.n_items, self.known, rng) if self.pair_loss == "bpr"
+                   else rng.integers(1, self.n_items, size=k))
+            self._validation = (users, items, neg)
+        return self._validation
+
+    def validation_size(self) -> int:
+        return len(self.validation_pairs()[0])
+
+    def validation_batch(self, indices: np.ndarray) -> PairBatch:
+        users, items, neg = self.validation_pairs()
+        return PairBatch(torch.from_numpy(users[indices]), torch.from_numpy(items[indices]),
+                         torch.from_numpy(neg[indices] if self.pair_loss == "bpr" else neg))
+
+    def example_losses(self, batch: PairBatch) -> torch.Tensor:
+        return self.pair_losses(batch)[0]
+
+    def example_blocks(self, indices: np.ndarray, field: str, starts: np.ndarray) -> np.ndarray | None:
+        if getattr(self.model, "set_interactions", None) is not None:
+            return None  # a graph model's every score reads rows of many users and items
+        users, items, _ = self.validation_pairs()
+        ids = users if field == self.data.user_field else items
+        return np.searchsorted(starts, ids[indices], side="right") - 1
 
     @torch.no_grad()
     def rank_scores(self, users: np.ndarray, split: str) -> torch.Tensor:

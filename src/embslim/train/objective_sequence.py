@@ -32,7 +32,8 @@ RESAMPLE_ROUNDS = 20
 
 @dataclass
 class SequenceBatch:
-    """Inputs [B, L] and next-item targets [B, L] (-1 where there is none), with the loss's negatives."""
+    """Inputs [B, L] and next-item targets [B, L] (-1 where there is none), with the loss's negatives; a validation
+    query has one target per row, [B], its held-out item."""
 
     inputs: torch.Tensor
     targets: torch.Tensor
@@ -105,6 +106,43 @@ class SequenceObjective(Objective):
         if self.config.embedding_l2:
             loss = loss + self.config.embedding_l2 * l2_of_rows(used + [positives, negatives])
         return loss
+
+    def validation_queries(self) -> SequenceBatch:
+        """Every validation user's training history, its held-out item and the loss's negatives (drawn once per seed):
+        [n, maxlen] inputs, [n] targets, [n] unseen negatives (bce) or [softmax_negatives] shared ones."""
+        if getattr(self, "_validation", None) is None:
+            rows = self.data.splits["val"]
+            users, targets = self.data.row_users()[rows], self.data.row_items()[rows]
+            keep = self.history["val"].lengths()[users] > 0
+            users, targets = users[keep], targets[keep]
+            rng = np.random.default_rng([self.config.seed, 0, 5])
+            negatives = (self.unseen_items(users, rng) if self.config.seq_loss == "bce"
+                         else rng.integers(1, self.n_items, size=self.config.softmax_negatives))
+            inputs = self.history["val"].last(users, self.maxlen)
+            self._validation = SequenceBatch(*(torch.as_tensor(a, dtype=torch.long) for a in (inputs, targets, negatives)))
+        return self._validation
+
+    def validation_size(self) -> int:
+        return len(self.validation_queries())
+
+    def validation_batch(self, indices: np.ndarray) -> SequenceBatch:
+        q = self.validation_queries()
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return SequenceBatch(q.inputs[idx], q.targets[idx], q.negatives[idx] if self.config.seq_loss == "bce" else q.negatives)
+
+    def example_losses(self, batch: SequenceBatch) -> torch.Tensor:
+        """The training loss of each query's held-out item, read at the last position of its history."""
+        h = self.model.encode(batch.inputs)[0][:, -1]
+        positives = self.model.embedding.lookup(0, batch.targets)
+        if self.config.seq_loss == "bce":
+            negatives = self.model.embedding.lookup(0, batch.negatives)
+            pos, neg = (h * positives).sum(-1), (h * negatives).sum(-1)
+            return F.softplus(-pos) + F.softplus(neg)
+        negatives = self.model.embedding.lookup(0, batch.negatives)
+        h, pn, nn_ = F.normalize(h, dim=-1), F.normalize(positives, dim=-1), F.normalize(negatives, dim=-1)
+        neg = (h @ nn_.T).masked_fill(batch.negatives.unsqueeze(0) == batch.targets.unsqueeze(1), -torch.inf)
+        logits = torch.cat([(h * pn).sum(-1, keepdim=True), neg], dim=1) / self.config.temperature
+        return F.cross_entropy(logits, torch.zeros(len(h), dtype=torch.long), reduction="none")
 
     @torch.no_grad()
     def rank_scores(self, users: np.ndarray, split: str) -> torch.Tensor:
