@@ -196,35 +196,45 @@ class CafeEmbedding(FeatureEmbedding):
             self._pending.append((field, ids.detach().reshape(-1)))
 
     def on_step_end(self, ctx: StepContext) -> None:
-        """Count the ids this step's training lookups read, then promote, migrate and decay."""
+        """Count the ids this step's training lookups read, then decay, promote and migrate."""
         pending, self._pending = self._pending, []
         by_field: dict[int, list[torch.Tensor]] = {}
         for f, ids in pending:
             by_field.setdefault(f, []).append(ids)
-        migrated = [self.observe(f, torch.cat(chunks)) for f, chunks in sorted(by_field.items())]
-        rows = torch.cat(migrated) if migrated else torch.zeros(0, dtype=torch.long)
+        rows = self.observe_fields({f: torch.cat(chunks) for f, chunks in by_field.items()})
         if len(rows):
             where = torch.zeros(len(self.table), dtype=torch.bool, device=self.table.device)
             where[rows] = True
             ctx.reset_state(self.table, where)
 
-    @torch.no_grad()
     def observe(self, field: int, ids: torch.Tensor) -> torch.Tensor:
         """Add occurrences of `ids` (any shape) of one field to its sketch; returns the table rows of ids that became hot."""
-        if int(self.hot[field]) == 0 or ids.numel() == 0:
-            return torch.zeros(0, dtype=torch.long, device=ids.device)
-        if self.inserted[field] > 10 * int(self.hot[field]) * self.threshold:
-            self._decay(field)
-        self.inserted[field] += ids.numel()
-        uniq, counts = torch.unique(ids.reshape(-1), return_counts=True)
-        bucket = self.buckets_of(uniq, field)
+        return self.observe_fields({field: ids})
+
+    @torch.no_grad()
+    def observe_fields(self, ids_by_field: dict[int, torch.Tensor]) -> torch.Tensor:
+        """One step's occurrences (field -> ids) added to the sketches at once; returns the table rows migrated."""
+        buckets, values = [], []
+        for f in sorted(ids_by_field):
+            ids = ids_by_field[f].reshape(-1)
+            if int(self.hot[f]) == 0 or ids.numel() == 0:
+                continue
+            if self.inserted[f] > 10 * int(self.hot[f]) * self.threshold:
+                self._decay(f)
+            self.inserted[f] += ids.numel()
+            buckets.append(self.buckets_of(ids, f))
+            values.append(ids)
+        if not buckets:
+            return torch.zeros(0, dtype=torch.long, device=self.table.device)
+        pairs, counts = torch.unique(torch.cat(buckets) << 32 | torch.cat(values), return_counts=True)  # ids < 2^31
+        bucket, uniq = pairs >> 32, pairs & 0xFFFFFFFF
         keys = self.sketch_ids[bucket]
         match = keys == uniq.unsqueeze(1).to(keys.dtype)
         present = match.any(1)
         slot = match.int().argmax(1)
         self.sketch_scores.index_put_((bucket[present], slot[present]), counts[present].float(), accumulate=True)
         self._admit(uniq[~present], counts[~present], bucket[~present])
-        return self._promote(field)
+        return self._promote()
 
     def _admit(self, ids: torch.Tensor, counts: torch.Tensor, bucket: torch.Tensor) -> None:
         """Newcomers: per bucket by count (then id), fill empty slots; the rest replace the lowest non-hot slot together."""
@@ -254,25 +264,31 @@ class CafeEmbedding(FeatureEmbedding):
         self.sketch_ids[hb[ok], slot[ok]] = ids[heads][ok].to(torch.int32)
         self.sketch_scores[hb[ok], slot[ok]] = lowest[ok] + spill[hb[ok]]
 
-    def _promote(self, field: int) -> torch.Tensor:
-        """Give free hot rows to the field's recorded ids at or above the threshold, highest score first; copy each
-        one's hashed row into its hot row. Returns the table rows migrated."""
-        first, count = int(self.hot_firsts[field]), int(self.hot[field])
-        ids, scores, rows = (t[first:first + count] for t in (self.sketch_ids, self.sketch_scores, self.sketch_rows))
-        want = (ids != EMPTY) & (rows < 0) & (scores >= self.threshold)
+    def _promote(self) -> torch.Tensor:
+        """Give free hot rows of each field to its recorded ids at or above the threshold, highest score first; copy
+        each one's hashed row into its hot row. Returns the table rows migrated."""
+        want = (self.sketch_ids != EMPTY) & (self.sketch_rows < 0) & (self.sketch_scores >= self.threshold)
         if not want.any():
-            return torch.zeros(0, dtype=torch.long, device=ids.device)
-        used = torch.zeros(count, dtype=torch.bool, device=ids.device)
-        used[rows[rows >= 0].long() - first] = True
-        free = torch.nonzero(~used).flatten() + first
+            return torch.zeros(0, dtype=torch.long, device=self.table.device)
+        owner = torch.repeat_interleave(torch.arange(len(self.fields), device=self.hot.device), self.hot)  # field of each bucket/hot row
+        used = torch.zeros(len(owner), dtype=torch.bool, device=owner.device)
+        used[self.sketch_rows[self.sketch_rows >= 0].long()] = True
+        free = torch.nonzero(~used).flatten()  # ascending, so grouped by field
         cand = torch.nonzero(want)
-        order = torch.argsort(-scores[want], stable=True)[:len(free)]
-        cand, free = cand[order], free[:len(order)]
-        rows[cand[:, 0], cand[:, 1]] = free.to(torch.int32)
-        keys = ids[cand[:, 0], cand[:, 1]].long()
+        order = torch.argsort(-self.sketch_scores[want], stable=True)
+        order = order[torch.argsort(owner[cand[order, 0]], stable=True)]
+        cand = cand[order]
+        field = owner[cand[:, 0]]
+        rank = torch.arange(len(cand), device=cand.device) - torch.searchsorted(field, field)
+        first_free = torch.searchsorted(owner[free], field)
+        n_free = torch.bincount(owner[free], minlength=len(self.fields))[field]
+        ok = rank < n_free
+        cand, field, rows = cand[ok], field[ok], free[(first_free + rank)[ok]]
+        self.sketch_rows[cand[:, 0], cand[:, 1]] = rows.to(torch.int32)
+        keys = self.sketch_ids[cand[:, 0], cand[:, 1]].long()
         hashed = torch.where(self.direct[field], keys, mix(keys, self.salts[field, 0]).remainder(self.hashed[field]))
-        self.table[self.hash_total + free] = self.table[self.hash_firsts[field] + hashed]
-        return self.hash_total + free
+        self.table[self.hash_total + rows] = self.table[self.hash_firsts[field] + hashed]
+        return self.hash_total + rows
 
     def _decay(self, field: int) -> None:
         """Scale the field's scores by `decay`; hot ids that fall below the threshold give their rows back."""
