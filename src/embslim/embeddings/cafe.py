@@ -75,14 +75,13 @@ def scheduled(rate: float) -> tuple[float, float]:
 
 def split_field(units: int, cardinality: int, dim: int, hash_rate: float, slots: int) -> tuple[int, int]:
     """(hashed rows m, hot rows H) of a field given `units` rows' worth of fp32 bytes: a field that fits is whole
-    (m = cardinality, H = 0); otherwise m takes `hash_rate` of the bytes (at least one row) and H what the rest pays
-    for at one row plus one bucket each."""
+    (m = cardinality, H = 0); otherwise m takes `hash_rate` of the bytes (at least one row), H what the rest pays
+    for at one row plus one bucket each, and m what H leaves over."""
     if units >= cardinality:
         return cardinality, 0
     row = storage_bytes(dim, "fp32")
-    hashed = min(units, max(1, int(hash_rate * units)))
-    hot = (units - hashed) * row // (row + slots * SLOT_BYTES)
-    return (hashed, hot) if hot > 0 else (units, 0)
+    hot = (units - min(units, max(1, int(hash_rate * units)))) * row // (row + slots * SLOT_BYTES)
+    return (units * row - hot * (row + slots * SLOT_BYTES)) // row, hot
 
 
 def cafe_bytes(fields: list[FieldSpec], dim: int, hashed: list[int], hot: list[int], slots: int) -> int:
