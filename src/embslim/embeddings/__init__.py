@@ -1,5 +1,5 @@
 """Embedding methods behind one interface; importing a method's module registers it."""
-from embslim.embeddings import (blockwise, dnis, doublehash, dsl, full, hashing, lowrank, lpt, magnitude, mde, mpe,  # noqa: F401  (register methods)
+from embslim.embeddings import (blockwise, cafe, collisionless, dnis, doublehash, dsl, full, hashing, lowrank, lpt, magnitude, mde, mpe,  # noqa: F401  (register methods)
                                 multiplex, nested, pep, qr, quantized, robe, tt)
 from embslim.embeddings.base import EmbeddingConfig, FeatureEmbedding
 from embslim.embeddings.batch import SparseBatch
