@@ -202,6 +202,8 @@ class BlockwiseEmbedding(FeatureEmbedding):
             block = block + (ids >= starts.select(-1, s))  # a few compares beat a binary search of every block
         flat, block = ids.reshape(-1), block.reshape(-1)
         local = flat + self.shift[block]
+        if torch.jit.is_tracing():
+            return self._traced_lookup(local, block).reshape(*ids.shape, self.width)
         if self._single_width is not None:
             return self._spread_rows(self._single_width, local, block).reshape(*ids.shape, self.width)
         kept = self.kept[block].to(torch.uint8 if self.width < 256 else torch.int16)  # small keys sort several times faster
@@ -216,6 +218,24 @@ class BlockwiseEmbedding(FeatureEmbedding):
             at += n
         back = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=order.device))
         return _Place.apply(back, order, self.width, spans, *vals).reshape(*ids.shape, self.width)
+
+    def _traced_lookup(self, local: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+        """The lookup as tensor operations only (what `embslim export` traces): the fast path splits the
+        batch by sizes read into Python, which a trace would freeze at the traced batch's counts."""
+        kept = self.kept[block]
+        out = torch.zeros((local.shape[0], self.width), dtype=self.tables[0].dtype if len(self.tables) else torch.float32,
+                          device=local.device)
+        for w in self.group_widths:
+            rows = (kept == w).nonzero().squeeze(1)
+            padded = F.pad(F.embedding(local.index_select(0, rows), self.tables[self._table_of[w]]), (0, 1))
+            how = self._spread[w]
+            if how == "prefix":
+                cols = torch.arange(self.width, device=local.device).clamp(max=w)
+            else:
+                positions = self.colpos.long()
+                cols = positions[how] if how is not None else F.embedding(block.index_select(0, rows), positions)
+            out.index_put_((rows,), padded.index_select(1, cols) if cols.dim() == 1 else padded.gather(1, cols))
+        return out
 
     def _spread_rows(self, w: int, local: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
         """Rows `local` of the width-w table, spread to their K columns (zeros elsewhere)."""
