@@ -216,6 +216,19 @@ def cmd_slice(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from embslim.serve.export import export_run
+
+    manifest = export_run(args.run, args.out)
+    b = manifest["bytes"]
+    print(f"exported {args.run} ({manifest['method']}, {manifest['model']}, {manifest['task']}) to {args.out}")
+    print(f"embedding.safetensors: {b['embedding_file']:,} bytes = {b['embedding_tensors']:,} tensor bytes (memory_bytes serve "
+          f"{b['memory_bytes_serve']:,}) + {b['safetensors_header']:,} header")
+    print(f"model.ts: {b['program_file']:,} bytes ({b['program_backbone_tensors']:,} backbone tensors, "
+          f"{b['program_constants']:,} lookup constants, the rest code)")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from dataclasses import replace as dc_replace
 
@@ -419,6 +432,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     add_data_args(p)
     p.set_defaults(func=cmd_slice, **{k: None for k in DATA_FLAGS})
+    p = sub.add_parser("export", help="write an inference artifact of a trained run (TorchScript + safetensors, runs without embslim)",
+                       description="Export a finished `embslim train` or `embslim slice` folder: OUT/embedding.safetensors (the "
+                                   "embedding's tensors, exactly its serving bytes plus the safetensors header), OUT/model.ts "
+                                   "(TorchScript lookup and backbone, taking those tensors as inputs), OUT/manifest.json and "
+                                   "OUT/serve.py (a loader that needs only torch and safetensors).")
+    p.add_argument("run", type=Path, help="folder of the finished run to export")
+    p.add_argument("--out", type=Path, required=True, help="folder of the artifact")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("list", help="list datasets, models and embedding methods")
     p.set_defaults(func=cmd_list)
     return parser

@@ -166,9 +166,10 @@ class FeatureEmbedding(nn.Module, ABC):
     def pool(self, field: int, values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Sum or mean of each bag (values, offsets[B+1]) of a multi-valued field; empty bags are zero."""
         lengths = offsets[1:] - offsets[:-1]
-        bag = torch.repeat_interleave(torch.arange(len(lengths), device=values.device), lengths)
+        rows = lengths.shape[0]  # not len(): a traced program (`embslim export`) keeps shapes symbolic, len() would freeze them
+        bag = torch.repeat_interleave(torch.arange(rows, device=values.device), lengths)
         vecs = self.lookup(field, values)
-        pooled = vecs.new_zeros((len(lengths), vecs.shape[-1])).index_add(0, bag, vecs)
+        pooled = vecs.new_zeros((rows, vecs.shape[-1])).index_add(0, bag, vecs)
         if self.fields[field].pooling == "mean":
             pooled = pooled / lengths.clamp(min=1).unsqueeze(1).to(pooled.dtype)
         return pooled

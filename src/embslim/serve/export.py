@@ -231,7 +231,9 @@ def export_run(run: Path, out: Path) -> dict:
                                   f"faithfully (batch of {len(inputs[0])} rows differs from the trained model); it cannot be exported")
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source.embedding, out / runtime.EMBEDDING)
-    torch.jit.save(traced, str(out / runtime.PROGRAM))
+    with warnings.catch_warnings():  # deprecated in torch 2.13 in favour of torch.export, which fails on four methods (module doc)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(traced, str(out / runtime.PROGRAM))
     shutil.copyfile(runtime.__file__, out / "serve.py")
     cfg = source.results["config"]
     stored = stored_tensor_bytes(out / runtime.PROGRAM)

@@ -15,6 +15,7 @@ tensors as inputs) and `manifest.json` (field order, tensor order, bytes).
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -33,7 +34,9 @@ class ServedModel:
         self.manifest = json.loads((folder / MANIFEST).read_text())
         tensors = load_file(str(folder / EMBEDDING))
         self.tensors = tuple(tensors[k] for k in self.manifest["tensors"])
-        self.program = torch.jit.load(str(folder / PROGRAM), map_location="cpu")
+        with warnings.catch_warnings():  # torch 2.13 marks TorchScript deprecated; it still is the format every method traces to
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.program = torch.jit.load(str(folder / PROGRAM), map_location="cpu")
         self.program.eval()
         self.output = self.manifest["output"]
 
