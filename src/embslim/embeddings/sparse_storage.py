@@ -113,26 +113,27 @@ class SparseRows:
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows of `ids` (any shape) as [..., width] float vectors, zeros where pruned."""
         flat = ids.reshape(-1).long()
+        n = flat.shape[0]  # not len(): keeps the batch size symbolic in a traced program (`embslim export`)
         values = self.tensors["values"].to(flat.device)
         if self.form == "dense":
             out = values[flat]
             if "columns" in self.tensors:
-                full = out.new_zeros(len(flat), self.width)
+                full = out.new_zeros(n, self.width)
                 full[:, self.tensors["columns"].long().to(flat.device)] = out
                 out = full
             return out.reshape(*ids.shape, self.width)
         if self.form == "bitmask":
             shifts = torch.arange(8, device=flat.device, dtype=torch.uint8)
             bits = self.tensors["bits"].to(flat.device)[flat]
-            kept = ((bits.unsqueeze(-1) >> shifts) & 1).reshape(len(flat), -1)[:, :self.width].bool()
+            kept = ((bits.unsqueeze(-1) >> shifts) & 1).reshape(n, -1)[:, :self.width].bool()
             slots = self.row_starts(flat).unsqueeze(1) + kept.long().cumsum(dim=1) - 1
             picked = values[slots.clamp(0, len(values) - 1)] if len(values) else torch.zeros(slots.shape)
             return torch.where(kept, picked, 0.0).reshape(*ids.shape, self.width)
         first = self.row_starts(flat)
         lengths = self.tensors["lengths"].to(flat.device).long()[flat]
-        owner = torch.repeat_interleave(torch.arange(len(flat), device=flat.device), lengths)
-        slot = torch.arange(int(lengths.sum()), device=flat.device) - torch.repeat_interleave(lengths.cumsum(0) - lengths - first, lengths)
-        out = values.new_zeros(len(flat), self.width)
+        owner = torch.repeat_interleave(torch.arange(n, device=flat.device), lengths)
+        slot = torch.ones_like(owner).cumsum(0) - 1 - torch.repeat_interleave(lengths.cumsum(0) - lengths - first, lengths)
+        out = values.new_zeros(n, self.width)
         out[owner, self.tensors["columns"].to(flat.device).long()[slot]] = values[slot]
         return out.reshape(*ids.shape, self.width)
 
