@@ -147,7 +147,8 @@ def markdown(record: dict) -> str:
              f"DeepFM (MLP 256-128) over {s['fields']} fields x {s['ids_per_field']:,} ids, dim {s['dim']}, Zipf ids, one thread; "
              f"each method at {s['budget_fraction']} of the full {s['full_bytes']:,} table bytes, exported with `embslim export` and "
              "loaded through its `serve.py`. Latency of one call (p50 / p99, ms) and the ratio of p50 to the exported `full` model at "
-             "full bytes, timed call by call alternating with it in the same run (the machine is shared: the ratios are what count).", "",
+             "full bytes, timed call by call alternating with it in the same run (the machine is shared: the ratios are what count). "
+             "Weights are untrained: collisionless has no live ids yet and magnitude/pep have not pruned (bytes / full shows it).", "",
              "| method | bytes / full | batch 1 p50 / p99 ms | ratio | batch 64 p50 / p99 ms | ratio | batch 4096 p50 / p99 ms | ratio | rows/s at 4096 |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in record["rows"]:
