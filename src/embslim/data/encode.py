@@ -13,7 +13,7 @@ import numpy as np
 from embslim.data.fields import FeatureTable, FieldSpec, PreparedData, Side
 from embslim.data.history import HISTORY, behaviour_history
 from embslim.data.splits import leave_last_out, random_split
-from embslim.data.vocab import fit_vocab, pad_bags
+from embslim.data.vocab import fit_coded_vocab, fit_vocab, pad_bags
 from embslim.errors import ConfigError
 
 TASKS = ("ctr", "rating", "topk")
@@ -25,6 +25,9 @@ class RawColumns:
 
     `bags` holds multi-valued fields as (flat values, per-row lengths).
     `target` is the raw target (rating, click); tasks turn it into a label.
+    A column named in `dictionaries` holds integer codes into that field's sorted distinct
+    values (a fast reader's output): code order is value order, so vocabularies fitted on
+    the codes rank and encode exactly as on the values themselves.
     """
 
     name: str
@@ -37,6 +40,12 @@ class RawColumns:
     item_field: str | None = None
     tasks: tuple[str, ...] = ("ctr",)
     info: dict = field(default_factory=dict)
+    dictionaries: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def values(self, name: str) -> np.ndarray:
+        """A column's values as read, decoding dictionary codes."""
+        column = self.columns[name]
+        return self.dictionaries[name][column] if name in self.dictionaries else column
 
 
 @dataclass(frozen=True)
@@ -71,9 +80,13 @@ def prepare(raw: RawColumns, config: PrepareConfig) -> PreparedData:
     id_columns: list[np.ndarray] = []
     bags: dict[str, np.ndarray] = {}
     for name, column in raw.columns.items():
-        catalogue = column if (config.task == "topk" and name in (raw.item_field, raw.user_field)) else None
+        catalogue = raw.values(name) if (config.task == "topk" and name in (raw.item_field, raw.user_field)) else None
         min_count = 1 if catalogue is not None else config.min_count
-        vocab = fit_vocab(column[train], min_count, catalogue)
+        if name in raw.dictionaries and catalogue is None:
+            vocab = fit_coded_vocab(column[train], len(raw.dictionaries[name]), min_count)
+        else:
+            column = raw.values(name)
+            vocab = fit_vocab(column[train], min_count, catalogue)
         id_columns.append(vocab.encode(column))
         stats[name] = _vocab_stats(vocab)
         fields.append(FieldSpec(name, vocab.cardinality, vocab.counts, side=raw.sides.get(name, "context")))
