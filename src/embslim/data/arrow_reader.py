@@ -73,7 +73,7 @@ def read_blocks(
     report: ReadReport,
     header: bool = False,
     keep: list[str] | None = None,
-    block_bytes: int = BLOCK_BYTES,
+    block_bytes: int | None = None,
 ) -> Iterator[Block]:
     """Yield dictionary-coded blocks of the `keep` columns (default all) of a headerless or headed file.
 
@@ -95,7 +95,7 @@ def read_blocks(
     keep = keep or columns
     reader = pcsv.open_csv(
         path,
-        read_options=pcsv.ReadOptions(column_names=columns, skip_rows=int(header), use_threads=False, block_size=block_bytes),
+        read_options=pcsv.ReadOptions(column_names=columns, skip_rows=int(header), use_threads=False, block_size=block_bytes or BLOCK_BYTES),
         parse_options=pcsv.ParseOptions(delimiter=sep, quote_char=False, invalid_row_handler=invalid),
         convert_options=pcsv.ConvertOptions(column_types={c: pa.dictionary(pa.int32(), pa.binary()) for c in keep},
                                             include_columns=keep),
