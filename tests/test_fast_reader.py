@@ -7,7 +7,7 @@ import pytest
 from embslim.data import arrow_reader
 from embslim.data.avazu import load_avazu
 from embslim.data.criteo import load_criteo
-from embslim.data.encode import PrepareConfig, RawColumns, prepare
+from embslim.data.encode import CodedColumns, PrepareConfig, RawColumns, prepare
 from embslim.data.reader import ReadReport
 from embslim.errors import DataError
 from conftest import shared_dataset
@@ -23,7 +23,7 @@ def assert_same_raw(a: RawColumns, b: RawColumns) -> None:
     assert np.array_equal(a.target, b.target)
     assert list(a.columns) == list(b.columns)
     for name in b.columns:
-        assert np.array_equal(a.values(name), b.values(name)), name
+        assert np.array_equal(a.columns[name], b.columns[name]), name
 
 
 def assert_same_prepared(a: RawColumns, b: RawColumns, min_count: int) -> None:
@@ -56,7 +56,7 @@ def broken_criteo(tmp_path: Path) -> Path:
 def test_real_criteo_rows_read_and_encode_exactly_as_the_line_reader():
     path = shared_dataset("criteo-dac-head10k")
     fast, slow = load_criteo(path), load_criteo(path, engine="python")
-    assert fast.dictionaries and not slow.dictionaries
+    assert isinstance(fast.columns, CodedColumns) and not isinstance(slow.columns, CodedColumns)
     assert_same_raw(fast, slow)
     assert_same_prepared(fast, slow, min_count=10)
 
@@ -101,7 +101,7 @@ def test_avazu_reads_as_the_line_reader_with_bad_clicks_and_hours_counted(tmp_pa
     (tmp_path / "train.csv").write_text("\n".join([AVAZU_HEADER, *rows]) + "\n")
     fast, slow = load_avazu(tmp_path, 3), load_avazu(tmp_path, 3, engine="python")
     assert fast.info["reads"][0]["reasons"] == {"bad click": 1, "bad hour": 1, "wrong column count": 1}
-    assert fast.values("hour_of_day").tolist() == ["0", "23", "0"]
+    assert fast.columns["hour_of_day"].tolist() == ["0", "23", "0"]
     assert_same_raw(fast, slow)
     assert_same_prepared(fast, slow, min_count=1)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from embslim.data.arrow_reader import Block, distinct_tokens, merge_coded, read_blocks, reject_rows
-from embslim.data.encode import RawColumns
+from embslim.data.encode import CodedColumns, RawColumns
 from embslim.data.reader import ReadReport, read_rows
 from embslim.errors import DataError
 
@@ -102,7 +102,7 @@ def _load_avazu_arrow(file: Path, max_bad_rows: float) -> RawColumns:
     columns, dictionaries = {}, {}
     for name, field_parts in parts.items():
         dictionaries[name], columns[name] = merge_coded(field_parts)
-    return RawColumns("avazu", columns, target, dictionaries=dictionaries, info={"reads": [report.as_dict()]})
+    return RawColumns("avazu", CodedColumns(columns, dictionaries), target, info={"reads": [report.as_dict()]})
 
 
 def _split_hour_or_none(text: str) -> tuple[str, str] | None:

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embslim.data.arrow_reader import Block, distinct_tokens, merge_coded, read_blocks, reject_rows
-from embslim.data.encode import RawColumns
+from embslim.data.encode import CodedColumns, RawColumns
 from embslim.data.numeric import MISSING, parse_numeric_token
 from embslim.data.reader import ReadReport, read_rows
 from embslim.errors import DataError
@@ -120,7 +120,8 @@ def _load_criteo_arrow(file: Path, max_bad_rows: float) -> RawColumns:
     columns, dictionaries = {}, {}
     for name, field_parts in parts.items():
         dictionaries[name], columns[name] = merge_coded(field_parts)
-    return RawColumns("criteo", columns, np.concatenate(labels) if labels else np.zeros(0, dtype=np.float32), dictionaries=dictionaries, info={"reads": [report.as_dict()]})
+    target = np.concatenate(labels) if labels else np.zeros(0, dtype=np.float32)
+    return RawColumns("criteo", CodedColumns(columns, dictionaries), target, info={"reads": [report.as_dict()]})
 
 
 def _token_or_none(text: str) -> str | None:
