@@ -93,13 +93,19 @@ def read_blocks(
         return "skip"
 
     keep = keep or columns
-    reader = pcsv.open_csv(
-        path,
-        read_options=pcsv.ReadOptions(column_names=columns, skip_rows=int(header), use_threads=False, block_size=block_bytes or BLOCK_BYTES),
-        parse_options=pcsv.ParseOptions(delimiter=sep, quote_char=False, invalid_row_handler=invalid),
-        convert_options=pcsv.ConvertOptions(column_types={c: pa.dictionary(pa.int32(), pa.binary()) for c in keep},
-                                            include_columns=keep),
-    )
+    try:
+        reader = pcsv.open_csv(
+            path,
+            read_options=pcsv.ReadOptions(column_names=columns, skip_rows=int(header), use_threads=False,
+                                          block_size=block_bytes or BLOCK_BYTES),
+            parse_options=pcsv.ParseOptions(delimiter=sep, quote_char=False, invalid_row_handler=invalid),
+            convert_options=pcsv.ConvertOptions(column_types={c: pa.dictionary(pa.int32(), pa.binary()) for c in keep},
+                                                include_columns=keep),
+        )
+    except pa.ArrowInvalid as exc:
+        if "Empty CSV file" in str(exc):
+            return  # no rows: the caller's report says so
+        raise DataError(f"{path}: {str(exc).splitlines()[0]}") from None
     first_row = 0
     while True:
         try:
