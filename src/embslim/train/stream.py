@@ -46,16 +46,21 @@ def chunk_data(name: str, plan: StreamPlan, ids: np.ndarray, label: np.ndarray, 
     return PreparedData(name, "ctr", table, splits or {"train": every, "val": every, "test": every})
 
 
-def run_stream(source: StreamSource, stream: StreamConfig, config: RunConfig, out_dir: Path | None = None) -> dict:
-    """Count, build, train one epoch over the training rows, evaluate on the tail; the results record."""
+def skeleton(name: str, plan: StreamPlan) -> PreparedData:
+    """The stream's fields with no rows: what building a model and sizing a budget need."""
+    return chunk_data(name, plan, np.zeros((0, len(plan.fields)), dtype=np.int64), np.zeros(0, dtype=np.float32))
+
+
+def run_stream(source: StreamSource, stream: StreamConfig, config: RunConfig, out_dir: Path | None = None,
+               plan: StreamPlan | None = None) -> dict:
+    """Count (unless `plan` is given), build, train one epoch over the training rows, evaluate on the tail; the results record."""
     if config.train.epochs != 1:
         raise ConfigError("--stream trains one epoch over the stream; leave --epochs at 1")
     if method_info(config.embedding.method).source == "trained":
         raise ConfigError(f"--stream trains from scratch; {config.embedding.method!r} converts a trained table (not streamable yet)")
-    t0 = time.perf_counter()
-    plan = count_pass(source, stream)
-    skeleton = chunk_data(source.name, plan, np.zeros((0, len(plan.fields)), dtype=np.int64), np.zeros(0, dtype=np.float32))
-    model, _ = build_model(skeleton, config)
+    t0 = time.perf_counter() - (plan.count_seconds if plan is not None else 0.0)
+    plan = plan or count_pass(source, stream)
+    model, _ = build_model(skeleton(source.name, plan), config)
     if getattr(model, "objective", "pointwise") != "pointwise" or config.train.pair_loss:
         raise ConfigError(f"--stream trains pointwise CTR backbones, not {config.model!r}")
     trainer: StreamTrainer | None = None
@@ -97,7 +102,7 @@ def run_stream(source: StreamSource, stream: StreamConfig, config: RunConfig, ou
                  "fields": {f.name: f.cardinality for f in plan.fields},
                  "vocab": {n: {"distinct_in_train": v.seen_values, "cardinality": v.spec.cardinality, "pruned_at": plan.pruned_at[n]}
                            for n, v in plan.vocabs.items()},
-                 **({"reads": [report]} if report else {}), **{k: v for k, v in source.info.items() if k != "max_bad_rows"}},
+                 **({"reads": [report]} if report else {}), "source": {k: v for k, v in source.info.items() if k != "max_bad_rows"}},
         "metrics": {"val": val, "test": test},
         "embedding": describe_embedding(model, config.train.table_optimizer),
         "timing": {"wall_seconds": wall, "count_pass_seconds": plan.count_seconds,
