@@ -65,6 +65,7 @@ class StreamSource:
     chunks: Callable[[], Iterator[Chunk]]
     cardinalities: dict[str, int] | None = None  # generated data: ids are < cardinality
     report: ReadReport | None = None
+    max_bad_rows: float = 0
     info: dict = field(default_factory=dict)
 
 
@@ -160,7 +161,7 @@ def count_pass(source: StreamSource, config: StreamConfig) -> StreamPlan:
             pending_rows -= len(oldest)
             _count(counters, oldest)
     if source.report is not None:
-        source.report.check(source.info.get("max_bad_rows", 0))
+        source.report.check(source.max_bad_rows)
     eval_rows = min(config.eval_rows, rows // 10)
     if eval_rows == 0:
         raise DataError(f"stream {source.name!r} has {rows} rows: too few to hold out validation and test rows")
@@ -269,7 +270,7 @@ def text_chunks(dataset: str, path: Path, max_bad_rows: float = 0, block_bytes: 
         names, columns, sep, header, keep, parse = OUTPUT_FIELDS, AVAZU_COLUMNS, ",", True, AVAZU_COLUMNS[1:], avazu_block
     else:
         raise ConfigError(f"--stream reads criteo, avazu or synthetic-criteo/synthetic, not {dataset!r}")
-    source = StreamSource(dataset, names, lambda: iter(()), report=ReadReport(str(file)), info={"max_bad_rows": max_bad_rows})
+    source = StreamSource(dataset, names, lambda: iter(()), report=ReadReport(str(file)), max_bad_rows=max_bad_rows)
 
     def chunks() -> Iterator[Chunk]:
         source.report = ReadReport(str(file))

@@ -102,7 +102,7 @@ def run_stream(source: StreamSource, stream: StreamConfig, config: RunConfig, ou
                  "fields": {f.name: f.cardinality for f in plan.fields},
                  "vocab": {n: {"distinct_in_train": v.seen_values, "cardinality": v.spec.cardinality, "pruned_at": plan.pruned_at[n]}
                            for n, v in plan.vocabs.items()},
-                 **({"reads": [report]} if report else {}), "source": {k: v for k, v in source.info.items() if k != "max_bad_rows"}},
+                 **({"reads": [report]} if report else {}), "source": source.info},
         "metrics": {"val": val, "test": test},
         "embedding": describe_embedding(model, config.train.table_optimizer),
         "timing": {"wall_seconds": wall, "count_pass_seconds": plan.count_seconds,
