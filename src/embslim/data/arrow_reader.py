@@ -39,20 +39,26 @@ class Block:
 
     def line(self, row: int) -> int:
         """Line number of the block's `row`-th row."""
-        return self.lines.line(self.first_row + row)
+        return int(self.lines.lines(np.array([self.first_row + row]))[0])
+
+    def lines_of(self, rows: np.ndarray) -> np.ndarray:
+        """Line numbers of the block's rows at positions `rows`."""
+        return self.lines.lines(self.first_row + rows)
 
 
 class _LineMap:
-    """Maps the n-th accepted row of a file to its line, given the lines pyarrow rejected."""
+    """Maps the n-th accepted row of a file to its line, given the lines pyarrow rejected (in order)."""
 
     def __init__(self, first_line: int) -> None:
         self.first_line = first_line
         self.skipped: list[int] = []
+        self._before = np.zeros(0, dtype=np.int64)
 
-    def line(self, row: int) -> int:
-        skipped = np.asarray(self.skipped, dtype=np.int64)
-        before = skipped - self.first_line - np.arange(len(skipped))
-        return int(row + self.first_line + np.searchsorted(before, row, side="right"))
+    def lines(self, rows: np.ndarray) -> np.ndarray:
+        if len(self._before) != len(self.skipped):  # rows accepted before each rejected line
+            skipped = np.asarray(self.skipped, dtype=np.int64)
+            self._before = skipped - self.first_line - np.arange(len(skipped))
+        return rows + self.first_line + np.searchsorted(self._before, rows, side="right")
 
 
 def check_header(path: Path, columns: list[str], sep: str, encoding: str = "utf-8") -> None:
@@ -153,11 +159,11 @@ def reject_rows(report: ReadReport, block: Block, checks: list[tuple[np.ndarray,
             failed[k] = bad_values[block.codes[column]]
     bad_rows = failed.any(axis=0)
     if bad_rows.any():
-        first_check = failed.argmax(axis=0)
-        for row in np.flatnonzero(bad_rows):
-            k = int(first_check[row])
+        rows = np.flatnonzero(bad_rows)
+        first_check = failed[:, rows].argmax(axis=0)
+        for row, line, k in zip(rows.tolist(), block.lines_of(rows).tolist(), first_check.tolist()):
             _, column, kind, messages = checks[k]
-            report.reject(block.line(int(row)), column, messages[int(block.codes[column][row])], kind)
+            report.reject(line, column, messages[int(block.codes[column][row])], kind)
     return ~bad_rows
 
 
