@@ -35,7 +35,7 @@ class StreamConfig:
     block_bytes: int = 32 << 20
     eval_rows: int = 100_000  # rows of validation and of test each (the stream's tail), at most a tenth of the stream each
     min_count: int = 1
-    max_distinct: int = 2_000_000  # per text field: distinct values counted exactly up to twice this, then pruned to it
+    max_distinct: int = 1_000_000  # per text field: distinct values counted exactly up to twice this, then pruned to it
     drift: float = 0.0  # generated data: share of each field's ids by which popularity shifts over the whole stream
 
 
