@@ -1,6 +1,5 @@
 """Streaming input: vocabularies from one counting pass, a held-out tail, chunked generation, one epoch in chunks."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,7 +70,7 @@ def test_counter_over_its_distinct_cap_keeps_the_most_frequent_values_and_says_w
     assert set(counter.sparse) == {"a", "b"} and counter.pruned_at == 1
 
 
-def test_text_stream_counts_rows_as_the_in_memory_reader_and_encodes_like_its_vocabulary(tmp_path):
+def test_text_stream_counts_rows_as_the_in_memory_reader_and_encodes_like_its_vocabulary():
     path = shared_dataset("criteo-dac-head10k")
     source = text_chunks("criteo", path, block_bytes=300_000)
     plan = count_pass(source, StreamConfig(eval_rows=1000, min_count=3))

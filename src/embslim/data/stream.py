@@ -25,7 +25,7 @@ import pyarrow as pa
 from embslim.data.arrow_reader import read_blocks
 from embslim.data.fields import FieldSpec
 from embslim.data.reader import ReadReport
-from embslim.data.synthetic import SyntheticConfig, zipf_ids
+from embslim.data.synthetic import SyntheticConfig
 from embslim.errors import ConfigError, DataError
 
 
