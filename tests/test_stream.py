@@ -106,3 +106,26 @@ def test_train_stream_over_several_epochs_is_a_one_line_error(capsys):
     assert main(["train", "--dataset", "synthetic", "--synthetic-rows", "6000", "--stream", "--epochs", "2", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert "one epoch" in err and len(err.splitlines()) == 1
+
+
+def test_avazu_text_streams_with_its_hour_fields_and_bad_rows_counted(tmp_path):
+    header = ("id,click,hour,C1,banner_pos,site_id,site_domain,site_category,app_id,app_domain,app_category,device_id,"
+              "device_ip,device_model,device_type,device_conn_type,C14,C15,C16,C17,C18,C19,C20,C21")
+    row = "1,{},{},1005,0,1fbe01fe,f3845767,28905ebd,ecad2386,7801e8d9,07d7df22,a99f214a,ddd2926e,44956a24,1,2,15706,320,50,1722,0,35,-1,79"
+    rows = [row.format(i % 2, f"141021{i % 24:02d}") for i in range(40)] + [row.format(0, "notanhour")]
+    (tmp_path / "train.csv").write_text("\n".join([header, *rows]) + "\n")
+    source = text_chunks("avazu", tmp_path, max_bad_rows=1)
+    plan = count_pass(source, StreamConfig(eval_rows=4))
+    assert source.report.as_dict()["reasons"] == {"bad hour": 1}
+    assert (plan.rows, plan.train_rows) == (40, 32)
+    assert plan.vocabs["hour_of_day"].spec.cardinality == 1 + 24
+
+
+def test_train_stream_reads_criteo_text(tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "criteo", "--data-path", str(shared_dataset("criteo-dac-head10k")), "--stream",
+            "--stream-eval-rows", "1000", "--model", "fm", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["data"]["reads"][0]["rows_used"] == 10_000
+    assert results["data"]["rows"]["test"] == 1000 and results["metrics"]["test"]["auc"] > 0.5
