@@ -118,3 +118,13 @@ def test_report_keeps_the_earliest_example_lines_whatever_order_rows_are_rejecte
         report.reject(line, "", "bad", "bad")
     assert [e.line for e in report.examples][:3] == [3, 50, 100]
     assert len(report.examples) == 20 and report.rows_rejected == 32
+
+
+def test_a_literal_missing_token_merges_with_empty_cells_as_in_the_line_reader(tmp_path):
+    cells = GOOD.split("\t")
+    rows = [GOOD, "\t".join(cells[:14] + ["<missing>"] + cells[15:]), "\t".join(cells[:14] + [""] + cells[15:])]
+    (tmp_path / "train.txt").write_text("\n".join(rows) + "\n")
+    fast, slow = load_criteo(tmp_path), load_criteo(tmp_path, engine="python")
+    assert fast.columns["C1"].tolist() == ["68fd1e64", "<missing>", "<missing>"]
+    assert_same_raw(fast, slow)
+    assert_same_prepared(fast, slow, min_count=1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -147,10 +147,10 @@ def _is_utf8(raw: bytes) -> bool:
         return False
 
 
-def reject_rows(report: ReadReport, block: Block, checks: list[tuple[np.ndarray, str, str, list[str]]]) -> np.ndarray:
+def reject_rows(report: ReadReport, block: Block, checks: list[tuple[np.ndarray, str, str, Callable[[int], str]]]) -> np.ndarray:
     """Reject each row failing a check (the first failing one names it); the mask of rows kept.
 
-    A check is (bad-value mask over the column's distinct values, column, kind, messages per distinct value).
+    A check is (bad-value mask over the column's distinct values, column, kind, message of the i-th distinct value).
     """
     n = len(block)
     failed = np.zeros((len(checks), n), dtype=bool)
@@ -162,8 +162,8 @@ def reject_rows(report: ReadReport, block: Block, checks: list[tuple[np.ndarray,
         rows = np.flatnonzero(bad_rows)
         first_check = failed[:, rows].argmax(axis=0)
         for row, line, k in zip(rows.tolist(), block.lines_of(rows).tolist(), first_check.tolist()):
-            _, column, kind, messages = checks[k]
-            report.reject(line, column, messages[int(block.codes[column][row])], kind)
+            _, column, kind, message = checks[k]
+            report.reject(line, column, message(int(block.codes[column][row])), kind)
     return ~bad_rows
 
 

@@ -73,8 +73,8 @@ def avazu_block(block: Block, report: ReadReport) -> tuple[np.ndarray, dict[str,
     split = [_split_hour_or_none(h) for h in hours]
     kept = reject_rows(report, block, [
         (np.array([c not in ("0", "1") for c in clicks], dtype=bool), "click", "bad click",
-         [f"click must be 0 or 1, found {c!r}" for c in clicks]),
-        (np.array([s is None for s in split], dtype=bool), "hour", "bad hour", [f"expected YYMMDDHH, found {h!r}" for h in hours]),
+         lambda i: f"click must be 0 or 1, found {clicks[i]!r}"),
+        (np.array([s is None for s in split], dtype=bool), "hour", "bad hour", lambda i: f"expected YYMMDDHH, found {hours[i]!r}"),
     ])
     labels = np.array([float(c) if c in ("0", "1") else 0.0 for c in clicks], dtype=np.float32)[block.codes["click"][kept]]
     fields: dict[str, tuple[pa.Array, np.ndarray]] = {}

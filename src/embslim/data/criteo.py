@@ -5,6 +5,7 @@ training occurrences go to the OOV bucket; an empty cell is its own "missing" va
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Literal
 
@@ -85,25 +86,30 @@ def criteo_block(block: Block, report: ReadReport) -> tuple[np.ndarray, dict[str
     """
     label_text = block.values["label"].to_pylist()
     checks = [(np.array([t not in ("0", "1") for t in label_text], dtype=bool), "label", "bad label",
-               [f"label must be 0 or 1, found {t!r}" for t in label_text])]
+               lambda i: f"label must be 0 or 1, found {label_text[i]!r}")]
     numeric_tokens: dict[str, list[str]] = {}
     for name in INT_FIELDS:
         texts = block.values[name].to_pylist()
         tokens = [_token_or_none(t) for t in texts]
         numeric_tokens[name] = [t or MISSING for t in tokens]
         checks.append((np.array([t is None for t in tokens], dtype=bool), name, f"bad {name}",
-                       [f"not a number: {t!r}" for t in texts]))
+                       lambda i, texts=texts: f"not a number: {texts[i]!r}"))
     kept = reject_rows(report, block, checks)
     labels = np.array([float(t) if t in ("0", "1") else 0.0 for t in label_text], dtype=np.float32)[block.codes["label"][kept]]
     fields: dict[str, tuple[pa.Array, np.ndarray]] = {}
     for name in INT_FIELDS + CAT_FIELDS:
+        codes = block.codes[name][kept]
         if name in numeric_tokens:
-            tokens = pa.array(numeric_tokens[name], type=pa.string())
-        else:
-            values = block.values[name]
-            tokens = pc.if_else(pc.equal(values, ""), pa.scalar(MISSING), values)
-        uniq, index = distinct_tokens(tokens)
-        fields[name] = (uniq, index[block.codes[name][kept]])
+            uniq, index = distinct_tokens(pa.array(numeric_tokens[name], type=pa.string()))
+            fields[name] = (uniq, index[codes])
+            continue
+        values = block.values[name]
+        tokens = pc.if_else(pc.equal(values, ""), pa.scalar(MISSING), values)
+        if pc.any(pc.equal(values, MISSING)).as_py():  # a literal MISSING cell merges with the empty ones
+            uniq, index = distinct_tokens(tokens)
+            fields[name] = (uniq, index[codes])
+        else:  # the block's distinct values stay distinct
+            fields[name] = (tokens, codes.astype(np.int64))
     return labels, fields
 
 
@@ -124,7 +130,9 @@ def _load_criteo_arrow(file: Path, max_bad_rows: float) -> RawColumns:
     return RawColumns("criteo", CodedColumns(columns, dictionaries), target, info={"reads": [report.as_dict()]})
 
 
+@functools.lru_cache(maxsize=1 << 20)
 def _token_or_none(text: str) -> str | None:
+    """The bucket token of a numeric cell, None if it is not a number (memoised: blocks repeat values)."""
     try:
         return parse_numeric_token(text)
     except (ValueError, OverflowError):
