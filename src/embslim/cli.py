@@ -12,7 +12,7 @@ from embslim.cli_types import (blocks_spec, budget_fractions, budget_text, dnis_
                                learning_rate, non_negative_float, non_negative_int, positive_float, positive_int, seed_int)
 from embslim.data import DATASETS, PrepareConfig, load_dataset
 from embslim.data.fetch import Archive, fetch_archive
-from embslim.data.registry import data_dirs, get_source
+from embslim.data.registry import data_dirs, get_source, resolve_path
 from embslim.data.synthetic import SYNTHETIC_SHAPES, synthetic_config
 from embslim.embeddings import EmbeddingConfig, list_embeddings, method_info, split_key_values
 from embslim.embeddings.full import full_bytes
@@ -86,6 +86,18 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
 
+def add_stream_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("streaming (train --stream: one epoch over data larger than memory)")
+    g.add_argument("--stream", action="store_true",
+                   help="read criteo/avazu text or a generated synthetic/synthetic-criteo stream in chunks: one pass counts the "
+                        "vocabularies, a second trains; validation and test are the stream's last rows; memory does not grow with rows")
+    g.add_argument("--stream-chunk-rows", type=positive_int, help="rows per generated chunk (default 262144)")
+    g.add_argument("--stream-eval-rows", type=positive_int, help="held-out rows of validation and of test each, the stream's tail "
+                                                                 "(default 100000, at most a tenth of the stream each)")
+    g.add_argument("--drift", type=non_negative_float, help="generated stream: share of each field's ids by which popularity "
+                                                            "shifts from start to end, in [0, 1] (default 0)")
+
+
 def load_from_args(args: argparse.Namespace):
     source = get_source(args.dataset)
     config = PrepareConfig(task=args.task or source.default_task, min_count=args.min_count if args.min_count is not None else source.min_count,
@@ -156,9 +168,42 @@ def write_data_args(args: argparse.Namespace, task: str, out: Path) -> None:
     (out / DATA_ARGS).write_text(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in values.items()}, indent=1))
 
 
+def cmd_train_stream(args: argparse.Namespace) -> int:
+    """`train --stream`: count the stream's values, build the model on them, train one epoch chunk by chunk."""
+    from embslim.data.stream import count_pass, synthetic_chunks, text_chunks
+    from embslim.train.stream import run_stream, skeleton, stream_config
+
+    if args.task not in (None, "ctr") or args.history or args.resume:
+        raise ConfigError("--stream trains CTR rows, without --history or --resume")
+    source_info = get_source(args.dataset)
+    min_count = args.min_count if args.min_count is not None else source_info.min_count
+    stream = stream_config(min_count, chunk_rows=args.stream_chunk_rows, eval_rows=args.stream_eval_rows, drift=args.drift)
+    if args.dataset in SYNTHETIC_SHAPES:
+        source = synthetic_chunks(synthetic_config(args.dataset, args.synthetic_rows), stream.chunk_rows, stream.drift)
+    else:
+        if args.drift:
+            raise ConfigError("--drift shifts a generated stream; a file's order is its own")
+        source = text_chunks(args.dataset, resolve_path(source_info, args.data_path), args.max_bad_rows)
+    source.name = args.dataset
+    plan = count_pass(source, stream)
+    data = skeleton(source.name, plan)
+    config = configs_from_args(args, data)
+    if args.epochs is None:
+        config = replace(config, train=replace(config.train, epochs=1))
+    out = args.out or Path("runs") / f"train-{args.dataset}-stream-{args.model}-seed{args.seed}"
+    results = run_stream(source, stream, config, out, plan)
+    print_summary(results, out)
+    t = results["timing"]
+    print(f"stream: {plan.rows:,} rows; counting pass {t['count_pass_rows_per_second']:,.0f} rows/s; "
+          f"training {t['train_samples_per_second']:,.0f} samples/s; peak RSS {t['peak_rss_mb']:,.0f} MB")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from embslim.train.run import run
 
+    if args.stream:
+        return cmd_train_stream(args)
     data = load_from_args(args)
     config = configs_from_args(args, data)
     out = args.out or Path("runs") / f"train-{args.dataset}-{data.task}-{args.model}-seed{args.seed}"
@@ -348,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train one model and write results.json", description="Train a backbone over an embedding method; writes OUT/results.json, OUT/checkpoint.pt and OUT/embedding.safetensors.")
     add_train_args(p)
+    add_stream_args(p)
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("search", help="DNIS: search mixed dimensions, prune to a budget, retrain; with baselines",
                        description="Train the full model, search a soft selection layer on validation loss (DNIS), prune to --budget, "

@@ -6,14 +6,16 @@ with it, so validation and test never leak into vocabularies or frequency counts
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 
 from embslim.data.fields import FeatureTable, FieldSpec, PreparedData, Side
 from embslim.data.history import HISTORY, behaviour_history
 from embslim.data.splits import leave_last_out, random_split
-from embslim.data.vocab import fit_vocab, pad_bags
+from embslim.data.vocab import fit_coded_vocab, fit_vocab, pad_bags
 from embslim.errors import ConfigError
 
 TASKS = ("ctr", "rating", "topk")
@@ -25,10 +27,12 @@ class RawColumns:
 
     `bags` holds multi-valued fields as (flat values, per-row lengths).
     `target` is the raw target (rating, click); tasks turn it into a label.
+    `columns` may be `CodedColumns` (what the pyarrow readers return): the same values, kept
+    as codes that `prepare` encodes without sorting strings.
     """
 
     name: str
-    columns: dict[str, np.ndarray]
+    columns: Mapping[str, np.ndarray]
     target: np.ndarray
     bags: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     sides: dict[str, Side] = field(default_factory=dict)
@@ -37,6 +41,27 @@ class RawColumns:
     item_field: str | None = None
     tasks: tuple[str, ...] = ("ctr",)
     info: dict = field(default_factory=dict)
+
+
+class CodedColumns(Mapping):
+    """Columns as integer codes into each field's sorted distinct values; indexing decodes them.
+
+    Code order is value order, so a vocabulary fitted on the codes ranks (ties by value) and
+    encodes exactly as one fitted on the values themselves.
+    """
+
+    def __init__(self, codes: dict[str, np.ndarray], dictionaries: dict[str, np.ndarray]) -> None:
+        self.codes = codes
+        self.dictionaries = dictionaries
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.dictionaries[name][self.codes[name]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.codes)
+
+    def __len__(self) -> int:
+        return len(self.codes)
 
 
 @dataclass(frozen=True)
@@ -70,10 +95,16 @@ def prepare(raw: RawColumns, config: PrepareConfig) -> PreparedData:
     stats: dict[str, dict] = {}
     id_columns: list[np.ndarray] = []
     bags: dict[str, np.ndarray] = {}
-    for name, column in raw.columns.items():
-        catalogue = column if (config.task == "topk" and name in (raw.item_field, raw.user_field)) else None
+    coded = raw.columns if isinstance(raw.columns, CodedColumns) else None
+    for name in raw.columns:
+        catalogue = raw.columns[name] if (config.task == "topk" and name in (raw.item_field, raw.user_field)) else None
         min_count = 1 if catalogue is not None else config.min_count
-        vocab = fit_vocab(column[train], min_count, catalogue)
+        if coded is not None and catalogue is None:
+            column = coded.codes[name]
+            vocab = fit_coded_vocab(column[train], len(coded.dictionaries[name]), min_count)
+        else:
+            column = raw.columns[name]
+            vocab = fit_vocab(column[train], min_count, catalogue)
         id_columns.append(vocab.encode(column))
         stats[name] = _vocab_stats(vocab)
         fields.append(FieldSpec(name, vocab.cardinality, vocab.counts, side=raw.sides.get(name, "context")))
@@ -86,7 +117,7 @@ def prepare(raw: RawColumns, config: PrepareConfig) -> PreparedData:
         fields.append(FieldSpec(name, vocab.cardinality, vocab.counts, multivalued=True, pooling="mean", side=raw.sides.get(name, "context")))
 
     label = _label(raw.target, config)
-    ids = np.stack(id_columns, axis=1) if id_columns else np.zeros((n, 0), dtype=np.int64)
+    ids = stack_columns(id_columns, n)
     table = FeatureTable(fields, ids, bags, label)
     data = PreparedData(raw.name, config.task, table, splits, raw.user_field, raw.item_field, info=dict(raw.info))
     if config.history:
@@ -103,6 +134,17 @@ def prepare(raw: RawColumns, config: PrepareConfig) -> PreparedData:
     data.info["min_count"] = config.min_count
     data.info["rows"] = {k: int(len(v)) for k, v in splits.items()}
     return data
+
+
+def stack_columns(columns: list[np.ndarray], n: int, rows_per_block: int = 8192) -> np.ndarray:
+    """`np.stack(columns, axis=1)`, a block of rows at a time: the column-to-row transpose stays
+    in cache, several times faster on millions of rows."""
+    if not columns:
+        return np.zeros((n, 0), dtype=np.int64)
+    out = np.empty((n, len(columns)), dtype=np.result_type(*columns))
+    for start in range(0, n, rows_per_block):
+        out[start:start + rows_per_block] = np.stack([c[start:start + rows_per_block] for c in columns], axis=1)
+    return out
 
 
 def _check_history(raw: RawColumns, config: PrepareConfig) -> None:

@@ -6,6 +6,7 @@ of them than the caller allows. Nothing is dropped silently.
 """
 from __future__ import annotations
 
+import bisect
 import csv
 import io
 from collections import Counter
@@ -45,11 +46,16 @@ class ReadReport:
         return self.rows_read - self.rows_rejected
 
     def reject(self, line: int, field_name: str, reason: str, kind: str) -> None:
-        """Record one malformed row; `kind` is the short reason it is tallied under."""
+        """Record one malformed row; `kind` is the short reason it is tallied under.
+
+        The examples kept are the MAX_EXAMPLES earliest lines, whatever order rows are rejected in.
+        """
         self.rows_rejected += 1
         self.reasons[kind] += 1
-        if len(self.examples) < MAX_EXAMPLES:
-            self.examples.append(RowProblem(self.path, line, field_name, reason))
+        if len(self.examples) == MAX_EXAMPLES and line >= self.examples[-1].line:
+            return
+        bisect.insort(self.examples, RowProblem(self.path, line, field_name, reason), key=lambda p: p.line)
+        del self.examples[MAX_EXAMPLES:]
 
     def check(self, max_bad_rows: float = 0) -> None:
         """Raise DataError when rejected rows exceed max_bad_rows (a count, or a fraction if < 1)."""

@@ -49,6 +49,31 @@ def fit_vocab(train_values: np.ndarray, min_count: int = 1, catalogue: np.ndarra
     return Vocab(values=values, counts=np.concatenate([[oov], counts]).astype(np.int64), seen_values=len(uniq))
 
 
+@dataclass(eq=False)
+class CodedVocab(Vocab):
+    """A vocabulary over dictionary codes 0..size-1; `values` are the kept codes, by rank."""
+
+    size: int = 0
+
+    def encode(self, column: np.ndarray) -> np.ndarray:
+        """Map codes to ids (rare or unseen codes -> 0) through a dense lookup table."""
+        lookup = np.zeros(self.size, dtype=np.int64)
+        lookup[self.values] = np.arange(1, len(self.values) + 1)
+        return lookup[column]
+
+
+def fit_coded_vocab(train_codes: np.ndarray, size: int, min_count: int = 1) -> CodedVocab:
+    """`fit_vocab` for codes into a sorted dictionary of `size` values: the same ranks (ties by
+    code, which is value order) and counts, by counting instead of sorting."""
+    cnt = np.bincount(train_codes, minlength=size)
+    keep = cnt >= max(min_count, 1)
+    kept = np.flatnonzero(keep)
+    values = kept[np.argsort(-cnt[kept], kind="stable")]
+    oov = int(cnt[~keep].sum())
+    counts = np.concatenate([[oov], cnt[values]]).astype(np.int64)
+    return CodedVocab(values=values, counts=counts, seen_values=int((cnt > 0).sum()), size=size)
+
+
 def flatten_bags(bags: list[list]) -> tuple[np.ndarray, np.ndarray]:
     """Flatten a list of value lists into (values, lengths)."""
     lengths = np.fromiter((len(b) for b in bags), dtype=np.int64, count=len(bags))

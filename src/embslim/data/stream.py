@@ -1,0 +1,282 @@
+"""Streaming CTR input: rows arrive in chunks, so a file larger than memory trains with bounded memory.
+
+Two passes over the source. The first counts every field's values on the training rows
+(exactly: a count per id for generated data, a count per distinct value for text, pruned
+to the most frequent `max_distinct` when a field has more) and builds vocabularies ranked
+as `fit_vocab` ranks them (descending count, ties by value; below `min_count` -> OOV id 0).
+The second encodes chunk by chunk for training. Validation and test are the stream's tail:
+the last `eval_rows` rows are test, the `eval_rows` before them validation (each at most a
+tenth of the stream), so they are later in time than every training row and bounded in size.
+
+Sources: `synthetic_chunks` (the `synthetic-criteo` generator drawn chunk by chunk, any
+length, with optional drift of which ids are popular) and `text_chunks` (Criteo/Avazu text
+through the pyarrow block reader, with its row accounting).
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from embslim.data.arrow_reader import read_blocks
+from embslim.data.fields import FieldSpec
+from embslim.data.reader import ReadReport
+from embslim.data.synthetic import SyntheticConfig
+from embslim.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    chunk_rows: int = 262_144  # rows per generated chunk (text: pyarrow's blocks of `block_bytes`)
+    block_bytes: int = 32 << 20
+    eval_rows: int = 100_000  # rows of validation and of test each (the stream's tail), at most a tenth of the stream each
+    min_count: int = 1
+    max_distinct: int = 1_000_000  # per text field: distinct values counted exactly up to twice this, then pruned to it
+    drift: float = 0.0  # generated data: share of each field's ids by which popularity shifts over the whole stream
+
+
+@dataclass(eq=False)
+class Chunk:
+    """Rows of a stream: labels, and per field (distinct values or None, codes).
+
+    With values None the codes are the ids themselves (generated data, ids in [0, cardinality)).
+    """
+
+    label: np.ndarray
+    fields: dict[str, tuple[pa.Array | None, np.ndarray]]
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def rows(self, start: int, stop: int) -> "Chunk":
+        return Chunk(self.label[start:stop], {k: (v, c[start:stop]) for k, (v, c) in self.fields.items()})
+
+
+@dataclass(eq=False)
+class StreamSource:
+    """A re-readable stream: `chunks()` starts it again; `report` accounts for text rows."""
+
+    name: str
+    field_names: list[str]
+    chunks: Callable[[], Iterator[Chunk]]
+    cardinalities: dict[str, int] | None = None  # generated data: ids are < cardinality
+    report: ReadReport | None = None
+    max_bad_rows: float = 0
+    info: dict = field(default_factory=dict)
+
+
+class FieldCounter:
+    """Training occurrences of one field's values; exact below `max_distinct` distinct values."""
+
+    def __init__(self, cardinality: int | None, max_distinct: int) -> None:
+        self.dense = np.zeros(cardinality, dtype=np.int64) if cardinality is not None else None
+        self.sparse: dict[str, int] = {}
+        self.max_distinct = max_distinct
+        self.pruned_at = 0  # values counted at most this many times may have been dropped
+
+    def add(self, values: pa.Array | None, codes: np.ndarray) -> None:
+        if self.dense is not None:
+            self.dense += np.bincount(codes, minlength=len(self.dense))
+            return
+        counts = np.bincount(codes, minlength=len(values))
+        for value, count in zip(values.to_pylist(), counts.tolist()):
+            if count:
+                self.sparse[value] = self.sparse.get(value, 0) + count
+        if len(self.sparse) > 2 * self.max_distinct:
+            self._prune()
+
+    def _prune(self) -> None:
+        counts = np.fromiter(self.sparse.values(), dtype=np.int64, count=len(self.sparse))
+        threshold = int(np.partition(counts, len(counts) - self.max_distinct)[len(counts) - self.max_distinct])
+        self.pruned_at = max(self.pruned_at, threshold - 1)
+        self.sparse = {v: c for v, c in self.sparse.items() if c >= threshold}
+
+    def vocabulary(self, name: str, min_count: int) -> "StreamVocab":
+        """Ids by descending count, ties by value (as `fit_vocab`); counts below min_count -> OOV."""
+        if self.dense is not None:
+            cnt = self.dense
+            kept = np.flatnonzero(cnt >= max(min_count, 1))
+            ranked = kept[np.argsort(-cnt[kept], kind="stable")]
+            lookup = np.zeros(len(cnt), dtype=np.int64)
+            lookup[ranked] = np.arange(1, len(ranked) + 1)
+            counts, seen, oov = cnt[ranked], int((cnt > 0).sum()), int(cnt.sum() - cnt[ranked].sum())
+            return StreamVocab(FieldSpec(name, len(ranked) + 1, np.concatenate([[oov], counts]).astype(np.int64)), lookup, None, seen)
+        items = sorted(self.sparse.items(), key=lambda kv: (-kv[1], kv[0]))
+        kept = [(v, c) for v, c in items if c >= max(min_count, 1)]
+        oov = sum(c for _, c in items) - sum(c for _, c in kept)
+        counts = np.array([oov] + [c for _, c in kept], dtype=np.int64)
+        ids = {v: i + 1 for i, (v, _) in enumerate(kept)}
+        return StreamVocab(FieldSpec(name, len(kept) + 1, counts), None, ids, len(items))
+
+
+@dataclass(eq=False)
+class StreamVocab:
+    spec: FieldSpec
+    lookup: np.ndarray | None  # dense: id per generated id
+    ids: dict[str, int] | None  # text: id per value
+    seen_values: int
+
+    def encode(self, values: pa.Array | None, codes: np.ndarray) -> np.ndarray:
+        if self.lookup is not None:
+            return self.lookup[codes]
+        mapped = np.fromiter((self.ids.get(v, 0) for v in values.to_pylist()), dtype=np.int64, count=len(values))
+        return mapped[codes]
+
+
+@dataclass(eq=False)
+class StreamPlan:
+    """What the counting pass found: rows, the tail split, vocabularies."""
+
+    rows: int
+    train_rows: int
+    eval_rows: int
+    vocabs: dict[str, StreamVocab]
+    pruned_at: dict[str, int]
+    count_seconds: float
+
+    @property
+    def fields(self) -> list[FieldSpec]:
+        return [v.spec for v in self.vocabs.values()]
+
+
+def count_pass(source: StreamSource, config: StreamConfig) -> StreamPlan:
+    """Read the stream once: count rows, and values on every row before the held-out tail."""
+    import time
+
+    start = time.perf_counter()
+    cards = source.cardinalities or {}
+    counters = {n: FieldCounter(cards.get(n), config.max_distinct) for n in source.field_names}
+    pending: deque[Chunk] = deque()  # chunks that may still fall in the tail
+    pending_rows, rows = 0, 0
+    for chunk in source.chunks():
+        pending.append(chunk)
+        pending_rows += len(chunk)
+        rows += len(chunk)
+        while pending_rows - len(pending[0]) >= 2 * config.eval_rows:
+            oldest = pending.popleft()
+            pending_rows -= len(oldest)
+            _count(counters, oldest)
+    if source.report is not None:
+        source.report.check(source.max_bad_rows)
+    eval_rows = min(config.eval_rows, rows // 10)
+    if eval_rows == 0:
+        raise DataError(f"stream {source.name!r} has {rows} rows: too few to hold out validation and test rows")
+    train_rows = rows - 2 * eval_rows
+    first = rows - pending_rows
+    for chunk in pending:
+        if first < train_rows:
+            _count(counters, chunk.rows(0, train_rows - first))
+        first += len(chunk)
+    vocabs = {n: c.vocabulary(n, config.min_count) for n, c in counters.items()}
+    return StreamPlan(rows, train_rows, eval_rows, vocabs, {n: c.pruned_at for n, c in counters.items()}, time.perf_counter() - start)
+
+
+def _count(counters: dict[str, FieldCounter], chunk: Chunk) -> None:
+    for name, (values, codes) in chunk.fields.items():
+        counters[name].add(values, codes)
+
+
+def encode_chunk(plan: StreamPlan, chunk: Chunk) -> np.ndarray:
+    """[rows, fields] ids of a chunk under the plan's vocabularies."""
+    from embslim.data.encode import stack_columns
+
+    return stack_columns([plan.vocabs[n].encode(*chunk.fields[n]) for n in plan.vocabs], len(chunk))
+
+
+def split_pass(source: StreamSource, plan: StreamPlan) -> Iterator[tuple[str, Chunk]]:
+    """The stream again, as ("train" | "val" | "test", chunk) pieces in order."""
+    bounds = [("train", plan.train_rows), ("val", plan.train_rows + plan.eval_rows), ("test", plan.rows)]
+    first = 0
+    for chunk in source.chunks():
+        start = 0
+        for name, stop in bounds:
+            a, b = max(start, 0), min(len(chunk), stop - first)
+            if b > a:
+                yield name, chunk.rows(a, b)
+                start = b
+        first += len(chunk)
+
+
+# -- sources -----------------------------------------------------------------------------------------------------
+
+def synthetic_chunks(config: SyntheticConfig, chunk_rows: int, drift: float = 0.0) -> StreamSource:
+    """The planted-model generator drawn chunk by chunk: the same model for every chunk, rows
+    drawn with a per-chunk seed, so the stream is reproducible at any length in bounded memory.
+
+    `drift` > 0 rotates each field's popularity over the stream: at position t (0..1) the
+    k-th most popular value is id (k + drift * t * n) mod n, so hot ids of the end were rare
+    at the start (and their latent vectors, fixed per id, are new to the model).
+    """
+    if len(config.cardinalities) != len(config.ranks):
+        raise ConfigError("cardinalities and ranks need one entry per field")
+    if not 0 <= drift <= 1:
+        raise ConfigError(f"--drift must be in [0, 1], got {drift}")
+    names = [f"field{i}" for i in range(len(config.ranks))]
+    rng = np.random.default_rng(config.seed)
+    vectors, weights, cdfs = [], [], []
+    for n, r in zip(config.cardinalities, config.ranks):
+        scale = np.arange(1, n + 1, dtype=np.float64) ** -config.tail_decay
+        vectors.append((rng.standard_normal((n, max(r, 1))) * scale[:, None] * (r > 0)).astype(np.float32))
+        weights.append((rng.standard_normal(n) * 0.5 * (r > 0) * scale).astype(np.float32))
+        p = np.arange(1, n + 1, dtype=np.float64) ** -config.zipf
+        cdfs.append(np.cumsum(p / p.sum()))
+
+    def draw(index: int, rows: int, position: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        crng = np.random.default_rng([config.seed, 1, index])
+        z = np.zeros(rows)
+        total = np.zeros((rows, max(max(config.ranks), 1)), dtype=np.float32)
+        ids = {}
+        for f, name in enumerate(names):
+            n = config.cardinalities[f]
+            rank = np.minimum(np.searchsorted(cdfs[f], crng.random(rows)), n - 1)
+            ids[name] = (rank + int(drift * position * n)) % n
+            u = vectors[f][ids[name]]
+            z += weights[f][ids[name]]
+            total[:, : u.shape[1]] += u
+            z -= 0.5 * np.einsum("ij,ij->i", u, u)
+        z += 0.5 * np.einsum("ij,ij->i", total, total)
+        return z, ids
+
+    calib, _ = draw(1 << 40, min(100_000, config.rows), 0.0)  # a calibration draw no chunk uses
+    mean, std = float(calib.mean()), float(calib.std()) or 1.0
+    bias = np.log(config.base_rate / (1 - config.base_rate))
+
+    def chunks() -> Iterator[Chunk]:
+        for index, start in enumerate(range(0, config.rows, chunk_rows)):
+            rows = min(chunk_rows, config.rows - start)
+            z, ids = draw(index, rows, start / config.rows)
+            prob = 1 / (1 + np.exp(-(bias + config.logit_std * (z - mean) / std)))
+            label = (np.random.default_rng([config.seed, 2, index]).random(rows) < prob).astype(np.float32)
+            yield Chunk(label, {name: (None, ids[name]) for name in names})
+
+    return StreamSource("synthetic", names, chunks, dict(zip(names, config.cardinalities)),
+                        info={"generator": "embslim.data.stream.synthetic_chunks", "drift": drift, "rows": config.rows})
+
+
+def text_chunks(dataset: str, path: Path, max_bad_rows: float = 0, block_bytes: int | None = None) -> StreamSource:
+    """Criteo or Avazu text as a stream of pyarrow blocks; each pass accounts for every row afresh."""
+    from embslim.data.avazu import COLUMNS as AVAZU_COLUMNS
+    from embslim.data.avazu import OUTPUT_FIELDS, avazu_block
+    from embslim.data.criteo import CAT_FIELDS, COLUMNS, INT_FIELDS, criteo_block, find_criteo_file
+
+    if dataset == "criteo":
+        file, names, columns, sep, header, keep, parse = find_criteo_file(path), INT_FIELDS + CAT_FIELDS, COLUMNS, "\t", False, None, criteo_block
+    elif dataset == "avazu":
+        file = next((path / n for n in ("train.csv", "train") if (path / n).exists()), path / "train.csv") if path.is_dir() else path
+        names, columns, sep, header, keep, parse = OUTPUT_FIELDS, AVAZU_COLUMNS, ",", True, AVAZU_COLUMNS[1:], avazu_block
+    else:
+        raise ConfigError(f"--stream reads criteo, avazu or synthetic-criteo/synthetic, not {dataset!r}")
+    source = StreamSource(dataset, names, lambda: iter(()), report=ReadReport(str(file)), max_bad_rows=max_bad_rows)
+
+    def chunks() -> Iterator[Chunk]:
+        source.report = ReadReport(str(file))
+        for block in read_blocks(file, columns, sep, source.report, header=header, keep=keep, block_bytes=block_bytes):
+            label, fields = parse(block, source.report)
+            yield Chunk(label, fields)
+
+    source.chunks = chunks
+    return source
