@@ -109,12 +109,6 @@ def test_every_dnis_setting_has_a_check():
     assert set(DNIS_VALUES) == {f.name for f in fields(DNISConfig)}
 
 
-def test_parquet_without_pyarrow_fails_up_front_with_install_hint(capsys, monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "pyarrow", None)
-    err = error_of(capsys, ["train", "--dataset", "tabular", "--data-path", str(tmp_path / "absent.parquet"), "--schema", "s.json"])
-    assert 'pip install "embslim[parquet]"' in err
-
-
 def test_ray_address_without_ray_fails_before_any_cell_runs(capsys, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)
     err = error_of(capsys, ["bench", "--ray-address", "local", "--synthetic-rows", "300", "--out", str(tmp_path / "b")])

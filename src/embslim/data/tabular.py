@@ -17,7 +17,6 @@ from embslim.data.numeric import MISSING, parse_numeric_token
 from embslim.data.reader import ReadReport, read_rows, require_file
 from embslim.data.vocab import flatten_bags
 from embslim.errors import ConfigError, DataError
-from embslim.extras import require
 
 
 @dataclass
@@ -118,7 +117,6 @@ def _csv_records(path: Path, schema: TabularSchema, report: ReadReport):
 
 
 def _parquet_records(path: Path, schema: TabularSchema):
-    require("pyarrow", "reading Parquet")
     import pyarrow.parquet as pq
 
     try:
