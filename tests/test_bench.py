@@ -107,3 +107,18 @@ def test_peak_memory_is_measured_per_cell_not_per_worker_lifetime():
     del big
     reset_peak_rss()
     assert peak_rss_mb() < before - 200
+
+
+@pytest.mark.parametrize("model", ["sasrec", "lightgcn"])
+def test_top_k_grid_ranks_by_ndcg_and_times_full_ranking(tmp_path, model):
+    from test_ranking import write_ratings
+    from test_sequential import write_sequences
+
+    data = (["--dataset", "amazon-video-games", "--data-path", str(write_sequences(tmp_path))] if model == "sasrec"
+            else ["--dataset", "movielens-latest-small", "--data-path", str(write_ratings(tmp_path))])
+    out = tmp_path / "bench"
+    assert main(["bench", *data, "--task", "topk", "--model", model, "--dim", "8", "--methods", "full,hash", "--budgets", "0.3",
+                 "--seeds", "1", "--epochs", "1", "--workers", "1", "--quiet", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert {r["method"] for r in rows} == {"full", "hash"}
+    assert all(float(r["test_ndcg@10"]) >= 0 and float(r["inference_seconds"]) > 0 for r in rows)

@@ -203,18 +203,29 @@ def peak_rss_mb() -> float:
 
 
 def inference_seconds(model, data) -> float:
-    """Wall seconds to score the test split once (batch 16384), after training."""
+    """Wall seconds to score the test split once after training: its rows (batch 16384), or for top-k every
+    catalogue item for each test user (the objective's ranking scores, in its chunks)."""
     import numpy as np
     import torch
 
     from embslim.embeddings.batch import SparseBatch
+    from embslim.train.objectives import create_objective
+    from embslim.train.trainer import TrainConfig
 
-    table = data.split("test")
     model.eval()
     t0 = time.perf_counter()
     with torch.no_grad():
-        for s in range(0, len(table), 16384):
-            model(SparseBatch.from_table(table, np.arange(s, min(s + 16384, len(table)))))
+        if data.task == "topk":
+            objective = create_objective(model, data, TrainConfig(progress=False))
+            users = data.row_users()[data.splits["test"]]
+            t0 = time.perf_counter()
+            step = objective.users_per_chunk(len(data.items.label))
+            for s in range(0, len(users), step):
+                objective.rank_scores(users[s:s + step], "test")
+        else:
+            table = data.split("test")
+            for s in range(0, len(table), 16384):
+                model(SparseBatch.from_table(table, np.arange(s, min(s + 16384, len(table)))))
     return time.perf_counter() - t0
 
 
