@@ -22,6 +22,13 @@ def dnis_model(data, model: str, train: TrainConfig = QUICK):
     return build_model(data, RunConfig(model, EmbeddingConfig("dnis", 8, init_std=0.1, options={"blocks": 2}), train=train))
 
 
+def topk_data(tmp_path, model: str):
+    """Tiny top-k data in the format `model` reads: SASRec-format sequences, or MovieLens ratings for user-item models."""
+    if model == "sasrec":
+        return load_dataset("amazon-video-games", "topk", write_sequences(tmp_path))
+    return load_dataset("movielens-latest-small", "topk", write_ratings(tmp_path))
+
+
 def test_sequence_validation_queries_read_the_training_history_and_target_the_validation_item(tmp_path):
     data = load_dataset("amazon-video-games", "topk", write_sequences(tmp_path))
     model, d = dnis_model(data, "sasrec")
@@ -46,11 +53,7 @@ def test_pointwise_topk_validation_has_sampled_negatives(tmp_path):
 
 @pytest.mark.parametrize("name", ["sasrec", "lightgcn", "mf"])
 def test_alpha_step_moves_alpha_on_each_objective(tmp_path, name):
-    if name == "sasrec":
-        data = load_dataset("amazon-video-games", "topk", write_sequences(tmp_path))
-    else:
-        data = load_dataset("movielens-latest-small", "topk", write_ratings(tmp_path))
-    model, d = dnis_model(data, name)
+    model, d = dnis_model(topk_data(tmp_path, name), name)
     step = AlphaStep(model, d, DNISConfig(alpha_lr=0.5), batch_size=32, seed=0, train=QUICK)
     Trainer(model, d, QUICK, callbacks=[step]).train_epoch(0)
     alpha = model.embedding.alpha
@@ -59,11 +62,7 @@ def test_alpha_step_moves_alpha_on_each_objective(tmp_path, name):
 
 @pytest.mark.parametrize("name", ["sasrec", "lightgcn"])
 def test_loss_increase_scores_every_block_and_dimension_of_a_many_rows_per_example_model(tmp_path, name):
-    if name == "sasrec":
-        data = load_dataset("amazon-video-games", "topk", write_sequences(tmp_path))
-    else:
-        data = load_dataset("movielens-latest-small", "topk", write_ratings(tmp_path))
-    model, d = dnis_model(data, name)
+    model, d = dnis_model(topk_data(tmp_path, name), name)
     Trainer(model, d, QUICK).train_epoch(0)
     scores = loss_increase(model, d)
     assert set(scores) == {f.name for f in model.embedding.fields}
