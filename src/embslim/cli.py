@@ -96,6 +96,12 @@ def add_stream_args(p: argparse.ArgumentParser) -> None:
                                                                  "(default 100000, at most a tenth of the stream each)")
     g.add_argument("--drift", type=non_negative_float, help="generated stream: share of each field's ids by which popularity "
                                                             "shifts from start to end, in [0, 1] (default 0)")
+    g.add_argument("--online", action="store_true",
+                   help="with --stream: no counting pass and no vocabulary; every value becomes a 62-bit hashed id and each "
+                        "chunk is scored (progressive validation) before it is trained on; results.json per chunk, online.png")
+    g.add_argument("--id-space", type=positive_int,
+                   help="--online: rows per field for methods that need a cardinality (they read the hashed id modulo it; "
+                        "collisionless and hash read it whole); --budget fractions are of this full table (default 1048576)")
 
 
 def load_from_args(args: argparse.Namespace):
@@ -199,9 +205,52 @@ def cmd_train_stream(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_online(args: argparse.Namespace) -> int:
+    """`train --stream --online`: score then train each chunk of the stream once, on hashed raw ids."""
+    from embslim.data.stream import rechunk, synthetic_chunks, text_chunks
+    from embslim.train.online import DEFAULT_ID_SPACE, raw_skeleton, run_online
+
+    if args.task not in (None, "ctr") or args.history or args.resume:
+        raise ConfigError("--online trains CTR rows, without --history or --resume")
+    if args.stream_eval_rows is not None:
+        raise ConfigError("--online scores every chunk before training on it (progressive validation); --stream-eval-rows does not apply")
+    if args.min_count is not None:
+        raise ConfigError("--online builds no vocabulary, so --min-count does not apply; collisionless admits ids after "
+                          "--embedding-opt min_count=N sightings")
+    if args.epochs not in (None, 1):
+        raise ConfigError("--online reads the stream once; leave --epochs at 1")
+    chunk_rows = args.stream_chunk_rows or 262_144
+    if args.dataset in SYNTHETIC_SHAPES:
+        source = synthetic_chunks(synthetic_config(args.dataset, args.synthetic_rows), chunk_rows, args.drift or 0.0)
+    else:
+        if args.drift:
+            raise ConfigError("--drift shifts a generated stream; a file's order is its own")
+        source = rechunk(text_chunks(args.dataset, resolve_path(get_source(args.dataset), args.data_path), args.max_bad_rows), chunk_rows)
+    source.name = args.dataset
+    id_space = args.id_space or DEFAULT_ID_SPACE
+    config = configs_from_args(args, raw_skeleton(source.name, source.field_names, id_space))
+    config = replace(config, train=replace(config.train, epochs=1))
+    out = args.out or Path("runs") / f"train-{args.dataset}-online-{args.model}-{args.embedding}-seed{args.seed}"
+    results = run_online(source, config, out, id_space, hash_seed=0)
+    p, m = results["metrics"], results["memory"]
+    after = p.get("progressive_after_first_chunk", p["progressive"])
+    print(f"{args.dataset} online {args.model} {args.embedding}: {results['data']['rows']:,} rows in {results['data']['chunks']} chunks; "
+          f"progressive AUC {after['auc']:.4f}, logloss {after['logloss']:.4f} (after the first chunk; all: {p['progressive']['auc']:.4f})")
+    print(f"memory: held at most {m['max_held_bytes']:,} bytes (cap {m['cap_bytes'] or 'none'}), serve up to {m['max_serve_bytes']:,}, "
+          f"train up to {m['max_train_bytes']:,}; peak RSS {m['peak_rss_mb']:,.0f} MB")
+    print(f"results: {out / 'results.json'}  plot: {out / 'online.png'}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from embslim.train.run import run
 
+    if args.online and not args.stream:
+        raise ConfigError("--online reads a stream: add --stream")
+    if args.id_space is not None and not args.online:
+        raise ConfigError("--id-space sizes the hashed ids of --online training: add --stream --online")
+    if args.online:
+        return cmd_train_online(args)
     if args.stream:
         return cmd_train_stream(args)
     data = load_from_args(args)

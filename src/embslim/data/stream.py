@@ -8,6 +8,9 @@ The second encodes chunk by chunk for training. Validation and test are the stre
 the last `eval_rows` rows are test, the `eval_rows` before them validation (each at most a
 tenth of the stream), so they are later in time than every training row and bounded in size.
 
+Online mode (`raw_ids`) skips the counting pass: every value becomes a 62-bit id by a seeded hash
+(`embslim.embeddings.hashing.mix`), so ids arrive that no pass has seen, as in a production log.
+
 Sources: `synthetic_chunks` (the `synthetic-criteo` generator drawn chunk by chunk, any
 length, with optional drift of which ids are popular) and `text_chunks` (Criteo/Avazu text
 through the pyarrow block reader, with its row accounting).
@@ -199,6 +202,57 @@ def split_pass(source: StreamSource, plan: StreamPlan) -> Iterator[tuple[str, Ch
                 yield name, chunk.rows(a, b)
                 start = b
         first += len(chunk)
+
+
+# -- raw ids (online mode) ---------------------------------------------------------------------------------------
+
+RAW_ID_BITS = 62  # below int64's sign bit and its max (collisionless's free-slot key), so any id is a valid key
+
+
+def hash_values(values: pa.Array | None, codes: np.ndarray, seed: int = 0) -> np.ndarray:
+    """62-bit ids of a field's cells: generated integer ids (values None) or text values (the distinct values of
+    a block, `codes` indexing them), hashed with the seeded `mix` of embslim.embeddings.hashing.
+
+    Integer ids are mixed once (mix is a bijection on 64 bits, so distinct ids collide only by the 62-bit mask);
+    a text value's UTF-8 bytes are folded 8 at a time, starting from its length. Equal values hash equally in
+    every chunk and every field; the tables keep fields apart."""
+    import torch
+
+    from embslim.embeddings.hashing import mix
+
+    salt = torch.tensor(2 * seed + 1, dtype=torch.int64)  # odd: id 0 and the empty string do not hash to 0
+    if values is None:
+        h = mix(torch.from_numpy(np.ascontiguousarray(codes, dtype=np.int64)), salt)
+    else:
+        data = [v.encode() for v in values.cast(pa.string()).fill_null("").to_pylist()]
+        width = -(-max((len(b) for b in data), default=0) // 8) * 8
+        packed = np.frombuffer(b"".join(b.ljust(width, b"\0") for b in data), dtype="<i8").reshape(len(data), width // 8)
+        h = mix(torch.tensor([len(b) for b in data], dtype=torch.int64), salt)
+        for word in torch.from_numpy(packed.copy()).unbind(1):
+            h = mix(h ^ word, salt)
+        h = h[torch.from_numpy(np.ascontiguousarray(codes, dtype=np.int64))]
+    return (h & ((1 << RAW_ID_BITS) - 1)).numpy()
+
+
+def raw_ids(chunk: Chunk, names: list[str], seed: int = 0) -> np.ndarray:
+    """[rows, fields] 62-bit hashed ids of a chunk, no vocabulary: see `hash_values`."""
+    out = np.empty((len(chunk), len(names)), dtype=np.int64)
+    for j, name in enumerate(names):
+        out[:, j] = hash_values(*chunk.fields[name], seed=seed)
+    return out
+
+
+def rechunk(source: StreamSource, rows: int) -> StreamSource:
+    """The source, its chunks now at most `rows` rows (larger ones cut in order, none merged); returned for chaining."""
+    inner = source.chunks
+
+    def chunks() -> Iterator[Chunk]:
+        for chunk in inner():
+            for start in range(0, len(chunk), rows):
+                yield chunk.rows(start, start + rows)
+
+    source.chunks = chunks
+    return source
 
 
 # -- sources -----------------------------------------------------------------------------------------------------

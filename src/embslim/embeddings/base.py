@@ -139,6 +139,12 @@ class FeatureEmbedding(nn.Module, ABC):
     note: str | None = None
 
     @property
+    def accepts_raw_ids(self) -> bool:
+        """Whether ids may be any int64 (hashed raw values, online training) rather than below each field's
+        cardinality; when False, the online trainer gives the method hashed ids modulo the cardinality."""
+        return False
+
+    @property
     @abstractmethod
     def dims(self) -> list[int]:
         """Output width of each field, in field order."""

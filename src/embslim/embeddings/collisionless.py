@@ -5,8 +5,8 @@ map, so two ids never share a row; ids earn a row by being seen, and rows of ids
 The map: per field, the admitted ids sorted ascending (one int64 array, field after field) and the row
 each one owns; a lookup is one `searchsorted` per field, never a Python dict. Ids are any int64 values:
 nothing assumes they are below the field's cardinality, so raw 64-bit (hashed) ids work as they are.
-The embslim data layer encodes ids to a fitted vocabulary today, so on its datasets the id space is the
-vocabulary's; the table is sized by the byte cap, admission and expiry all the same.
+The in-memory data layer encodes ids to a fitted vocabulary, so there the id space is the vocabulary's;
+online training (`embslim train --stream --online`) gives it every value's 62-bit hash instead, unencoded.
 
 Admission (`admission`): "count" gives an id a row once it has been seen `min_count` times, counted by a
 count-min sketch (2 rows, conservative update: never under-counts, may admit early when it saturates) that
@@ -120,6 +120,10 @@ class CollisionlessEmbedding(FeatureEmbedding):
     @classmethod
     def from_artifact_meta(cls, fields: list[FieldSpec], settings: CollisionlessSettings, meta: dict) -> "CollisionlessEmbedding":
         return cls(fields, meta["dim"], meta["live"], 0, settings)
+
+    @property
+    def accepts_raw_ids(self) -> bool:
+        return True
 
     @property
     def dims(self) -> list[int]:

@@ -96,6 +96,11 @@ class HashEmbedding(FeatureEmbedding):
         return {"dim": self.width, "rows": rows[:1] if self.settings.shared else rows}
 
     @property
+    def accepts_raw_ids(self) -> bool:
+        """Raw 64-bit ids hash as well as encoded ones, unless a field is kept whole (indexed by its ids directly)."""
+        return not any(self._direct)
+
+    @property
     def dims(self) -> list[int]:
         return [self.width] * len(self.fields)
 
