@@ -31,6 +31,7 @@ from embslim.data.fields import FeatureTable, FieldSpec, PreparedData
 from embslim.data.stream import StreamSource, raw_ids
 from embslim.embeddings import method_info
 from embslim.errors import BudgetError, ConfigError
+from embslim.models.base import Recommender
 from embslim.train.metrics import ctr_metrics
 from embslim.train.run import RunConfig, build_model, describe_embedding, environment, model_data, write_results
 from embslim.train.stream import StreamTrainer
@@ -88,7 +89,19 @@ def progressive(labels: list[np.ndarray], logits: list[np.ndarray]) -> dict:
 
 def run_online(source: StreamSource, config: RunConfig, out_dir: Path | None = None, id_space: int = DEFAULT_ID_SPACE,
                hash_seed: int = 0) -> dict:
-    """Score then train each chunk of `source` in order; the results record (results.json and online.png in out_dir)."""
+    """Score then train each chunk of `source` in order; the results record. In `out_dir`: results.json,
+    online.png and the trained embedding (embedding.safetensors)."""
+    results, model = train_online(source, config, id_space, hash_seed)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.embedding.export(out_dir / "embedding.safetensors")
+        write_results(results, out_dir / "results.json")
+        plot_online(results, out_dir / "online.png")
+    return results
+
+
+def train_online(source: StreamSource, config: RunConfig, id_space: int = DEFAULT_ID_SPACE, hash_seed: int = 0) -> tuple[dict, Recommender]:
+    """Score then train each chunk of `source` in order: (the results record, the trained model)."""
     if config.train.epochs != 1:
         raise ConfigError("--online reads the stream once; leave --epochs at 1")
     if method_info(config.embedding.method).source == "trained":
@@ -163,11 +176,7 @@ def run_online(source: StreamSource, config: RunConfig, out_dir: Path | None = N
                    "train_samples_per_second": rows / max(train_time, 1e-9)},
         "environment": environment(),
     }
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_results(results, out_dir / "results.json")
-        plot_online(results, out_dir / "online.png")
-    return results
+    return results, model
 
 
 def plot_online(results: dict, path: Path) -> None:
