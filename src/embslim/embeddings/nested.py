@@ -21,7 +21,8 @@ free removals the largest goes first), then single dimensions added back while t
 lower the loss. A nested table can serve any prefix per row, so slicing also tries per-frequency-
 block widths (MDE's and DNIS's insight: frequent rows wider, rare rows narrower, never the
 reverse), chosen the same way on one half of the validation rows and served as a blockwise
-table; it is kept when it measures a lower loss than the per-field widths on the other half.
+table; it is kept when it measures a lower loss on the other half than per-field widths chosen
+on the first.
 """
 from __future__ import annotations
 
@@ -246,10 +247,10 @@ class NestedEmbedding(FeatureEmbedding):
     def sliced(self, budget_bytes: int, context: SliceContext) -> FeatureEmbedding:
         """The per-field prefixes `choose_widths` picks for `budget_bytes` (a nested table), or the
         per-frequency-block prefixes of `choose_block_widths` (a blockwise table, whose block index costs
-        bytes the per-field form does not pay) when they measure a lower loss. With `context.halves` the
-        blocks are chosen on the first half of the validation rows and both forms are compared on the
-        second: the block choice has many more degrees of freedom, and judged on the rows it was picked
-        on it would win by fitting their noise."""
+        bytes the per-field form does not pay) when they measure a lower loss. With `context.halves` both
+        forms are chosen on the first half of the validation rows and compared on the second (the block
+        choice has many more degrees of freedom: judged on the rows it was picked on it would win by fitting
+        their noise); the per-field form, when it wins, serves its widths chosen on all the rows."""
         widths = self.choose_widths(budget_bytes, context)
         by_field = dict(context.record)
         context.record.clear()
@@ -263,8 +264,12 @@ class NestedEmbedding(FeatureEmbedding):
         if blocks is None:
             context.record.update({"form": "fields", "widths": by_field["widths"], "val_loss": by_field["val_loss"], "fields": by_field})
             return self.served_copy(widths)
-        with self.serving(widths):
+        rival = widths
+        if context.halves:  # a fair rival: per-field widths chosen on the same half as the blocks
+            rival = self.choose_widths(budget_bytes, SliceContext(val_loss=choose))
+        with self.serving(rival):
             by_field["judged_loss"] = judge(self)
+        by_field["judged_widths"] = {f.name: w for f, w in zip(self.fields, rival)}
         by_block = {**block_context.record, "judged_loss": judge(self.blockwise_copy(starts, blocks))}
         form, chosen = ("blocks", by_block) if by_block["judged_loss"] < by_field["judged_loss"] else ("fields", by_field)
         context.record.update({"form": form, "widths": chosen["widths"], "val_loss": chosen["val_loss"],
