@@ -123,8 +123,9 @@ def test_sliced_results_have_the_shape_of_a_training_run_plus_a_slice_record(nes
     results = slice_cli(nested_run, "0.2", tmp_path / "s")
     trained = json.loads((nested_run / "results.json").read_text())
     assert set(trained) <= set(results) and set(results["metrics"]) == {"val", "test"}
-    assert set(trained["embedding"]) <= set(results["embedding"]) and results["embedding"]["method"] == "nested"
     record = results["slice"]
+    served = {"fields": "nested", "blocks": "blockwise"}[record["choice"]["form"]]  # per-field prefixes, or per frequency block
+    assert set(trained["embedding"]) <= set(results["embedding"]) and results["embedding"]["method"] == served
     assert record["source"] == str(nested_run) and record["source_method"] == "nested" and record["budget_asked"] == "0.2"
     assert set(record["choice"]["widths"]) == set(trained["embedding"]["dims"])
 

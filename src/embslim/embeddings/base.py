@@ -107,7 +107,9 @@ class SliceContext:
     `model` and `data` are the trained `Recommender` and its `PreparedData` for methods that score
     with more (DNIS's loss-per-byte scores); `options` holds what the source run recorded beyond
     the embedding config (the DNIS search settings); the method writes how it chose into `record`,
-    which goes to results.json's `slice.choice`.
+    which goes to results.json's `slice.choice`. `halves`, when given, is the same loss on two disjoint
+    halves of those rows: a method making many fine choices picks on the first and compares its
+    candidates on the second, so that its selection does not fit the noise of the rows it is judged on.
     """
 
     val_loss: Callable[["FeatureEmbedding"], float]
@@ -116,6 +118,7 @@ class SliceContext:
     options: dict = field(default_factory=dict)
     seed: int = 0
     record: dict = field(default_factory=dict)
+    halves: tuple[Callable[["FeatureEmbedding"], float], Callable[["FeatureEmbedding"], float]] | None = None
 
 
 def field_meta(fields: list[FieldSpec]) -> list[dict]:

@@ -18,35 +18,48 @@ and their Adam moments are training-only state (`state_bytes`).
 greedy removal of a field's tail (one dimension, or down to the next trained width) by the
 smallest validation-loss increase per byte saved (a measured decrease counts as free, and among
 free removals the largest goes first), then single dimensions added back while they fit and
-lower the loss.
+lower the loss. A nested table can serve any prefix per row, so slicing also tries per-frequency-
+block widths (MDE's and DNIS's insight: frequent rows wider, rare rows narrower, never the
+reverse), chosen the same way on one half of the validation rows and served as a blockwise
+table; it is kept when it measures a lower loss on the other half than per-field widths chosen
+on the first.
 """
 from __future__ import annotations
 
+import heapq
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from embslim.data.fields import FieldSpec
 from embslim.embeddings.base import ADAM_STATE_COPIES, EmbeddingConfig, FeatureEmbedding, SliceContext, storage_bytes
+from embslim.embeddings.blocks import block_starts
+from embslim.embeddings.blockwise import BlockwiseEmbedding, BlockwiseSettings, FieldLayout, index_bytes_for, layout_to_json
 from embslim.embeddings.full import OFFSET_BYTES, FullEmbedding, full_bytes, uniform_dim_for_budget
 from embslim.embeddings.registry import register_embedding
 from embslim.errors import BudgetError, ConfigError
 
 VALUE_BYTES = storage_bytes(1, "fp32")
+REFRESH_EVERY = 4  # per-block slicing re-measures every candidate after this many moves
 
 
 @dataclass(frozen=True)
 class NestedSettings:
     """widths: prefix widths trained together (capped at --dim, which is always added);
-    reduce: how the passes' losses combine; allocation: how a budget becomes per-field serve widths."""
+    reduce: how the passes' losses combine; allocation: how a budget becomes per-field serve widths;
+    slice_blocks: frequency blocks per field `embslim slice` may give their own prefix width (1: per field only),
+    at most one per `slice_block_rows` rows of the field (a block costs index bytes)."""
 
     widths: tuple[int, ...] = (1, 2, 4, 8, 16)
     reduce: Literal["mean", "sum"] = "mean"
     allocation: Literal["fill", "uniform"] = "fill"
+    slice_blocks: int = 6
+    slice_block_rows: int = 100
 
 
 def train_widths(widths: tuple[int, ...], dim: int) -> list[int]:
@@ -73,6 +86,14 @@ def widths_for_budget(fields: list[FieldSpec], dim: int, budget_bytes: int, allo
     return widths
 
 
+def slice_starts(field: FieldSpec, blocks: int, block_rows: int) -> list[int]:
+    """Frequency block starts of a field for slicing: `blocks` equal shares of training occurrences,
+    but at most one block per `block_rows` rows (at least one block)."""
+    if blocks < 1 or block_rows < 1:
+        raise ConfigError(f"nested: slice_blocks and slice_block_rows must be positive, got {blocks} and {block_rows}")
+    return block_starts(field, max(1, min(blocks, field.cardinality // block_rows))).tolist()
+
+
 @register_embedding("nested", settings=NestedSettings, budgeted=True)
 class NestedEmbedding(FeatureEmbedding):
     """Per-field tables of `stored` widths (the full d while training; the serve widths once served),
@@ -88,6 +109,7 @@ class NestedEmbedding(FeatureEmbedding):
         self.serve_widths = [int(w) for w in serve]
         self.store = FullEmbedding(fields, self.stored, init_std)
         self._active: list[int] | None = None
+        self._row_widths: list[torch.Tensor] | None = None
 
     @classmethod
     def from_config(cls, fields: list[FieldSpec], config: EmbeddingConfig, settings: NestedSettings) -> "NestedEmbedding":
@@ -122,15 +144,18 @@ class NestedEmbedding(FeatureEmbedding):
         want = self._active[field] if self._active is not None else self.serve_widths[field]
         return min(want, self.stored[field])
 
-    def _pad(self, field: int, vecs: torch.Tensor) -> torch.Tensor:
+    def _pad(self, field: int, vecs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        if self._row_widths is not None:
+            keep = torch.arange(self.width, device=ids.device) < self._row_widths[field][ids].unsqueeze(-1)
+            return F.pad(vecs, (0, self.width - vecs.shape[-1])) * keep
         p = self.prefix(field)
         return F.pad(vecs[..., :p], (0, self.width - p))
 
     def lookup(self, field: int, ids: torch.Tensor) -> torch.Tensor:
-        return self._pad(field, self.store.lookup(field, ids))
+        return self._pad(field, self.store.lookup(field, ids), ids)
 
     def lookup_fields(self, ids: torch.Tensor, fields: list[int]) -> list[torch.Tensor]:
-        return [self._pad(f, v) for f, v in zip(fields, self.store.lookup_fields(ids, fields))]
+        return [self._pad(f, v, ids[:, j]) for j, (f, v) in enumerate(zip(fields, self.store.lookup_fields(ids, fields)))]
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         return self.store.sparse_parameters()
@@ -204,11 +229,169 @@ class NestedEmbedding(FeatureEmbedding):
         finally:
             self.serve_widths = saved
 
+    @contextmanager
+    def serving_blocks(self, starts: list[list[int]], widths: list[list[int]]) -> Iterator[None]:
+        """Serve prefix width widths[f][b] to the ids starts[f][b]..starts[f][b+1]-1 of field f for the
+        duration of the block (what per-block slicing measures; a blockwise copy serves the same vectors)."""
+        saved = self._row_widths
+        device = self.store.tables[0].device if len(self.store.tables) else None
+        self._row_widths = [torch.repeat_interleave(torch.tensor([min(w, s) for w in ws], device=device),
+                                                    torch.tensor(np.diff(st), device=device))
+                            for st, ws, s in zip(starts, widths, self.stored)]
+        try:
+            yield
+        finally:
+            self._row_widths = saved
+
     # -- slicing ---------------------------------------------------------------
-    def sliced(self, budget_bytes: int, context: SliceContext) -> "NestedEmbedding":
-        """The served module of the widths `choose_widths` picks for `budget_bytes`."""
+    def sliced(self, budget_bytes: int, context: SliceContext) -> FeatureEmbedding:
+        """The per-field prefixes `choose_widths` picks for `budget_bytes` (a nested table), or the
+        per-frequency-block prefixes of `choose_block_widths` (a blockwise table, whose block index costs
+        bytes the per-field form does not pay) when they measure a lower loss. With `context.halves` both
+        forms are chosen on the first half of the validation rows and compared on the second (the block
+        choice has many more degrees of freedom: judged on the rows it was picked on it would win by fitting
+        their noise); the per-field form, when it wins, serves its widths chosen on all the rows."""
         widths = self.choose_widths(budget_bytes, context)
-        return self.served_copy(widths)
+        by_field = dict(context.record)
+        context.record.clear()
+        starts = [slice_starts(f, self.settings.slice_blocks, self.settings.slice_block_rows) for f in self.fields]
+        blocks = None
+        trained = [min(w, s) for w, s in zip(self.serve_widths, self.stored)]
+        if widths != trained and any(len(st) > 2 for st in starts):  # a budget the trained table fits keeps it as it is
+            choose, judge = context.halves or (context.val_loss, context.val_loss)
+            block_context = SliceContext(val_loss=choose)
+            blocks = self.choose_block_widths(budget_bytes, block_context, starts)
+        if blocks is None:
+            context.record.update({"form": "fields", "widths": by_field["widths"], "val_loss": by_field["val_loss"], "fields": by_field})
+            return self.served_copy(widths)
+        rival = widths
+        if context.halves:  # a fair rival: per-field widths chosen on the same half as the blocks
+            rival = self.choose_widths(budget_bytes, SliceContext(val_loss=choose))
+        with self.serving(rival):
+            by_field["judged_loss"] = judge(self)
+        by_field["judged_widths"] = {f.name: w for f, w in zip(self.fields, rival)}
+        by_block = {**block_context.record, "judged_loss": judge(self.blockwise_copy(starts, blocks))}
+        form, chosen = ("blocks", by_block) if by_block["judged_loss"] < by_field["judged_loss"] else ("fields", by_field)
+        context.record.update({"form": form, "widths": chosen["widths"], "val_loss": chosen["val_loss"],
+                               "judged_on": "second half of the validation rows" if context.halves else "the same rows",
+                               "fields": by_field, "blocks": by_block})
+        return self.blockwise_copy(starts, blocks) if form == "blocks" else self.served_copy(widths)
+
+    @torch.no_grad()
+    def blockwise_copy(self, starts: list[list[int]], widths: list[list[int]]) -> BlockwiseEmbedding:
+        """A blockwise table holding, for block b of field f, the first widths[f][b] columns of its rows."""
+        layouts = {f.name: FieldLayout(list(st), [list(range(min(w, s))) for w in ws])
+                   for f, st, ws, s in zip(self.fields, starts, widths, self.stored)}
+        module = BlockwiseEmbedding(self.fields, layouts, self.width)
+        module.settings = BlockwiseSettings(layout_to_json(layouts, self.width))
+        values = []
+        for i, (st, ws) in enumerate(zip(starts, widths)):
+            table, first = self.store.table_of(i) if self.stored[i] else (None, 0)
+            for a, b, w in zip(st[:-1], st[1:], ws):
+                w = min(w, self.stored[i])
+                values.append(table[first + a:first + b, :w] if w else torch.zeros(b - a, 0))
+        module.load_block_values(values)
+        return module
+
+    def choose_block_widths(self, budget_bytes: int, context: SliceContext, starts: list[list[int]]) -> list[list[int]] | None:
+        """Per-(field, frequency block) prefix widths within `budget_bytes` (blockwise bytes: values plus the
+        block index), or None when the block index alone does not fit.
+
+        Greedy removal as in `choose_widths`, where a move lowers one block and every rarer block of its field
+        to a width (one dimension less, or the next trained width below), so a frequent block never serves
+        fewer dimensions than a rarer one; candidates are ranked by their last measured loss increase per
+        byte and re-measured only when picked after another move (lazy greedy). Then single dimensions are
+        added back while they fit and lower the loss.
+        """
+        rows = [np.diff(st).tolist() for st in starts]
+        fixed = index_bytes_for([len(r) for r in rows], self.width)
+        if fixed > budget_bytes:
+            return None
+        losses: dict[tuple, float] = {}
+
+        def key(widths: list[list[int]]) -> tuple:
+            return tuple(tuple(ws) for ws in widths)
+
+        def loss(widths: list[list[int]]) -> float:
+            k = key(widths)
+            if k not in losses:
+                with self.serving_blocks(starts, widths):
+                    losses[k] = context.val_loss(self)
+            return losses[k]
+
+        def size(widths: list[list[int]]) -> int:
+            return fixed + VALUE_BYTES * sum(r * w for rs, ws in zip(rows, widths) for r, w in zip(rs, ws))
+
+        def with_field(widths: list[list[int]], f: int, ws: list[int]) -> list[list[int]]:
+            return [list(ws) if i == f else v for i, v in enumerate(widths)]
+
+        ladder = sorted({0} | set(train_widths(self.settings.widths, self.width)))
+        widths = [[min(w, s)] * len(r) for w, s, r in zip(self.serve_widths, self.stored, rows)]
+        start = [list(ws) for ws in widths]
+        heap: list[tuple] = []
+        tick, state, version = 0, 0, [0] * len(widths)
+
+        def push(f: int, ws: list[int]) -> None:
+            nonlocal tick
+            cand = with_field(widths, f, ws)
+            saved = size(widths) - size(cand)
+            rate = max(loss(cand) - loss(widths), 0.0) / saved  # a measured decrease is noise: it ranks as free
+            heapq.heappush(heap, (rate, -saved, tick, f, ws, state, version[f]))
+            tick += 1
+
+        def moves(f: int) -> list[list[int]]:
+            out = []
+            for b, w in enumerate(widths[f]):
+                for lower in ({w - 1, max(l for l in ladder if l < w)} if w > 0 else ()):
+                    ws = [min(v, lower) if j >= b else v for j, v in enumerate(widths[f])]
+                    if ws not in out:
+                        out.append(ws)
+            return out
+
+        for f in range(len(widths)):
+            for ws in moves(f):
+                push(f, ws)
+        removed = []
+        while size(widths) > budget_bytes:
+            rate, _, _, f, ws, seen, ver = heapq.heappop(heap)
+            if ver != version[f]:
+                continue  # its field has moved since: the move is gone
+            if seen != state:
+                push(f, ws)
+                continue
+            removed.append({"field": self.fields[f].name, "to": ws, "loss_per_byte": rate})
+            widths = with_field(widths, f, ws)
+            state += 1
+            # a move can make another field's cheaper (rates are not monotone), so every few moves all are re-measured
+            for g in (range(len(widths)) if state % REFRESH_EVERY == 0 else [f]):
+                version[g] += 1
+                for cand in moves(g):
+                    push(g, cand)
+        added = []
+        while True:
+            best = None
+            for f, ws in enumerate(widths):
+                for b, w in enumerate(ws):
+                    if w >= self.stored[f] or (b > 0 and ws[b - 1] <= w):
+                        continue
+                    cand = with_field(widths, f, [w + 1 if j == b else v for j, v in enumerate(ws)])
+                    if size(cand) > budget_bytes:
+                        continue
+                    gain = (loss(widths) - loss(cand)) / (size(cand) - size(widths))
+                    if gain > 0 and (best is None or gain > best[0]):
+                        best = (gain, cand, f)
+            if best is None:
+                break
+            added.append({"field": self.fields[best[2]].name, "to": best[1][best[2]], "loss_per_byte": -best[0]})
+            widths = best[1]
+        context.record.update({"rule": "lazy greedy over frequency blocks: lower a block and its field's rarer blocks (one dimension "
+                                       "or to the next trained width) with the least validation-loss increase per byte, then add "
+                                       "single dimensions back while they fit and lower the loss",
+                               "ladder": ladder, "bytes": size(widths), "index_bytes": fixed, "removed": removed, "added": added,
+                               "evaluations": len(losses), "val_loss": loss(widths), "val_loss_full": loss(start),
+                               "starts": {f.name: list(st) for f, st in zip(self.fields, starts)},
+                               "widths": {f.name: list(ws) for f, ws in zip(self.fields, widths)}})
+        return widths
 
     def choose_widths(self, budget_bytes: int, context: SliceContext) -> list[int]:
         """Per-field prefix widths within `budget_bytes`, by validation loss per byte (see the module docstring)."""

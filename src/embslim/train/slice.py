@@ -104,14 +104,17 @@ def _read_search(path: Path, data_args: dict) -> SourceRun:
                      report["search"]["embedding"], {"dnis": dnis}, data_args)
 
 
-def validation_loss(model, data: PreparedData, max_rows: int, seed: int):
+def validation_loss(model, data: PreparedData, max_rows: int, seed: int, half: int | None = None):
     """`val_loss(embedding)`: mean task loss of `model` with `embedding` in its place, on at most
-    `max_rows` validation rows (a seeded sample), in fixed batches."""
+    `max_rows` validation rows (a seeded sample), in fixed batches; `half` 0 or 1: only every other
+    of those rows (two disjoint halves)."""
     if data.task == "topk":
         raise ConfigError("slice measures validation loss of ctr and rating runs; top-k runs are not supported yet")
     table = data.split("val")
     if len(table) > max_rows:
         table = table.take(np.sort(np.random.default_rng([seed, 11]).choice(len(table), max_rows, replace=False)))
+    if half is not None:
+        table = table.take(np.arange(half, len(table), 2))
     batches = [SparseBatch.from_table(table, np.arange(s, min(s + 16384, len(table)))) for s in range(0, len(table), 16384)]
 
     @torch.no_grad()
@@ -140,8 +143,9 @@ def slice_run(source: SourceRun, data: PreparedData, budget_bytes: int, out: Pat
     model, mdata = build_model(data, source.config)
     model.load_state_dict(source.state)
     t0 = time.perf_counter()
-    context = SliceContext(validation_loss(model, mdata, val_rows, source.config.train.seed), model, mdata, source.options,
-                           source.config.train.seed)
+    seed = source.config.train.seed
+    context = SliceContext(validation_loss(model, mdata, val_rows, seed), model, mdata, source.options, seed,
+                           halves=(validation_loss(model, mdata, val_rows, seed, 0), validation_loss(model, mdata, val_rows, seed, 1)))
     sliced = model.embedding.sliced(budget_bytes, context)
     if sliced is None:
         raise ConfigError(f"embedding {source.config.embedding.method!r} cannot be sliced")
