@@ -21,6 +21,7 @@ from embslim.extras import require
 from embslim.train.metrics import headline_metrics
 from embslim.models import ModelOptions, list_models, model_class
 from embslim.train.recipes import model_options, recipe
+from embslim.train.slice import PRECISIONS as SLICE_PRECISIONS
 from embslim.train.trainer import TrainConfig
 
 TRAIN_KEYS = {"epochs", "lr", "batch_size", "patience", "negatives", "embedding_l2", "weight_decay", "optimizer", "eval_protocol",
@@ -303,7 +304,8 @@ def cmd_slice(args: argparse.Namespace) -> int:
     data = load_from_args(args)
     fields = model_data(data, source.config.model).table.fields
     budget = budget_bytes(args.budget, fields, source.config.embedding.dim)
-    results = slice_run(source, data, budget, args.out, args.fine_tune_epochs, args.budget, args.val_rows, progress=not args.quiet)
+    results = slice_run(source, data, budget, args.out, args.fine_tune_epochs, args.budget, args.val_rows, progress=not args.quiet,
+                        precisions=tuple(p for p in args.precisions.split(",") if p))
     print(f"sliced {args.run} ({results['slice']['source_method']}, {results['slice']['source_bytes']:,} bytes) "
           f"to {results['embedding']['bytes']:,} bytes (budget {budget:,})")
     print_summary(results, args.out)
@@ -524,6 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder of the sliced run")
     p.add_argument("--fine-tune-epochs", type=non_negative_int, default=0, help="epochs of training after slicing (default 0)")
     p.add_argument("--val-rows", type=positive_int, default=20_000, help="validation rows the width choice measures (default 20000)")
+    p.add_argument("--precisions", default=",".join(SLICE_PRECISIONS),
+                   help="storage precisions a slice may use for its values, one for the whole table, the best on held-out "
+                        f"validation rows wins: some of fp32,fp16,int8,int4 (default {','.join(SLICE_PRECISIONS)})")
     p.add_argument("--quiet", action="store_true")
     add_data_args(p)
     p.set_defaults(func=cmd_slice, **{k: None for k in DATA_FLAGS})

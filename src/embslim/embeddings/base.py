@@ -110,6 +110,9 @@ class SliceContext:
     which goes to results.json's `slice.choice`. `halves`, when given, is the same loss on two disjoint
     halves of those rows: a method making many fine choices picks on the first and compares its
     candidates on the second, so that its selection does not fit the noise of the rows it is judged on.
+    `precisions` are the storage precisions the copy may use ("fp32", "fp16", "int8", ...: nested tries each).
+    A copy whose stored values take no gradients (codes) provides `fine_tune_form()` (the trainable fp32
+    module it was stored from) and `requantized(module)`, so that slicing fine-tunes before it quantizes.
     """
 
     val_loss: Callable[["FeatureEmbedding"], float]
@@ -119,6 +122,7 @@ class SliceContext:
     seed: int = 0
     record: dict = field(default_factory=dict)
     halves: tuple[Callable[["FeatureEmbedding"], float], Callable[["FeatureEmbedding"], float]] | None = None
+    precisions: tuple[str, ...] = ("fp32",)
 
 
 def field_meta(fields: list[FieldSpec]) -> list[dict]:

@@ -41,11 +41,27 @@ from embslim.embeddings.base import ADAM_STATE_COPIES, EmbeddingConfig, FeatureE
 from embslim.embeddings.blocks import block_starts
 from embslim.embeddings.blockwise import BlockwiseEmbedding, BlockwiseSettings, FieldLayout, index_bytes_for, layout_to_json
 from embslim.embeddings.full import OFFSET_BYTES, FullEmbedding, full_bytes, uniform_dim_for_budget
+from embslim.embeddings.quantized import CAST_METHODS, INT_METHODS, CastSettings, RowwiseSettings, quantized_bytes, stored_values
 from embslim.embeddings.registry import register_embedding
 from embslim.errors import BudgetError, ConfigError
 
 VALUE_BYTES = storage_bytes(1, "fp32")
 REFRESH_EVERY = 4  # per-block slicing re-measures every candidate after this many moves
+PRECISIONS = ("fp32", "fp16", "int8", "int4")  # what a sliced table may store its prefix values as
+
+
+def prefix_bytes(fields: list[FieldSpec], widths: list[int], precision: str = "fp32") -> int:
+    """Serving bytes of per-field prefixes of these widths stored at `precision` (int: codes plus an fp16
+    scale and bias per row, as embslim's int converters store them), with each stored field's offset."""
+    return full_bytes(fields, widths) if precision == "fp32" else quantized_bytes(fields, widths, precision)
+
+
+def check_precisions(precisions: tuple[str, ...]) -> tuple[str, ...]:
+    """`precisions` if every one is known and there is at least one, else a one-line ConfigError."""
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown or not precisions:
+        raise ConfigError(f"slice precisions must be some of {', '.join(PRECISIONS)}, got {', '.join(precisions) or 'none'}")
+    return tuple(dict.fromkeys(precisions))
 
 
 @dataclass(frozen=True)
@@ -110,6 +126,8 @@ class NestedEmbedding(FeatureEmbedding):
         self.store = FullEmbedding(fields, self.stored, init_std)
         self._active: list[int] | None = None
         self._row_widths: list[torch.Tensor] | None = None
+        self._precision = "fp32"  # what `serving` measures: prefixes as stored at this precision
+        self._stored_cache: dict[tuple[str, int, int], torch.Tensor] = {}
 
     @classmethod
     def from_config(cls, fields: list[FieldSpec], config: EmbeddingConfig, settings: NestedSettings) -> "NestedEmbedding":
@@ -121,7 +139,12 @@ class NestedEmbedding(FeatureEmbedding):
         return cls(fields, config.dim, full, serve, settings, config.init_std)
 
     @classmethod
-    def from_artifact_meta(cls, fields: list[FieldSpec], settings: NestedSettings, meta: dict) -> "NestedEmbedding":
+    def from_artifact_meta(cls, fields: list[FieldSpec], settings: NestedSettings, meta: dict) -> "FeatureEmbedding":
+        """The served nested table; prefixes stored at reduced precision (a slice) load as `QuantizedNestedEmbedding`."""
+        if meta.get("precision", "fp32") != "fp32":
+            module = QuantizedNestedEmbedding(fields, meta["width"], meta["serve_widths"], meta["precision"])
+            module.settings = settings
+            return module
         return cls(fields, meta["width"], meta["serve_widths"], meta["serve_widths"], settings)
 
     def artifact_meta(self) -> dict:
@@ -152,10 +175,25 @@ class NestedEmbedding(FeatureEmbedding):
         return F.pad(vecs[..., :p], (0, self.width - p))
 
     def lookup(self, field: int, ids: torch.Tensor) -> torch.Tensor:
+        if self._precision != "fp32":
+            return self._pad(field, F.embedding(ids, self._stored_prefix(field, self.prefix(field))), ids)
         return self._pad(field, self.store.lookup(field, ids), ids)
 
     def lookup_fields(self, ids: torch.Tensor, fields: list[int]) -> list[torch.Tensor]:
+        if self._precision != "fp32":
+            return [self.lookup(f, ids[:, j]) for j, f in enumerate(fields)]
         return [self._pad(f, v, ids[:, j]) for j, (f, v) in enumerate(zip(fields, self.store.lookup_fields(ids, fields)))]
+
+    @torch.no_grad()
+    def _stored_prefix(self, field: int, w: int) -> torch.Tensor:
+        """The first `w` columns of a field's rows as `self._precision` storage serves them (cached while slicing)."""
+        key = (self._precision, field, w)
+        if key not in self._stored_cache:
+            table, first = self.store.table_of(field) if self.stored[field] else (None, 0)
+            rows = self.fields[field].cardinality
+            prefix = table[first:first + rows, :w] if w else torch.zeros(rows, 0)
+            self._stored_cache[key] = stored_values(prefix, self._precision) if w else prefix
+        return self._stored_cache[key]
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         return self.store.sparse_parameters()
@@ -220,14 +258,14 @@ class NestedEmbedding(FeatureEmbedding):
         return {k: v.detach().contiguous() for k, v in module.state_dict().items()}
 
     @contextmanager
-    def serving(self, widths: list[int]) -> Iterator[None]:
-        """Serve `widths` for the duration of the block (what slicing measures)."""
-        saved = self.serve_widths
-        self.serve_widths = list(widths)
+    def serving(self, widths: list[int], precision: str = "fp32") -> Iterator[None]:
+        """Serve `widths`, stored at `precision`, for the duration of the block (what slicing measures)."""
+        saved = self.serve_widths, self._precision
+        self.serve_widths, self._precision = list(widths), precision
         try:
             yield
         finally:
-            self.serve_widths = saved
+            self.serve_widths, self._precision = saved
 
     @contextmanager
     def serving_blocks(self, starts: list[list[int]], widths: list[list[int]]) -> Iterator[None]:
@@ -245,12 +283,67 @@ class NestedEmbedding(FeatureEmbedding):
 
     # -- slicing ---------------------------------------------------------------
     def sliced(self, budget_bytes: int, context: SliceContext) -> FeatureEmbedding:
+        """A copy within `budget_bytes` at one precision of `context.precisions` for the whole table, tried in
+        turn: fp32 as `sliced_fp32` chooses it (per-field or per-block widths), each reduced precision with
+        per-field widths chosen at its bytes per value (plus per-row scales for int) on the first half of the
+        validation rows; the candidate with the lowest loss on the second half wins (with no halves: on the same
+        rows). A budget the trained fp32 table fits keeps it. A reduced-precision winner serves widths re-chosen
+        on all the rows at its precision, as a `QuantizedNestedEmbedding`."""
+        precisions = check_precisions(tuple(context.precisions))
+        self._stored_cache.clear()
+        try:
+            return self._sliced(budget_bytes, context, precisions)
+        finally:
+            self._stored_cache.clear()
+
+    def _sliced(self, budget_bytes: int, context: SliceContext, precisions: tuple[str, ...]) -> FeatureEmbedding:
+        choose, judge = context.halves or (context.val_loss, context.val_loss)
+        trained = [min(w, s) for w, s in zip(self.serve_widths, self.stored)]
+        candidates: dict[str, dict] = {}
+        fp32 = None
+        if "fp32" in precisions:
+            fp32, judged = self.sliced_fp32(budget_bytes, context)
+            fits = prefix_bytes(self.fields, trained) <= budget_bytes
+            if len(precisions) == 1 or fits:
+                context.record["precision"] = "fp32"
+                return fp32
+            if judged is None and context.halves:  # judged as the others are: widths chosen on the first half
+                with self.serving(self.choose_widths(budget_bytes, SliceContext(val_loss=choose))):
+                    judged = judge(self)
+            candidates["fp32"] = {**context.record, "judged_loss": judge(fp32) if judged is None else judged}
+            context.record.clear()
+        for precision in (p for p in precisions if p != "fp32"):
+            sub = SliceContext(val_loss=choose)
+            try:
+                widths = self.choose_widths(budget_bytes, sub, precision)
+            except BudgetError as err:
+                candidates[precision] = {"skipped": str(err)}
+                continue
+            with self.serving(widths, precision):
+                candidates[precision] = {**sub.record, "judged_loss": judge(self)}
+        ranked = sorted((c["judged_loss"], p) for p, c in candidates.items() if "judged_loss" in c)
+        if not ranked:
+            raise BudgetError(f"nested: no precision of {', '.join(precisions)} fits the budget of {budget_bytes} bytes")
+        best = ranked[0][1]
+        judged_on = "second half of the validation rows" if context.halves else "the same rows"
+        if best == "fp32":
+            context.record.update({**candidates["fp32"], "precision": "fp32", "precisions": candidates, "precision_judged_on": judged_on})
+            return fp32
+        final = SliceContext(val_loss=context.val_loss)
+        widths = self.choose_widths(budget_bytes, final, best)
+        context.record.update({"form": "fields", "precision": best, "widths": final.record["widths"], "val_loss": final.record["val_loss"],
+                               "fields": final.record, "precisions": candidates, "precision_judged_on": judged_on,
+                               "fine_tune": "fp32 prefixes are fine-tuned, then stored at the precision"})
+        return QuantizedNestedEmbedding.from_nested(self.served_copy(widths), best)
+
+    def sliced_fp32(self, budget_bytes: int, context: SliceContext) -> tuple[FeatureEmbedding, float | None]:
         """The per-field prefixes `choose_widths` picks for `budget_bytes` (a nested table), or the
         per-frequency-block prefixes of `choose_block_widths` (a blockwise table, whose block index costs
         bytes the per-field form does not pay) when they measure a lower loss. With `context.halves` both
         forms are chosen on the first half of the validation rows and compared on the second (the block
         choice has many more degrees of freedom: judged on the rows it was picked on it would win by fitting
-        their noise); the per-field form, when it wins, serves its widths chosen on all the rows."""
+        their noise); the per-field form, when it wins, serves its widths chosen on all the rows. Returns the
+        copy and the loss it was judged by against the other form (None when there was no contest)."""
         widths = self.choose_widths(budget_bytes, context)
         by_field = dict(context.record)
         context.record.clear()
@@ -263,7 +356,7 @@ class NestedEmbedding(FeatureEmbedding):
             blocks = self.choose_block_widths(budget_bytes, block_context, starts)
         if blocks is None:
             context.record.update({"form": "fields", "widths": by_field["widths"], "val_loss": by_field["val_loss"], "fields": by_field})
-            return self.served_copy(widths)
+            return self.served_copy(widths), None
         rival = widths
         if context.halves:  # a fair rival: per-field widths chosen on the same half as the blocks
             rival = self.choose_widths(budget_bytes, SliceContext(val_loss=choose))
@@ -275,7 +368,7 @@ class NestedEmbedding(FeatureEmbedding):
         context.record.update({"form": form, "widths": chosen["widths"], "val_loss": chosen["val_loss"],
                                "judged_on": "second half of the validation rows" if context.halves else "the same rows",
                                "fields": by_field, "blocks": by_block})
-        return self.blockwise_copy(starts, blocks) if form == "blocks" else self.served_copy(widths)
+        return (self.blockwise_copy(starts, blocks) if form == "blocks" else self.served_copy(widths)), chosen["judged_loss"]
 
     @torch.no_grad()
     def blockwise_copy(self, starts: list[list[int]], widths: list[list[int]]) -> BlockwiseEmbedding:
@@ -393,19 +486,20 @@ class NestedEmbedding(FeatureEmbedding):
                                "widths": {f.name: list(ws) for f, ws in zip(self.fields, widths)}})
         return widths
 
-    def choose_widths(self, budget_bytes: int, context: SliceContext) -> list[int]:
-        """Per-field prefix widths within `budget_bytes`, by validation loss per byte (see the module docstring)."""
+    def choose_widths(self, budget_bytes: int, context: SliceContext, precision: str = "fp32") -> list[int]:
+        """Per-field prefix widths within `budget_bytes` with the values stored at `precision` (its bytes per
+        value and per-row scales), by validation loss per byte measured on the stored values (see the module docstring)."""
         losses: dict[tuple[int, ...], float] = {}
 
         def loss(widths: list[int]) -> float:
             key = tuple(widths)
             if key not in losses:
-                with self.serving(widths):
+                with self.serving(widths, precision):
                     losses[key] = context.val_loss(self)
             return losses[key]
 
         def size(widths: list[int]) -> int:
-            return full_bytes(self.fields, widths)
+            return prefix_bytes(self.fields, widths, precision)
 
         widths = [min(w, s) for w, s in zip(self.serve_widths, self.stored)]
         floor = [0] * len(widths)
@@ -442,7 +536,68 @@ class NestedEmbedding(FeatureEmbedding):
             widths = best[1]
         context.record.update({"rule": "greedy: drop the tail (one dimension or to the next trained width) with the least "
                                        "validation-loss increase per byte, then add single dimensions back while they fit and lower the loss",
+                               "precision": precision, "bytes": size(widths),
                                "ladder": ladder, "removed": removed, "added": added, "evaluations": len(losses),
                                "val_loss": loss(widths), "val_loss_full": loss([min(w, s) for w, s in zip(self.serve_widths, self.stored)]),
                                "widths": {f.name: w for f, w in zip(self.fields, widths)}})
         return widths
+
+
+class QuantizedNestedEmbedding(FeatureEmbedding):
+    """A sliced nested table whose per-field prefixes are stored at reduced precision (fp16 values, or row-wise
+    int8/int4 codes with an fp16 scale and bias per row, exactly as the `fp16`/`int8`/`int4` converters store
+    full tables), read back and zero-padded to the full width like `NestedEmbedding`. Serving only: its codes
+    take no gradients, so `embslim slice` fine-tunes `fine_tune_form()` (the fp32 prefixes) and stores the
+    result with `requantized`. Artifacts carry method "nested" with a `precision` in their metadata."""
+
+    method_name = "nested"
+
+    def __init__(self, fields: list[FieldSpec], width: int, widths: list[int], precision: str) -> None:
+        super().__init__()
+        if precision not in PRECISIONS or precision == "fp32":
+            raise ConfigError(f"nested: a quantized prefix table stores one of {', '.join(PRECISIONS[1:])}, got {precision!r}")
+        if len(widths) != len(fields) or any(not 0 <= w <= width for w in widths):
+            raise ConfigError(f"nested: need 0 <= width <= {width} per field, got {list(widths)}")
+        self.fields, self.width, self.serve_widths, self.precision = list(fields), int(width), [int(w) for w in widths], precision
+        self.settings = NestedSettings()
+        kind = {**INT_METHODS, **CAST_METHODS}[precision]
+        self.table = kind(self.fields, self.serve_widths, RowwiseSettings() if precision.startswith("int") else CastSettings())
+        self._fp32: list[NestedEmbedding] = []  # the fp32 prefixes it was stored from (a list: not a submodule, not exported)
+
+    @classmethod
+    @torch.no_grad()
+    def from_nested(cls, nested: NestedEmbedding, precision: str) -> "QuantizedNestedEmbedding":
+        """The served prefixes of a nested table stored at `precision`."""
+        module = cls(nested.fields, nested.width, [min(w, s) for w, s in zip(nested.serve_widths, nested.stored)], precision)
+        module.settings = nested.settings
+        source = nested if nested.stored == module.serve_widths else nested.served_copy(module.serve_widths)
+        converted = type(module.table).from_trained(source.store, module.table.settings, None)
+        module.table.load_state_dict(converted.state_dict())
+        module._fp32 = [source]
+        return module
+
+    def fine_tune_form(self) -> NestedEmbedding:
+        """A trainable fp32 table serving the same prefixes, before they were stored at reduced precision."""
+        if not self._fp32:
+            raise ConfigError("nested: a quantized table loaded from an artifact has no fp32 prefixes to fine-tune")
+        return self._fp32[0]
+
+    def requantized(self, nested: NestedEmbedding) -> "QuantizedNestedEmbedding":
+        """`nested` (the fine-tuned `fine_tune_form()`) stored at this table's precision."""
+        return QuantizedNestedEmbedding.from_nested(nested, self.precision)
+
+    @property
+    def dims(self) -> list[int]:
+        return [self.width] * len(self.fields)
+
+    @property
+    def note(self) -> str | None:
+        """The precision and served prefix widths (results.json `embedding.note`)."""
+        return f"{self.precision} prefixes " + ",".join(f"{f.name}={w}" for f, w in zip(self.fields, self.serve_widths))
+
+    def lookup(self, field: int, ids: torch.Tensor) -> torch.Tensor:
+        vecs = self.table.lookup(field, ids)
+        return F.pad(vecs, (0, self.width - vecs.shape[-1]))
+
+    def artifact_meta(self) -> dict:
+        return {"width": self.width, "serve_widths": list(self.serve_widths), "precision": self.precision}

@@ -79,6 +79,17 @@ def dequantize_rows(packed: torch.Tensor, scale_bias: torch.Tensor, dim: int, bi
     return codes * scale.unsqueeze(-1) + bias.unsqueeze(-1)
 
 
+def stored_values(weight: torch.Tensor, kind: str, scale_bias: str = "fp16") -> torch.Tensor:
+    """[n, d] floats as a `kind` table serves them after storing: cast for fp16/bf16, row-wise codes for
+    int8/int4/int2 read back (the same values `quantize_rows` then `dequantize_rows` give), unchanged for fp32."""
+    if kind == "fp32":
+        return weight.float()
+    if kind.startswith("int"):
+        codes, sb = quantize_rows(weight.detach().float().cpu(), BITS[kind], TORCH_DTYPES[scale_bias])
+        return dequantize_rows(codes, sb, weight.shape[1], BITS[kind]).to(weight.device)
+    return weight.to(TORCH_DTYPES[kind]).float()
+
+
 class ReducedPrecisionEmbedding(FeatureEmbedding):
     """Full tables stored at `kind` precision, grouped by width like `FullEmbedding`; serving only."""
 

@@ -31,6 +31,7 @@ from embslim.train.trainer import TrainConfig
 
 DATA_ARGS = "data_args.json"  # the data flags of a run, written by `embslim train` and `embslim search`
 VAL_ROWS = 20_000
+PRECISIONS = ("fp32", "fp16", "int8")  # storage precisions a slice tries by default (nested)
 
 
 @dataclass
@@ -132,9 +133,11 @@ def validation_loss(model, data: PreparedData, max_rows: int, seed: int, half: i
 
 
 def slice_run(source: SourceRun, data: PreparedData, budget_bytes: int, out: Path, fine_tune_epochs: int = 0,
-              budget_asked: str | None = None, val_rows: int = VAL_ROWS, progress: bool = False) -> dict:
-    """Slice `source` to `budget_bytes`, fine-tune for `fine_tune_epochs`, evaluate; writes out/results.json
-    and out/embedding.safetensors and returns the results."""
+              budget_asked: str | None = None, val_rows: int = VAL_ROWS, progress: bool = False,
+              precisions: tuple[str, ...] = PRECISIONS) -> dict:
+    """Slice `source` to `budget_bytes` at one of `precisions`, fine-tune for `fine_tune_epochs`, evaluate;
+    writes out/results.json and out/embedding.safetensors and returns the results. A copy stored as codes is
+    fine-tuned in its fp32 form first and quantized after (codes take no gradients)."""
     mdata = model_data(data, source.config.model)
     have = {f.name: f.cardinality for f in mdata.table.fields}
     if have != source.fields:
@@ -145,22 +148,35 @@ def slice_run(source: SourceRun, data: PreparedData, budget_bytes: int, out: Pat
     t0 = time.perf_counter()
     seed = source.config.train.seed
     context = SliceContext(validation_loss(model, mdata, val_rows, seed), model, mdata, source.options, seed,
-                           halves=(validation_loss(model, mdata, val_rows, seed, 0), validation_loss(model, mdata, val_rows, seed, 1)))
+                           halves=(validation_loss(model, mdata, val_rows, seed, 0), validation_loss(model, mdata, val_rows, seed, 1)),
+                           precisions=tuple(precisions))
     sliced = model.embedding.sliced(budget_bytes, context)
     if sliced is None:
         raise ConfigError(f"embedding {source.config.embedding.method!r} cannot be sliced")
     if sliced.memory_bytes("serve") > budget_bytes:
         raise BudgetError(f"{sliced.method_name} sliced to {sliced.memory_bytes('serve')} bytes, above the budget of {budget_bytes}")
     choose_seconds = time.perf_counter() - t0
-    model.embedding = sliced
     config = RunConfig(source.config.model, replace(source.config.embedding, budget_bytes=budget_bytes), source.config.model_options,
                        replace(source.config.train, epochs=fine_tune_epochs, progress=progress))
     out.mkdir(parents=True, exist_ok=True)
     (out / "checkpoint.pt").unlink(missing_ok=True)
+    fine_tuned = None
+    if fine_tune_epochs and hasattr(sliced, "fine_tune_form"):
+        model.embedding = sliced.fine_tune_form()
+        fine_tuned = train_model(model, mdata, config, None)
+        sliced = sliced.requantized(model.embedding)
+        config = replace(config, train=replace(config.train, epochs=0))
+    model.embedding = sliced
     results = train_model(model, mdata, config, out, save=lambda m, path: m.embedding.export(path / "embedding.safetensors"))
+    if fine_tuned is not None:
+        results["history"] = fine_tuned["history"]
+        results["timing"]["train_seconds"] = fine_tuned["timing"]["train_seconds"]
     results["slice"] = {"source": str(source.path), "source_kind": source.kind, "source_method": source.config.embedding.method,
                         "source_bytes": source.embedding.get("bytes"), "budget_asked": budget_asked or str(budget_bytes),
                         "budget_bytes": budget_bytes, "fine_tune_epochs": fine_tune_epochs, "choose_seconds": choose_seconds,
+                        "precisions": list(precisions),
+                        **({"fine_tuned_fp32": {"metrics": fine_tuned["metrics"], "bytes": fine_tuned["embedding"]["bytes"],
+                                                "then": f"stored as {sliced.precision}"}} if fine_tuned is not None else {}),
                         "choice": context.record}
     write_results(results, out / "results.json")
     return results
