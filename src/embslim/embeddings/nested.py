@@ -513,6 +513,8 @@ class NestedEmbedding(FeatureEmbedding):
                 for lower in {w - 1, max(l for l in ladder if l < w)} if w > 0 else ():
                     cand = list(widths)
                     cand[i] = lower
+                    while cand[i] > 0 and size(cand) == size(widths):  # int4 packs two widths into one byte count
+                        cand[i] -= 1
                     saved = size(widths) - size(cand)
                     rate = max(loss(cand) - loss(widths), 0.0) / saved  # a measured decrease is noise: it ranks as free
                     if best is None or (rate, -saved) < best[0]:
@@ -527,7 +529,7 @@ class NestedEmbedding(FeatureEmbedding):
                 cand[i] = w + 1
                 if w >= self.stored[i] or size(cand) > budget_bytes:
                     continue
-                gain = (loss(widths) - loss(cand)) / (size(cand) - size(widths))
+                gain = (loss(widths) - loss(cand)) / max(size(cand) - size(widths), 1)  # a dimension packed for free costs one byte
                 if gain > 0 and (best is None or gain > best[0]):
                     best = (gain, cand, i)
             if best is None:
