@@ -23,6 +23,13 @@ block widths (MDE's and DNIS's insight: frequent rows wider, rare rows narrower,
 reverse), chosen the same way on one half of the validation rows and served as a blockwise
 table; it is kept when it measures a lower loss on the other half than per-field widths chosen
 on the first.
+
+Slicing may also store the kept prefixes at reduced precision, one precision for the whole table
+(`SliceContext.precisions`): fp16 values, or row-wise int8/int4 codes with an fp16 scale and bias
+per row (the bytes of embslim's int converters). Each reduced precision gets per-field widths chosen
+as above at its own bytes, measured on the values as stored, on the first validation half; fp32's
+best form and these are compared on the second half. Codes take no gradients, so a fine-tune trains
+the fp32 prefixes and the result is stored at the precision afterwards (`QuantizedNestedEmbedding`).
 """
 from __future__ import annotations
 
