@@ -98,6 +98,14 @@ class FullEmbedding(FeatureEmbedding):
             return self.fused_gathers[group](rows)
         return F.embedding(rows, self.tables[group], sparse=True)
 
+    def gather_columns(self, group: int, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """[B, k] rows of group `group`'s table -> k tensors [B, d], split once (one backward op, not one
+        full-size gradient per field); the fused kernels read the rows field by field, so their output is
+        split along its first dimension and its gradient arrives contiguous."""
+        if self.fused_gathers is not None and self.training and torch.is_grad_enabled():
+            return self.fused_gathers[group](rows.t()).unbind(0)
+        return F.embedding(rows, self.tables[group], sparse=True).unbind(1)
+
     def lookup(self, field: int, ids: torch.Tensor) -> torch.Tensor:
         if field not in self._place:
             return torch.zeros((*ids.shape, 0), device=ids.device)
@@ -111,8 +119,8 @@ class FullEmbedding(FeatureEmbedding):
             cols = [j for j, i in enumerate(fields) if self._place.get(i, (-1,))[0] == g]
             if cols:
                 firsts = getattr(self, f"offsets_{d}")[[self._place[fields[j]][1] for j in cols]]
-                vecs = self.gather(g, ids[:, cols] + firsts)
-                for j, vec in zip(cols, vecs.unbind(1)):  # one backward op, not one full-size gradient per field
+                rows = (ids if len(cols) == ids.shape[1] else ids[:, cols]) + firsts
+                for j, vec in zip(cols, self.gather_columns(g, rows)):
                     out[j] = vec
         return [o if o is not None else ids.new_zeros((ids.shape[0], 0), dtype=torch.float32) for o in out]
 
