@@ -42,7 +42,7 @@ PURE_EQUIVALENT = {"fbgemm-rowwise-adagrad": "rowwise-adagrad", "fbgemm-adagrad"
 
 
 def check_fbgemm_path(kind: str, embedding: FeatureEmbedding) -> None:
-    """One-line ConfigError when `embedding` cannot train through FBGEMM or fbgemm_gpu is not installed."""
+    """One-line ConfigError when `embedding` is not one FBGEMM's kernel can train (the `full` method, widths multiples of 4)."""
     from embslim.embeddings.full import FullEmbedding
 
     if not (isinstance(embedding, FullEmbedding) and embedding.method_name == "full"):
@@ -51,7 +51,6 @@ def check_fbgemm_path(kind: str, embedding: FeatureEmbedding) -> None:
     odd = [d for d in embedding.group_dims if d % 4]
     if odd:
         raise ConfigError(f"--table-optimizer {kind} needs widths that are multiples of 4 (FBGEMM's rows), got {odd}")
-    require("fbgemm_gpu", f"--table-optimizer {kind}")
 
 
 class FbgemmTableOptimizer(torch.optim.Optimizer):
@@ -65,6 +64,7 @@ class FbgemmTableOptimizer(torch.optim.Optimizer):
         check_fbgemm_path(kind, embedding)
         if lr <= 0:
             raise ConfigError(f"--table-optimizer {kind} needs a positive learning rate, got {lr}")
+        require("fbgemm_gpu", f"--table-optimizer {kind}")
         from fbgemm_gpu.split_embedding_configs import EmbOptimType
         from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation, PoolingMode
         from fbgemm_gpu.split_table_batched_embeddings_ops_training import ComputeDevice, SplitTableBatchedEmbeddingBagsCodegen
