@@ -12,7 +12,8 @@ A step is the lookup of every field, the backward of the sum of the vectors and 
 
 The contenders are timed in turn, `--repeats` times (the order rotating each round), `--steps` steps each after
 one warm-up step; samples/s is the median over the rounds and each ratio is the median of the per-round ratios
-to `embslim_full_rowwise-adagrad` (the pure-PyTorch baseline). The machine is shared, so only the ratios mean
+to `embslim_full_rowwise-adagrad` (the pure-PyTorch baseline) and, for the embslim contenders, to FBGEMM's TBE
+with the same optimiser (with the lowest and highest round). The machine is shared, so only the ratios mean
 anything. Needs fbgemm-gpu-cpu (`make torchrec`).
 
     OMP_NUM_THREADS=1 python bench/table_train_step.py [--steps 20] [--repeats 7] [--ids zipf] [--optimizers rowwise-adagrad,adagrad,sgd] [--out FILE]
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -90,6 +92,12 @@ def samples_per_second(step: Callable[[int], None], steps: int) -> float:
     return steps * BATCH / (time.perf_counter() - start)
 
 
+def per_round(ours: list[float], theirs: list[float]) -> dict[str, float]:
+    """Median, lowest and highest of the per-round ratios ours/theirs (each round times both back to back)."""
+    r = [a / b for a, b in zip(ours, theirs)]
+    return {"median": statistics.median(r), "min": min(r), "max": max(r)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="timed steps per contender and round (after one warm-up step)")
@@ -110,14 +118,18 @@ def main() -> None:
         for n in names[r % len(names):] + names[:r % len(names)]:
             rates[n].append(samples_per_second(contenders[n], args.steps))
     ratios = {n: statistics.median(a / b for a, b in zip(rates[n], rates[BASELINE])) for n in names}
+    versus_tbe = {n: per_round(rates[n], rates[f"fbgemm_tbe_{n.rsplit('_', 1)[1]}"]) for n in names if not n.startswith("fbgemm_tbe")}
     record = {"date": time.strftime("%Y-%m-%d"), "machine": machine_line(), "threads": torch.get_num_threads(),
+              "load_average_1_5_15min_at_end": os.getloadavg(),
               "command": " ".join(["python bench/table_train_step.py"] + sys.argv[1:]),
               "setup": {"fields": FIELDS, "rows_per_field": ROWS, "dim": DIM, "batch": BATCH, "ids": args.ids,
                         "steps": args.steps, "repeats": args.repeats, "lr": LR, "baseline": BASELINE},
               "samples_per_second_median": {n: statistics.median(v) for n, v in rates.items()},
-              "ratio_to_baseline_median": ratios, "samples_per_second_rounds": rates}
+              "ratio_to_baseline_median": ratios, "ratio_to_fbgemm_tbe_same_optimizer": versus_tbe, "samples_per_second_rounds": rates}
     for n in names:
-        print(f"{n:<40} {record['samples_per_second_median'][n]:>10,.0f} samples/s   x{ratios[n]:.2f} vs {BASELINE}")
+        vs = versus_tbe.get(n)
+        print(f"{n:<40} {record['samples_per_second_median'][n]:>10,.0f} samples/s   x{ratios[n]:.2f} vs {BASELINE}"
+              + (f"   x{vs['median']:.2f} (rounds {vs['min']:.2f}-{vs['max']:.2f}) vs FBGEMM's TBE, same optimiser" if vs else ""))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(record, indent=1))
