@@ -3,6 +3,7 @@
 Tests that run the kernel are skipped where fbgemm_gpu is not installed (CI installs it with `make torchrec`);
 the errors for a missing install and for methods the path cannot take run everywhere.
 """
+import copy
 import json
 import sys
 from dataclasses import replace
@@ -77,6 +78,14 @@ def test_the_embedding_parameter_is_the_kernels_weight_storage():
     model.embedding.load_state_dict({**model.embedding.state_dict(), "tables.0": torch.zeros_like(before)})
     kernel = trainer.optimizers[1].kernels[0]
     assert kernel.weights_host.data_ptr() == model.embedding.tables[0].data_ptr() and not kernel.weights_host.any()
+
+
+def test_a_copy_of_the_embedding_leaves_the_kernels_behind():
+    pytest.importorskip("fbgemm_gpu")
+    model, _ = trained("fbgemm-sgd", 0.5)
+    copy_ = copy.deepcopy(model.embedding)
+    assert copy_.fused_gathers is None and model.embedding.fused_gathers is not None
+    assert copy_.tables[0].data_ptr() != model.embedding.tables[0].data_ptr()
 
 
 def test_resume_with_fbgemm_rowwise_adagrad_ends_like_an_uninterrupted_run(tmp_path):

@@ -69,6 +69,10 @@ class FullEmbedding(FeatureEmbedding):
             self._place.update({i: (g, k) for k, i in enumerate(self._members[d])})
         self.fused_gathers: list[Callable[[torch.Tensor], torch.Tensor]] | None = None  # set by --table-optimizer fbgemm-*
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave attached fused kernels behind: they train this module's memory, not the copy's."""
+        return {**super().__getstate__(), "fused_gathers": None}
+
     @classmethod
     def from_config(cls, fields: list[FieldSpec], config: EmbeddingConfig, settings: NoSettings) -> "FullEmbedding":
         if config.budget_bytes is not None:
