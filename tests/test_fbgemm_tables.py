@@ -13,6 +13,7 @@ import torch
 
 from embslim.cli import main
 from embslim.embeddings import EmbeddingConfig
+from embslim.embeddings.base import StepContext
 from embslim.errors import ConfigError
 from embslim.train.run import RunConfig, build_model, run, train_model
 from embslim.train.table_optim import state_bytes
@@ -78,6 +79,26 @@ def test_the_embedding_parameter_is_the_kernels_weight_storage():
     model.embedding.load_state_dict({**model.embedding.state_dict(), "tables.0": torch.zeros_like(before)})
     kernel = trainer.optimizers[1].kernels[0]
     assert kernel.weights_host.data_ptr() == model.embedding.tables[0].data_ptr() and not kernel.weights_host.any()
+
+
+def test_a_changed_learning_rate_reaches_the_kernels_before_the_next_backward():
+    pytest.importorskip("fbgemm_gpu")
+    _, trainer = trained("fbgemm-rowwise-adagrad", 0.05)
+    opt = trainer.optimizers[1]
+    opt.param_groups[0]["lr"] *= 0.5  # what --lr-decay does between epochs
+    opt.zero_grad()
+    assert abs(opt.kernels[0].get_learning_rate() - 0.025) < 1e-7
+
+
+def test_reset_state_zeroes_the_kernels_own_accumulator():
+    pytest.importorskip("fbgemm_gpu")
+    model, trainer = trained("fbgemm-rowwise-adagrad", 0.05)
+    table, kernel = model.embedding.tables[0], trainer.optimizers[1].kernels[0]
+    assert kernel.momentum1_host[:5].any()
+    where = torch.zeros(table.shape[0], dtype=torch.bool)
+    where[:5] = True
+    StepContext(1, 1, trainer.optimizers).reset_state(table, where)
+    assert not kernel.momentum1_host[:5].any() and kernel.momentum1_host[5:].any()
 
 
 def test_a_copy_of_the_embedding_leaves_the_kernels_behind():
