@@ -22,6 +22,7 @@ from embslim.train.metrics import headline_metrics
 from embslim.models import ModelOptions, list_models, model_class
 from embslim.train.recipes import model_options, recipe
 from embslim.train.slice import PRECISIONS as SLICE_PRECISIONS
+from embslim.train.table_optim import ALL_TABLE_OPTIMIZERS
 from embslim.train.trainer import TrainConfig
 
 TRAIN_KEYS = {"epochs", "lr", "batch_size", "patience", "negatives", "embedding_l2", "weight_decay", "optimizer", "eval_protocol",
@@ -65,8 +66,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--embedding-l2", type=non_negative_float, help="L2 penalty on the embedding rows a batch uses")
     t.add_argument("--weight-decay", type=non_negative_float)
     t.add_argument("--optimizer", choices=["adam", "adamw"], help="optimizer of the dense network (and of tables with dense gradients)")
-    t.add_argument("--table-optimizer", choices=["adam", "rowwise-adagrad", "adagrad", "sgd"],
-                   help="optimizer of tables with sparse gradients (default adam: lazy Adam; rowwise-adagrad keeps one float per row)")
+    t.add_argument("--table-optimizer", choices=list(ALL_TABLE_OPTIMIZERS),
+                   help="optimizer of tables with sparse gradients (default adam: lazy Adam; rowwise-adagrad keeps one float per row; "
+                        "fbgemm-*: the same update fused into FBGEMM's kernel, `full` method only, needs fbgemm-gpu-cpu)")
     t.add_argument("--table-lr", type=learning_rate, help="learning rate of the tables (default: --lr)")
     t.add_argument("--negatives", type=positive_int, help="sampled negatives per positive (topk)")
     t.add_argument("--eval-protocol", choices=["full", "sampled100", "both"],
@@ -552,6 +554,8 @@ def require_extras(args: argparse.Namespace) -> None:
         require("pyarrow", "reading Parquet")
     if getattr(args, "ray_address", None):
         require("ray", "--ray-address")
+    if (getattr(args, "table_optimizer", None) or "").startswith("fbgemm-"):
+        require("fbgemm_gpu", f"--table-optimizer {args.table_optimizer}")
 
 
 def main(argv: list[str] | None = None) -> int:

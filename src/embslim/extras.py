@@ -10,7 +10,7 @@ import importlib
 
 from embslim.errors import ConfigError
 
-OPTIONAL = {"ray": "distributed", "torchrec": "torchrec"}  # import name -> extra in pyproject.toml
+OPTIONAL = {"ray": "distributed", "torchrec": "torchrec", "fbgemm_gpu": "torchrec"}  # import name -> extra in pyproject.toml
 
 
 def require(module: str, purpose: str) -> None:

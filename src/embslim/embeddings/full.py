@@ -7,6 +7,8 @@ serving bytes fit the budget is chosen (the "uniform" baseline).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -65,6 +67,11 @@ class FullEmbedding(FeatureEmbedding):
             self.register_buffer(f"offsets_{d}", torch.tensor(np.r_[0, np.cumsum(rows)[:-1]], dtype=torch.int64))
             self.tables.append(nn.Parameter(torch.randn(sum(rows), d) * init_std))
             self._place.update({i: (g, k) for k, i in enumerate(self._members[d])})
+        self.fused_gathers: list[Callable[[torch.Tensor], torch.Tensor]] | None = None  # set by --table-optimizer fbgemm-*
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave attached fused kernels behind: they train this module's memory, not the copy's."""
+        return {**super().__getstate__(), "fused_gathers": None}
 
     @classmethod
     def from_config(cls, fields: list[FieldSpec], config: EmbeddingConfig, settings: NoSettings) -> "FullEmbedding":
@@ -88,11 +95,26 @@ class FullEmbedding(FeatureEmbedding):
         g, k = self._place[field]
         return self.tables[g], getattr(self, f"offsets_{self.group_dims[g]}")[k]
 
+    def gather(self, group: int, rows: torch.Tensor) -> torch.Tensor:
+        """Rows of width group `group`'s table; while training with fused kernels attached (FBGEMM,
+        train/fbgemm_tables.py), through them: their backward updates the table in place."""
+        if self.fused_gathers is not None and self.training and torch.is_grad_enabled():
+            return self.fused_gathers[group](rows)
+        return F.embedding(rows, self.tables[group], sparse=True)
+
+    def gather_columns(self, group: int, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """[B, k] rows of group `group`'s table -> k tensors [B, d], split once (one backward op, not one
+        full-size gradient per field); the fused kernels read the rows field by field, so their output is
+        split along its first dimension and its gradient arrives contiguous."""
+        if self.fused_gathers is not None and self.training and torch.is_grad_enabled():
+            return self.fused_gathers[group](rows.t()).unbind(0)
+        return F.embedding(rows, self.tables[group], sparse=True).unbind(1)
+
     def lookup(self, field: int, ids: torch.Tensor) -> torch.Tensor:
         if field not in self._place:
             return torch.zeros((*ids.shape, 0), device=ids.device)
-        weight, first = self.table_of(field)
-        return F.embedding(ids + first, weight, sparse=True)
+        g, k = self._place[field]
+        return self.gather(g, ids + getattr(self, f"offsets_{self.group_dims[g]}")[k])
 
     def lookup_fields(self, ids: torch.Tensor, fields: list[int]) -> list[torch.Tensor]:
         """One gather per width group."""
@@ -101,8 +123,8 @@ class FullEmbedding(FeatureEmbedding):
             cols = [j for j, i in enumerate(fields) if self._place.get(i, (-1,))[0] == g]
             if cols:
                 firsts = getattr(self, f"offsets_{d}")[[self._place[fields[j]][1] for j in cols]]
-                vecs = F.embedding(ids[:, cols] + firsts, self.tables[g], sparse=True)
-                for j, vec in zip(cols, vecs.unbind(1)):  # one backward op, not one full-size gradient per field
+                rows = (ids if len(cols) == ids.shape[1] else ids[:, cols]) + firsts
+                for j, vec in zip(cols, self.gather_columns(g, rows)):
                     out[j] = vec
         return [o if o is not None else ids.new_zeros((ids.shape[0], 0), dtype=torch.float32) for o in out]
 

@@ -9,6 +9,9 @@ dense network's Adam (`--table-optimizer`):
   state.
 - `adagrad`: torch's Adagrad (sparse-aware), one float per value.
 - `sgd`: no state.
+- `fbgemm-rowwise-adagrad`, `fbgemm-adagrad`, `fbgemm-sgd`: the same updates applied by FBGEMM's fused
+  table-batched kernel inside the backward, for the `full` method's tables where fbgemm-gpu-cpu is installed
+  (train/fbgemm_tables.py); same state as their pure-PyTorch twins.
 
 Only parameters with sparse gradients (`FeatureEmbedding.sparse_parameters()`) use it; methods whose tables
 train through dense gradients (ROBE, TT, ...) stay on Adam, and their bytes count Adam's state.
@@ -24,6 +27,8 @@ from embslim.embeddings.base import tensor_bytes
 from embslim.errors import ConfigError
 
 TABLE_OPTIMIZERS = ("adam", "rowwise-adagrad", "adagrad", "sgd")
+FBGEMM_KINDS = ("fbgemm-rowwise-adagrad", "fbgemm-adagrad", "fbgemm-sgd")  # optional: need fbgemm_gpu and the `full` method
+ALL_TABLE_OPTIMIZERS = TABLE_OPTIMIZERS + FBGEMM_KINDS
 
 
 class RowWiseAdagrad(torch.optim.Optimizer):
@@ -65,8 +70,14 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                     p.index_add_(0, rows, values / scale.view((-1,) + (1,) * (p.dim() - 1)), alpha=-group["lr"])
 
 
-def make_table_optimizer(kind: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """The optimiser of kind `kind` over table parameters with sparse gradients."""
+def make_table_optimizer(kind: str, params: list[nn.Parameter], lr: float, embedding: nn.Module | None = None) -> torch.optim.Optimizer:
+    """The optimiser of kind `kind` over table parameters with sparse gradients (fbgemm kinds: over `embedding`'s tables)."""
+    if kind in FBGEMM_KINDS:
+        if embedding is None:
+            raise ConfigError(f"--table-optimizer {kind} trains an embedding's tables through FBGEMM; it needs the embedding")
+        from embslim.train.fbgemm_tables import FbgemmTableOptimizer
+
+        return FbgemmTableOptimizer(kind, embedding, lr)
     if kind == "adam":
         return torch.optim.SparseAdam(params, lr=lr)
     if kind == "rowwise-adagrad":
@@ -75,11 +86,12 @@ def make_table_optimizer(kind: str, params: list[nn.Parameter], lr: float) -> to
         return torch.optim.Adagrad(params, lr=lr)
     if kind == "sgd":
         return torch.optim.SGD(params, lr=lr)
-    raise ConfigError(f"table optimizer must be one of {list(TABLE_OPTIMIZERS)}, got {kind!r}")
+    raise ConfigError(f"table optimizer must be one of {list(ALL_TABLE_OPTIMIZERS)}, got {kind!r}")
 
 
 def state_bytes(kind: str, params: list[nn.Parameter]) -> int:
     """Bytes of optimiser state `kind` keeps for `params` (fp32, as the optimisers store it)."""
+    kind = kind.removeprefix("fbgemm-") if kind in FBGEMM_KINDS else kind
     if kind == "adam":
         return 2 * sum(tensor_bytes(p) for p in params)
     if kind == "rowwise-adagrad":
@@ -88,4 +100,4 @@ def state_bytes(kind: str, params: list[nn.Parameter]) -> int:
         return sum(tensor_bytes(p) for p in params)
     if kind == "sgd":
         return 0
-    raise ConfigError(f"table optimizer must be one of {list(TABLE_OPTIMIZERS)}, got {kind!r}")
+    raise ConfigError(f"table optimizer must be one of {list(ALL_TABLE_OPTIMIZERS)}, got {kind!r}")

@@ -30,7 +30,7 @@ from embslim.train.checkpoint import load_checkpoint, save_checkpoint
 from embslim.train.metrics import PRIMARY, ctr_metrics, is_better, rating_metrics
 from embslim.train.objectives import Objective, create_objective, seen_matrix
 from embslim.train.ranking import check_protocol, evaluate_ranking, primary_metric
-from embslim.train.table_optim import TABLE_OPTIMIZERS, make_table_optimizer
+from embslim.train.table_optim import ALL_TABLE_OPTIMIZERS, make_table_optimizer
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class TrainConfig:
     keep_best: bool = True  # end with the weights of the best validation epoch (False: the last epoch's)
     lr_decay: float = 1.0  # multiply the learning rate by this after each epoch without validation improvement
     eval_protocol: str = "full"  # top-k: full ranking, sampled100 (the SASRec paper's 100 negatives) or both
-    table_optimizer: str = "adam"  # tables with sparse gradients: adam (SparseAdam), rowwise-adagrad, adagrad or sgd
+    table_optimizer: str = "adam"  # tables with sparse gradients: adam (SparseAdam), rowwise-adagrad, adagrad, sgd, or fbgemm-* (fused, `full` only)
     table_lr: float | None = None  # their learning rate (default: lr)
     seq_loss: str = "bce"  # sequence models: "bce" (one sampled negative per position) or "softmax" (sampled softmax)
     softmax_negatives: int = 128  # sequence models, seq_loss "softmax": uniform negatives shared by a batch
@@ -75,8 +75,8 @@ class Trainer:
                  out_dir: Path | None = None, callbacks: list[Callback] | None = None) -> None:
         if config.optimizer not in ("adam", "adamw"):
             raise ConfigError(f"optimizer must be adam or adamw, got {config.optimizer!r}")
-        if config.table_optimizer not in TABLE_OPTIMIZERS:
-            raise ConfigError(f"table optimizer must be one of {list(TABLE_OPTIMIZERS)}, got {config.table_optimizer!r}")
+        if config.table_optimizer not in ALL_TABLE_OPTIMIZERS:
+            raise ConfigError(f"table optimizer must be one of {list(ALL_TABLE_OPTIMIZERS)}, got {config.table_optimizer!r}")
         empty = [name for name, rows in data.splits.items() if len(rows) == 0]
         if empty:
             sizes = ", ".join(f"{name} {len(rows)}" for name, rows in data.splits.items())
@@ -90,7 +90,7 @@ class Trainer:
         dense_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         self.optimizers = [dense_cls(dense, lr=config.lr, weight_decay=config.weight_decay)]
         if sparse:
-            self.optimizers.append(make_table_optimizer(config.table_optimizer, sparse, config.table_lr or config.lr))
+            self.optimizers.append(make_table_optimizer(config.table_optimizer, sparse, config.table_lr or config.lr, model.embedding))
         train_label = data.split("train").label
         self.label_range = (float(train_label.min()), float(train_label.max()))
         if data.task == "rating" and not model.bias.detach().any():
