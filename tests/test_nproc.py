@@ -47,10 +47,13 @@ def first_step(config: RunConfig) -> dict:
 
 def two_rank_job(folder: Path) -> None:
     """One rank (one spawn serves several tests): the first step's state to folder/rankR.pt, a whole run with
-    output folder/outR, and the error of a collisionless run (whose admission counts each rank's own ids)."""
+    output folder/outR, the test AUC of an mde run (an int16 buffer: gloo cannot broadcast it, so nothing
+    is broadcast) and the error of a collisionless run (whose admission counts each rank's own ids)."""
     rank = distributed.current().rank
     torch.save(first_step(CONFIG), folder / f"rank{rank}.pt")
     run(load_tiny(), CONFIG, folder / f"out{rank}")
+    mde = run(load_tiny(), replace(CONFIG, embedding=EmbeddingConfig("mde", 8, budget_bytes=2304)), None)
+    (folder / f"mde{rank}.txt").write_text(str(mde["metrics"]["test"]["auc"]))
     try:
         run(load_tiny(), replace(CONFIG, embedding=EmbeddingConfig("collisionless", 8, budget_bytes=2304)), None)
     except ConfigError as err:
@@ -90,6 +93,10 @@ def test_cli_nproc_2_writes_results_json_once(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["nproc"] == 2 and 0 < results["metrics"]["test"]["auc"] <= 1
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "data_args.json", "embedding.safetensors", "results.json"]
+
+
+def test_a_method_with_an_int16_buffer_trains_on_two_ranks_to_the_same_result(two_ranks):
+    assert (two_ranks / "mde0.txt").read_text() == (two_ranks / "mde1.txt").read_text()
 
 
 def test_a_method_whose_state_learns_from_each_ranks_rows_is_refused_naming_it(two_ranks):

@@ -120,14 +120,15 @@ class WeightedLoss(nn.Module):
 
 
 def wrap(model: nn.Module, loss: Callable[[Any], torch.Tensor], sparse: list[nn.Parameter]) -> nn.parallel.DistributedDataParallel:
-    """DDP over `loss`, leaving out the `sparse` parameters (`sync_sparse` averages theirs). Buffers are not
-    re-broadcast each step: state a rank changes on its own must show up in `check_consistent`, not be
-    overwritten by rank 0's. Unused parameters are allowed (masked or frozen parts)."""
+    """DDP over `loss`, leaving out the `sparse` parameters (`sync_sparse` averages theirs). Nothing is broadcast,
+    at the start or each step: every rank built the same model from the same seed (and gloo cannot broadcast
+    some buffer types, e.g. mde's int16 column positions), and state a rank changes on its own must show up in
+    `check_consistent`, not be overwritten by rank 0's. Unused parameters are allowed (masked or frozen parts)."""
     module = WeightedLoss(model, loss)
     ids = {id(p) for p in sparse}
     ignored = [name for name, p in module.named_parameters() if id(p) in ids]
     nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, ignored)
-    return nn.parallel.DistributedDataParallel(module, find_unused_parameters=True, forward_sync_buffers=False)
+    return nn.parallel.DistributedDataParallel(module, init_sync=False, find_unused_parameters=True, forward_sync_buffers=False)
 
 
 def sync_sparse(params: list[nn.Parameter]) -> None:

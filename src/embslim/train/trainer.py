@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from embslim.data.fields import FeatureTable, PreparedData
 from embslim.embeddings.base import StepContext
-from embslim.errors import ConfigError, DataError
+from embslim.errors import ConfigError, DataError, EmbslimError
 from embslim.models.base import Recommender
 from embslim.train import distributed
 from embslim.train.checkpoint import load_checkpoint, save_checkpoint
@@ -235,10 +235,20 @@ class Trainer:
         return primary_metric(self.config.eval_protocol) if self.data.task == "topk" else PRIMARY[self.data.task][0]
 
     def evaluate(self, split: str) -> dict[str, float]:
-        """Metrics of `split`; data-parallel, rank 0's (broadcast, so every rank takes the same decisions)."""
+        """Metrics of `split`; data-parallel, rank 0's (broadcast, so every rank takes the same decisions, and
+        raises the same error: a rank left waiting for rank 0 would hang)."""
         if self.rank is None:
             return self.evaluate_local(split)
-        return distributed.broadcast(self.evaluate_local(split) if self.rank.rank == 0 else None)
+        outcome = None
+        if self.rank.rank == 0:
+            try:
+                outcome = self.evaluate_local(split)
+            except EmbslimError as err:
+                outcome = err
+        outcome = distributed.broadcast(outcome)
+        if isinstance(outcome, EmbslimError):
+            raise outcome
+        return outcome
 
     def evaluate_local(self, split: str) -> dict[str, float]:
         if self.data.task == "topk":
