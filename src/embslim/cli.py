@@ -246,25 +246,53 @@ def cmd_train_online(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train in this process, in `--nproc` processes spawned here, or as one rank of a torchrun job (RANK/WORLD_SIZE set)."""
+    from embslim.train import distributed
     from embslim.train.run import run
 
     if args.online and not args.stream:
         raise ConfigError("--online reads a stream: add --stream")
     if args.id_space is not None and not args.online:
         raise ConfigError("--id-space sizes the hashed ids of --online training: add --stream --online")
+    launched = distributed.init_from_env()
+    nproc = args.nproc or (launched.world_size if launched else 1)
+    if launched and nproc != launched.world_size:
+        raise ConfigError(f"--nproc {nproc} under a launcher of {launched.world_size} processes: leave --nproc out under torchrun")
     if args.online:
+        if nproc > 1:
+            raise ConfigError("--online trains in one process; leave out --nproc (and torchrun)")
         return cmd_train_online(args)
     if args.stream:
+        if nproc > 1:
+            raise ConfigError("--stream trains in one process; leave out --nproc (and torchrun)")
         return cmd_train_stream(args)
-    data = load_from_args(args)
-    config = configs_from_args(args, data)
-    out = args.out or Path("runs") / f"train-{args.dataset}-{data.task}-{args.model}-seed{args.seed}"
-    write_data_args(args, data.task, out)
-    if (out / "results.json").exists() and not args.resume:
-        (out / "checkpoint.pt").unlink(missing_ok=True)
-    results = run(data, config, out, resume=args.resume)
-    print_summary(results, out)
+    try:
+        data = load_from_args(args)
+        config = configs_from_args(args, data)
+        out = args.out or Path("runs") / f"train-{args.dataset}-{data.task}-{args.model}-seed{args.seed}"
+        if distributed.is_main():
+            write_data_args(args, data.task, out)
+            if (out / "results.json").exists() and not args.resume:
+                (out / "checkpoint.pt").unlink(missing_ok=True)
+        if nproc > 1 and not launched:
+            distributed.spawn_run(distributed.run_worker, (data, config, out, args.resume), nproc)
+            results = json.loads((out / "results.json").read_text())
+        else:
+            distributed.broadcast(None)  # under torchrun: no rank starts before rank 0 has cleared the old checkpoint
+            results = run(data, config, out, resume=args.resume)
+        if distributed.is_main():
+            print_summary(results, out)
+    finally:
+        if launched:
+            torch_distributed_done()
     return 0
+
+
+def torch_distributed_done() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -447,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one model and write results.json", description="Train a backbone over an embedding method; writes OUT/results.json, OUT/checkpoint.pt and OUT/embedding.safetensors.")
     add_train_args(p)
     add_stream_args(p)
+    p.add_argument("--nproc", type=positive_int,
+                   help="train data-parallel in N processes on this machine (gloo, tables replicated, each process a slice "
+                        "of every --batch-size batch); under torchrun, leave it out: the launcher's processes train (default 1)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("search", help="DNIS: search mixed dimensions, prune to a budget, retrain; with baselines",
                        description="Train the full model, search a soft selection layer on validation loss (DNIS), prune to --budget, "

@@ -14,7 +14,7 @@ from embslim.data.fetch import Archive
 from embslim.data.fields import PreparedData
 from embslim.data.movielens import load_movielens
 from embslim.data.sequences import load_sequences
-from embslim.data.synthetic import GENERATOR_VERSION, SYNTHETIC_SHAPES, SyntheticConfig, generate
+from embslim.data.synthetic import GENERATOR_VERSION, STREAM_ONLY, SYNTHETIC_SHAPES, SyntheticConfig, generate
 from embslim.data.tabular import TabularSchema, load_tabular
 from embslim.errors import ConfigError, DataError
 
@@ -39,6 +39,7 @@ DATASETS: dict[str, DatasetSource] = {
     for s in [
         DatasetSource("synthetic", None, "ctr", 1),
         DatasetSource("synthetic-criteo", None, "ctr", 1),
+        DatasetSource("synthetic-criteo-1e8", None, "ctr", 1),
         DatasetSource("movielens-100k", load_movielens, "ctr", 1, ("movielens-100k", "ml-100k"),
                       Archive(f"{GROUPLENS}/ml-100k.zip", "md5:0e33842e24a9c977be4e0107933c0723", "ml-100k")),
         DatasetSource("movielens-1m", load_movielens, "ctr", 1, ("movielens-1m", "ml-1m"),
@@ -98,6 +99,9 @@ def load_dataset(
     source = get_source(name)
     config = config or PrepareConfig(min_count=source.min_count)
     config = replace(config, task=task or config.task or source.default_task)
+    if name in STREAM_ONLY:
+        raise ConfigError(f"dataset {name!r} has a field of {max(SYNTHETIC_SHAPES[name].cardinalities):,} ids: it is generated "
+                          f"chunk by chunk only, train it with --stream")
     if name in SYNTHETIC_SHAPES:
         generated = synthetic or SYNTHETIC_SHAPES[name]
         parts = {"generator": GENERATOR_VERSION, "synthetic": generated.__dict__, "config": _key_config(config)}

@@ -14,6 +14,13 @@ Online mode (`raw_ids`) skips the counting pass: every value becomes a 62-bit id
 Sources: `synthetic_chunks` (the `synthetic-criteo` generator drawn chunk by chunk, any
 length, with optional drift of which ids are popular) and `text_chunks` (Criteo/Avazu text
 through the pyarrow block reader, with its row accounting).
+
+Huge id spaces: a generated field of more than `max_dense_ids` ids (`synthetic-criteo-1e8` has one
+of 10^8) is not counted. A count per id would cost 8 bytes per possible id (and its ranking as much
+again), so its ids map one to one to rows (row id + 1; row 0, the OOV row, stays unused) and its
+counts are unknown (read as zeros, in a zero-byte array): hashed and factored tables (hash, qr, robe,
+tt) never read counts; frequency-driven methods (mde, dnis blocks) get no frequencies for it. The
+generator draws such a field's ids and planted vectors without a table per id either (see `synthetic_chunks`).
 """
 from __future__ import annotations
 
@@ -39,6 +46,7 @@ class StreamConfig:
     eval_rows: int = 100_000  # rows of validation and of test each (the stream's tail), at most a tenth of the stream each
     min_count: int = 1
     max_distinct: int = 1_000_000  # per text field: distinct values counted exactly up to twice this, then pruned to it
+    max_dense_ids: int = 1 << 24  # generated fields of more ids are not counted: ids map one to one to rows
     drift: float = 0.0  # generated data: share of each field's ids by which popularity shifts over the whole stream
 
 
@@ -73,15 +81,21 @@ class StreamSource:
 
 
 class FieldCounter:
-    """Training occurrences of one field's values; exact below `max_distinct` distinct values."""
+    """Training occurrences of one field's values; exact below `max_distinct` distinct values.
 
-    def __init__(self, cardinality: int | None, max_distinct: int) -> None:
-        self.dense = np.zeros(cardinality, dtype=np.int64) if cardinality is not None else None
+    A generated field of more than `max_dense_ids` ids is not counted (`identity`): see the module's notes.
+    """
+
+    def __init__(self, cardinality: int | None, max_distinct: int, max_dense_ids: int = 1 << 24) -> None:
+        self.identity = cardinality if cardinality is not None and cardinality > max_dense_ids else None
+        self.dense = np.zeros(cardinality, dtype=np.int64) if cardinality is not None and self.identity is None else None
         self.sparse: dict[str, int] = {}
         self.max_distinct = max_distinct
         self.pruned_at = 0  # values counted at most this many times may have been dropped
 
     def add(self, values: pa.Array | None, codes: np.ndarray) -> None:
+        if self.identity is not None:
+            return
         if self.dense is not None:
             self.dense += np.bincount(codes, minlength=len(self.dense))
             return
@@ -100,6 +114,9 @@ class FieldCounter:
 
     def vocabulary(self, name: str, min_count: int) -> "StreamVocab":
         """Ids by descending count, ties by value (as `fit_vocab`); counts below min_count -> OOV."""
+        if self.identity is not None:
+            unknown = np.broadcast_to(np.zeros(1, dtype=np.int64), (self.identity + 1,))  # counts not kept: zero bytes
+            return StreamVocab(FieldSpec(name, self.identity + 1, unknown), None, None, None)
         if self.dense is not None:
             cnt = self.dense
             kept = np.flatnonzero(cnt >= max(min_count, 1))
@@ -121,9 +138,11 @@ class StreamVocab:
     spec: FieldSpec
     lookup: np.ndarray | None  # dense: id per generated id
     ids: dict[str, int] | None  # text: id per value
-    seen_values: int
+    seen_values: int | None  # None: not counted (a generated field of more than max_dense_ids ids)
 
     def encode(self, values: pa.Array | None, codes: np.ndarray) -> np.ndarray:
+        if self.lookup is None and self.ids is None:  # uncounted: generated id + 1
+            return codes.astype(np.int64) + 1
         if self.lookup is not None:
             return self.lookup[codes]
         mapped = np.fromiter((self.ids.get(v, 0) for v in values.to_pylist()), dtype=np.int64, count=len(values))
@@ -152,7 +171,7 @@ def count_pass(source: StreamSource, config: StreamConfig) -> StreamPlan:
 
     start = time.perf_counter()
     cards = source.cardinalities or {}
-    counters = {n: FieldCounter(cards.get(n), config.max_distinct) for n in source.field_names}
+    counters = {n: FieldCounter(cards.get(n), config.max_distinct, config.max_dense_ids) for n in source.field_names}
     pending: deque[Chunk] = deque()  # chunks that may still fall in the tail
     pending_rows, rows = 0, 0
     for chunk in source.chunks():
@@ -272,7 +291,11 @@ def synthetic_chunks(config: SyntheticConfig, chunk_rows: int, drift: float = 0.
     names = [f"field{i}" for i in range(len(config.ranks))]
     rng = np.random.default_rng(config.seed)
     vectors, weights, cdfs = [], [], []
-    for n, r in zip(config.cardinalities, config.ranks):
+    for f, (n, r) in enumerate(zip(config.cardinalities, config.ranks)):
+        if n > HASHED_IDS:  # drawn and given vectors per id on the fly (`hashed_field`), no table of n entries
+            for table in (vectors, weights, cdfs):
+                table.append(None)
+            continue
         scale = np.arange(1, n + 1, dtype=np.float64) ** -config.tail_decay
         vectors.append((rng.standard_normal((n, max(r, 1))) * scale[:, None] * (r > 0)).astype(np.float32))
         weights.append((rng.standard_normal(n) * 0.5 * (r > 0) * scale).astype(np.float32))
@@ -286,6 +309,14 @@ def synthetic_chunks(config: SyntheticConfig, chunk_rows: int, drift: float = 0.
         ids = {}
         for f, name in enumerate(names):
             n = config.cardinalities[f]
+            if cdfs[f] is None:
+                rank = zipf_rank(crng.random(rows), n, config.zipf)
+                ids[name] = (rank + int(drift * position * n)) % n
+                u, w = hashed_field(config, f, ids[name])
+                z += w
+                total[:, : u.shape[1]] += u
+                z -= 0.5 * np.einsum("ij,ij->i", u, u)
+                continue
             rank = np.minimum(np.searchsorted(cdfs[f], crng.random(rows)), n - 1)
             ids[name] = (rank + int(drift * position * n)) % n
             u = vectors[f][ids[name]]
@@ -309,6 +340,47 @@ def synthetic_chunks(config: SyntheticConfig, chunk_rows: int, drift: float = 0.
 
     return StreamSource("synthetic", names, chunks, dict(zip(names, config.cardinalities)),
                         info={"generator": "embslim.data.stream.synthetic_chunks", "drift": drift, "rows": config.rows})
+
+
+HASHED_IDS = 1 << 24  # generated fields of more ids get their ids and planted vectors without tables
+
+
+def zipf_rank(u: np.ndarray, n: int, exponent: float) -> np.ndarray:
+    """Popularity ranks in [0, n) with P(k) roughly proportional to (k+1)^-exponent: the inverse CDF of the
+    continuous power law on [1, n+1] at uniforms `u` (O(1) memory, unlike a table of n probabilities)."""
+    if abs(exponent - 1.0) < 1e-9:
+        x = np.exp(u * np.log(n + 1.0))
+    else:
+        a = 1.0 - exponent
+        x = ((float(n + 1) ** a - 1.0) * u + 1.0) ** (1.0 / a)
+    return np.minimum(x.astype(np.int64) - 1, n - 1).clip(min=0)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: 64 well-mixed bits per uint64."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def hashed_normal(key: int, ids: np.ndarray, width: int) -> np.ndarray:
+    """[len(ids), width] standard normals that depend only on (key, id, column): a counter-based draw."""
+    base = _mix(ids.astype(np.uint64)[:, None] * np.uint64(2 * width + 1) + np.arange(width, dtype=np.uint64) * np.uint64(2)
+                + np.uint64(key * 0x9E3779B97F4A7C15 % 2**64))
+    u1 = ((_mix(base) >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
+    u2 = ((_mix(base ^ np.uint64(0xD1B54A32D192ED03)) >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
+    return (np.sqrt(-2.0 * np.log(u1)) * np.cos(2 * np.pi * u2)).astype(np.float32)
+
+
+def hashed_field(config: SyntheticConfig, f: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The planted vectors and weights of a huge field's `ids`, as the table path draws them (normal, scaled by
+    (id+1)^-tail_decay, zero for rank 0) but computed per id from a hash, so nothing of size n is stored."""
+    r = config.ranks[f]
+    scale = ((ids + 1.0) ** -config.tail_decay).astype(np.float32) * (r > 0)
+    key = (config.seed * 1_000_003 + f) * 2
+    vec = hashed_normal(key, ids, max(r, 1)) * scale[:, None]
+    weight = hashed_normal(key + 1, ids, 1)[:, 0] * 0.5 * scale
+    return vec, weight
 
 
 def text_chunks(dataset: str, path: Path, max_bad_rows: float = 0, block_bytes: int | None = None) -> StreamSource:

@@ -54,7 +54,11 @@ SYNTHETIC_SHAPES: dict[str, SyntheticConfig] = {
     "synthetic": SyntheticConfig(),
     "synthetic-criteo": SyntheticConfig(rows=2_000_000, cardinalities=CRITEO_CARDINALITIES, ranks=CRITEO_RANKS, zipf=0.8,
                                         tail_decay=0.5),
+    # synthetic-criteo with its third field (C3) at 10^8 ids: a 6.4 GB table at dim 16; streamed only (train --stream)
+    "synthetic-criteo-1e8": SyntheticConfig(rows=2_000_000, cardinalities=(1460, 583, 100_000_000) + CRITEO_CARDINALITIES[3:],
+                                            ranks=CRITEO_RANKS, zipf=0.8, tail_decay=0.5),
 }
+STREAM_ONLY = {"synthetic-criteo-1e8"}  # shapes whose fields are too large to generate in memory
 
 
 def synthetic_config(name: str = "synthetic", rows: int | None = None) -> SyntheticConfig:

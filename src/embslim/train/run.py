@@ -22,6 +22,7 @@ from embslim.embeddings import EmbeddingConfig, convert_embedding, create_embedd
 from embslim.embeddings.registry import config_for_source
 from embslim.embeddings.settings import settings_dict
 from embslim.models import ModelOptions, Recommender, create_model, model_class
+from embslim.train import distributed
 from embslim.train.table_optim import state_bytes
 from embslim.train.trainer import TrainConfig, Trainer
 
@@ -75,12 +76,14 @@ def train_model(model: Recommender, data: PreparedData, config: RunConfig, out_d
     """Train an already built model and return the results record (written to out_dir/results.json).
 
     `save(model, out_dir)` writes the run's artifacts first, so a results.json on disk always
-    means a finished run whose files all exist (what resuming relies on).
+    means a finished run whose files all exist (what resuming relies on). Data-parallel, only rank 0 writes;
+    `config.nproc` records the number of processes.
     """
     t0 = time.perf_counter()
     fit = Trainer(model, data, config.train, out_dir, callbacks).fit(resume=resume)
     results = {
-        "config": {"dataset": data.name, "task": data.task, **json.loads(json.dumps(asdict(config), default=str))},
+        "config": {"dataset": data.name, "task": data.task, **json.loads(json.dumps(asdict(config), default=str)),
+                   "nproc": distributed.world_size()},
         "data": {"rows": data.info.get("rows"), "fields": {f.name: f.cardinality for f in data.table.fields},
                  **({"history": data.info.get("history")} if data.table.sequences else {})},
         "metrics": {"val": fit["val"], "test": fit["test"]},
@@ -89,7 +92,7 @@ def train_model(model: Recommender, data: PreparedData, config: RunConfig, out_d
         "history": fit["history"],
         "environment": environment(),
     }
-    if out_dir is not None:
+    if out_dir is not None and distributed.is_main():
         if save is not None:
             save(model, out_dir)
         write_results(results, out_dir / "results.json")
@@ -113,7 +116,7 @@ def fit(data: PreparedData, config: RunConfig, out_dir: Path | None = None, resu
     results["embedding"]["source"] = {"method": "full", "dims": trained["embedding"]["dims"], "bytes": trained["embedding"]["bytes"],
                                       "metrics": trained["metrics"], "train_seconds": trained["timing"]["train_seconds"]}
     results["timing"]["train_seconds"] += trained["timing"]["train_seconds"]
-    if out_dir is not None:
+    if out_dir is not None and distributed.is_main():
         write_results(results, out_dir / "results.json")
     return model, data, results
 
@@ -121,7 +124,7 @@ def fit(data: PreparedData, config: RunConfig, out_dir: Path | None = None, resu
 def run(data: PreparedData, config: RunConfig, out_dir: Path | None = None, resume: bool = False) -> dict:
     """Build and train (or train and convert); the one call behind `embslim train`."""
     model, _, results = fit(data, config, out_dir, resume)
-    if out_dir is not None:
+    if out_dir is not None and distributed.is_main():
         model.embedding.export(out_dir / "embedding.safetensors")
     return results
 

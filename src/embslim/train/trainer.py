@@ -9,6 +9,11 @@ one would. Embedding methods hook in through `train_loss()`, `aux_loss()`,
 number of steps and can reset optimiser state) and `size_is_final()`; their own state
 (masks, thresholds, schedule positions) rides in the model's state dict, so it is
 checkpointed with it. Callers hook in through callbacks.
+
+Inside a torch.distributed group of several processes (`embslim train --nproc N`, torchrun) the trainer
+is data-parallel (embslim.train.distributed): each rank trains on its slice of every batch through DDP,
+rank 0 evaluates and writes checkpoints, and the ranks' states are compared after the first step and
+every epoch.
 """
 from __future__ import annotations
 
@@ -24,8 +29,9 @@ from tqdm import tqdm
 
 from embslim.data.fields import FeatureTable, PreparedData
 from embslim.embeddings.base import StepContext
-from embslim.errors import ConfigError, DataError
+from embslim.errors import ConfigError, DataError, EmbslimError
 from embslim.models.base import Recommender
+from embslim.train import distributed
 from embslim.train.checkpoint import load_checkpoint, save_checkpoint
 from embslim.train.metrics import PRIMARY, ctr_metrics, is_better, rating_metrics
 from embslim.train.objectives import Objective, create_objective, seen_matrix
@@ -99,6 +105,14 @@ class Trainer:
         self.step = 0
         self.objective: Objective = create_objective(model, data, config)
         check_protocol(config.eval_protocol)
+        self.rank = distributed.current()
+        self.ddp = None
+        if self.rank is not None:
+            if getattr(model, "objective", "pointwise") != "pointwise" or config.pair_loss:
+                raise ConfigError(f"several processes train pointwise backbones on rows; {type(model).__name__} "
+                                  f"learns from {config.pair_loss or getattr(model, 'objective', 'pointwise')} batches (use --nproc 1)")
+            self.sparse = sparse
+            self.ddp = distributed.wrap(model, self.loss, sparse)
 
     # -- training --------------------------------------------------------------
     def loss(self, batch) -> torch.Tensor:
@@ -115,14 +129,23 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> tuple[float, int]:
         self.model.train()
-        total, seen = 0.0, 0
+        total, seen, rows_trained = 0.0, 0, 0
         bar = tqdm(self.objective.batches(epoch), total=self.steps_per_epoch(), desc=f"epoch {epoch + 1}",
                    disable=not self.config.progress, leave=False, unit="batch")
         for batch in bar:
-            loss = self.loss(batch)
+            rows_trained += len(batch)
             for opt in self.optimizers:
                 opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if self.ddp is None:
+                loss = self.loss(batch)
+                loss.backward()
+            else:
+                rows, weight = distributed.shard_rows(len(batch), self.rank.rank, self.rank.world_size)
+                batch = distributed.slice_batch(batch, rows)
+                weighted = self.ddp(batch, weight)
+                weighted.backward()
+                distributed.sync_sparse(self.sparse)
+                loss = weighted / weight
             self.model.embedding.before_optimizer_step(self.step_context())
             for opt in self.optimizers:
                 opt.step()
@@ -130,9 +153,15 @@ class Trainer:
             self.model.embedding.on_step_end(self.step_context())
             for cb in self.callbacks:
                 cb.on_batch_end(self, self.step)
+            if self.ddp is not None and self.step == 1:
+                self.check_consistent()
             total += loss.detach() * len(batch)
             seen += len(batch)
-        return float(total) / max(seen, 1), seen
+        return float(total) / max(seen, 1), rows_trained
+
+    def check_consistent(self) -> None:
+        """Data-parallel: stop with a ConfigError if the ranks' model states differ."""
+        distributed.check_consistent(self.model, getattr(self.model.embedding, "method_name", type(self.model.embedding).__name__))
 
     def fit(self, resume: bool = False) -> dict:
         """Train with early stopping; returns {"val": best val metrics, "test": test metrics, "history", "timing"}."""
@@ -141,6 +170,8 @@ class Trainer:
         metric = self.primary_metric()
         ckpt_path = self.out_dir / "checkpoint.pt" if self.out_dir else None
         state = load_checkpoint(ckpt_path) if (resume and ckpt_path) else None
+        if not distributed.is_main():
+            ckpt_path = None  # every rank resumes from rank 0's checkpoint; only rank 0 writes
         torch.manual_seed(cfg.seed)
         start_epoch, best, best_state, bad, history, train_time, samples = 0, None, None, 0, [], 0.0, 0
         if state is not None:
@@ -160,6 +191,8 @@ class Trainer:
             train_loss, n = self.train_epoch(epoch)
             train_time += time.perf_counter() - t0
             samples += n
+            if self.ddp is not None:
+                self.check_consistent()
             val = self.evaluate("val")
             history.append({"epoch": epoch + 1, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}})
             if cfg.progress:
@@ -202,6 +235,22 @@ class Trainer:
         return primary_metric(self.config.eval_protocol) if self.data.task == "topk" else PRIMARY[self.data.task][0]
 
     def evaluate(self, split: str) -> dict[str, float]:
+        """Metrics of `split`; data-parallel, rank 0's (broadcast, so every rank takes the same decisions, and
+        raises the same error: a rank left waiting for rank 0 would hang)."""
+        if self.rank is None:
+            return self.evaluate_local(split)
+        outcome = None
+        if self.rank.rank == 0:
+            try:
+                outcome = self.evaluate_local(split)
+            except EmbslimError as err:
+                outcome = err
+        outcome = distributed.broadcast(outcome)
+        if isinstance(outcome, EmbslimError):
+            raise outcome
+        return outcome
+
+    def evaluate_local(self, split: str) -> dict[str, float]:
         if self.data.task == "topk":
             return self.evaluate_ranking(split)
         table = self.data.split(split)
