@@ -12,7 +12,9 @@ rescaled to a fixed standard deviation, and the label is Bernoulli(sigmoid(logit
 With `tail_decay` > 0 the k-th most popular value's u and w are scaled by k^-tail_decay:
 rare ids then carry little signal, as in production logs, where millions of ids are
 seen a handful of times and no model can learn them.
-So a field's interactions need exactly r_f dimensions, a rank-0 field is pure
+So a field's interactions need r_f dimensions (at most: a coordinate that no other
+field has meets no partner, so the largest rank is capped by the second largest),
+plus one for w_f in models that read it from the embedding; a rank-0 field is pure
 noise, and a dimension search should rank the fields by r_f: the right answer is
 known. No download, no licence: the generator is part of embslim.
 
