@@ -11,6 +11,7 @@ import importlib
 from embslim.errors import ConfigError
 
 OPTIONAL = {"ray": "distributed", "torchrec": "torchrec", "fbgemm_gpu": "torchrec"}  # import name -> extra in pyproject.toml
+CPU_RECIPE = {"torchrec": "make torchrec", "fbgemm_gpu": "make torchrec"}  # the extra pulls the CUDA build; on CPU use this
 
 
 def require(module: str, purpose: str) -> None:
@@ -18,4 +19,5 @@ def require(module: str, purpose: str) -> None:
     try:
         importlib.import_module(module)
     except ImportError:
-        raise ConfigError(f'{purpose} needs {module}: pip install "embslim[{OPTIONAL[module]}]"') from None
+        cpu = f" (on a machine without CUDA: {CPU_RECIPE[module]})" if module in CPU_RECIPE else ""
+        raise ConfigError(f'{purpose} needs {module}: pip install "embslim[{OPTIONAL[module]}]"{cpu}') from None
