@@ -157,12 +157,12 @@ def plot(report: dict, path: Path) -> None:
     for col, part in enumerate(parts):
         runs = [r for r in report[part]["runs"] if r["spec"]["seed"] == 0]
         top, bottom = axes[0][col], axes[1][col]
-        for r in runs:
-            x = [(c["first_row"] + c["rows"]) / 1e6 for c in r["chunks"]]
-            top.plot(x, [c["auc"] if c["auc"] is not None else float("nan") for c in r["chunks"]], marker="o", ms=3, label=r["name"])
-            bottom.plot(x, [c["held_bytes"] / 2**20 for c in r["chunks"]], label=f"{r['name']}: held")
+        for i, r in enumerate(runs):
+            x, color = [(c["first_row"] + c["rows"]) / 1e6 for c in r["chunks"]], f"C{i}"  # one colour per method in both panels
+            top.plot(x, [c["auc"] if c["auc"] is not None else float("nan") for c in r["chunks"]], marker="o", ms=3, color=color, label=r["name"])
+            bottom.plot(x, [c["held_bytes"] / 2**20 for c in r["chunks"]], color=color, label=f"{r['name']}: held")
             if "live_rows" in r["chunks"][0]:
-                bottom.plot(x, [c["serve_bytes"] / 2**20 for c in r["chunks"]], ls="--", label=f"{r['name']}: serve")
+                bottom.plot(x, [c["serve_bytes"] / 2**20 for c in r["chunks"]], ls="--", color=color, label=f"{r['name']}: serve")
         top.set_title(f"{part}: chunk AUC, scored before training on it (seed 0)", fontsize=9)
         top.set_ylabel("AUC")
         top.legend(fontsize=7)
