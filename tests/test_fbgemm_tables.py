@@ -148,4 +148,4 @@ def test_without_fbgemm_the_cli_names_the_install(capsys, tmp_path, monkeypatch)
     monkeypatch.setitem(sys.modules, "fbgemm_gpu", None)  # import fails as if not installed
     code = main(["train", "--synthetic-rows", "300", "--table-optimizer", "fbgemm-rowwise-adagrad", "--quiet", "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "fbgemm_gpu" in err and 'pip install "embslim[torchrec]"' in err and "make torchrec" in err
+    assert code == 2 and len(err.splitlines()) == 1 and "fbgemm_gpu" in err and 'pip install "embslim[fbgemm]"' in err

@@ -10,8 +10,8 @@ import importlib
 
 from embslim.errors import ConfigError
 
-OPTIONAL = {"ray": "distributed", "torchrec": "torchrec", "fbgemm_gpu": "torchrec"}  # import name -> extra in pyproject.toml
-CPU_RECIPE = {"torchrec": "make torchrec", "fbgemm_gpu": "make torchrec"}  # the extra pulls the CUDA build; on CPU use this
+OPTIONAL = {"ray": "distributed", "torchrec": "torchrec", "fbgemm_gpu": "fbgemm"}  # import name -> extra in pyproject.toml
+CPU_RECIPE = {"torchrec": "make torchrec"}  # the extra pulls the CUDA build; on CPU use this
 
 
 def require(module: str, purpose: str) -> None:
