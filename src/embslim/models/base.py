@@ -91,11 +91,28 @@ class Recommender(nn.Module):
         """
         raise NotImplementedError(f"{type(self).__name__} is not invariant to a rotation of its embeddings")
 
+    def score_stacked(self, stacked: torch.Tensor) -> torch.Tensor:
+        """`score` of the fields' vectors given as one [B, F, d] tensor; backbones that override it read the
+        tensor whole (no split into fields and concatenation back), the same function as `score`."""
+        return self.score(list(stacked.unbind(1)))
+
+    def stacked_input(self, batch: SparseBatch) -> torch.Tensor | None:
+        """The [B, F, d] input of `score_stacked`, where the backbone reads it and the embedding gives it."""
+        if self.sequences or type(self).score_stacked is Recommender.score_stacked:
+            return None
+        return self.embedding.stacked(batch)
+
     def forward(self, batch: SparseBatch) -> torch.Tensor:
+        stacked = self.stacked_input(batch)
+        if stacked is not None:
+            return self.score_stacked(stacked) + self.bias
         return self.score(self.input_vectors(batch)) + self.bias
 
     def forward_train(self, batch: SparseBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Output and the per-field vectors it came from (for regularising the rows a batch used)."""
+        stacked = self.stacked_input(batch)
+        if stacked is not None:
+            return self.score_stacked(stacked) + self.bias, list(stacked.unbind(1))
         vectors = self.input_vectors(batch)
         return self.score(vectors) + self.bias, vectors
 

@@ -47,6 +47,11 @@ class FM(Recommender):
     def score(self, vectors: list[torch.Tensor]) -> torch.Tensor:
         return self.linear(torch.cat(vectors, dim=1)).squeeze(1) + fm_interaction(self.aligner(vectors))
 
+    def score_stacked(self, stacked: torch.Tensor) -> torch.Tensor:
+        if self.aligner.proj:
+            return self.score(list(stacked.unbind(1)))
+        return self.linear(stacked.flatten(1)).squeeze(1) + fm_interaction(stacked)
+
     def absorb_rotation(self, rotation: torch.Tensor) -> None:
         if self.aligner.proj:
             raise NotImplementedError("rotation needs every field at the same width")
@@ -63,6 +68,13 @@ class DeepFM(FM):
 
     def score(self, vectors: list[torch.Tensor]) -> torch.Tensor:
         return super().score(vectors) + self.deep(torch.cat(vectors, dim=1)).squeeze(1)
+
+    def score_stacked(self, stacked: torch.Tensor) -> torch.Tensor:
+        """The FM and MLP parts read one flattened view of the [B, F, d] input (no concatenation)."""
+        if self.aligner.proj:
+            return self.score(list(stacked.unbind(1)))
+        flat = stacked.flatten(1)
+        return self.linear(flat).squeeze(1) + fm_interaction(stacked) + self.deep(flat).squeeze(1)
 
     def absorb_rotation(self, rotation: torch.Tensor) -> None:
         super().absorb_rotation(rotation)

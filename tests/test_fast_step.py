@@ -1,0 +1,68 @@
+"""The training step's fast path: DeepFM/FM read all fields as one [B, F, d] tensor where the embedding gives it,
+and train exactly as through the per-field list."""
+import copy
+
+import torch
+
+from embslim.embeddings import EmbeddingConfig
+from embslim.embeddings.batch import SparseBatch
+from embslim.train.run import RunConfig, build_model
+from embslim.train.trainer import TrainConfig, Trainer
+from conftest import load_tiny
+
+CONFIG = TrainConfig(epochs=1, batch_size=256, progress=False, seed=3)
+
+
+def per_field(model):
+    """The same model forced onto the per-field path (the step as it was before the fast path)."""
+    slow = copy.deepcopy(model)
+    slow.embedding.stacked = lambda batch: None
+    return slow
+
+
+def losses(model, data, steps: int = 6) -> list[float]:
+    trainer = Trainer(model, data, CONFIG)
+    torch.manual_seed(0)
+    out = []
+    for batch, _ in zip(trainer.objective.batches(0), range(steps)):
+        for opt in trainer.optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss = trainer.loss(batch)
+        loss.backward()
+        for opt in trainer.optimizers:
+            opt.step()
+        out.append(loss.item())
+    return out
+
+
+def test_full_embedding_gives_one_stacked_tensor_equal_to_its_per_field_vectors():
+    model, data = build_model(load_tiny(), RunConfig("deepfm", EmbeddingConfig(dim=8), train=CONFIG))
+    batch = SparseBatch.from_table(data.split("train"), torch.arange(64).numpy())
+    stacked = model.embedding.stacked(batch)
+    assert stacked.shape == (64, len(model.embedding.fields), 8)
+    assert all(torch.equal(s, v) for s, v in zip(stacked.unbind(1), model.embedding(batch)))
+
+
+def test_mixed_widths_fall_back_to_the_per_field_path():
+    data = load_tiny()
+    dims = {data.table.fields[0].name: 4}
+    model, data = build_model(data, RunConfig("deepfm", EmbeddingConfig(dim=8, dims=dims), train=CONFIG))
+    batch = SparseBatch.from_table(data.split("train"), torch.arange(8).numpy())
+    assert model.embedding.stacked(batch) is None
+
+
+def test_stacked_forward_equals_per_field_forward_bit_for_bit():
+    for name in ("fm", "deepfm"):
+        model, data = build_model(load_tiny(), RunConfig(name, EmbeddingConfig(dim=8), train=CONFIG))
+        model.eval()
+        batch = SparseBatch.from_table(data.split("train"), torch.arange(128).numpy())
+        assert torch.equal(model(batch), per_field(model)(batch))
+
+
+def test_stacked_training_gives_the_same_losses_and_weights_as_per_field_training():
+    model, data = build_model(load_tiny(), RunConfig("deepfm", EmbeddingConfig(dim=8), train=CONFIG))
+    slow = per_field(model)
+    fast_losses, slow_losses = losses(model, data), losses(slow, data)
+    assert torch.allclose(torch.tensor(fast_losses), torch.tensor(slow_losses), rtol=1e-5, atol=1e-7)
+    for (name, a), b in zip(model.state_dict().items(), slow.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
