@@ -66,3 +66,23 @@ def test_stacked_training_gives_the_same_losses_and_weights_as_per_field_trainin
     assert torch.allclose(torch.tensor(fast_losses), torch.tensor(slow_losses), rtol=1e-5, atol=1e-7)
     for (name, a), b in zip(model.state_dict().items(), slow.state_dict().values()):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
+
+
+def test_lazy_adam_updates_like_sparse_adam_on_repeated_rows():
+    from embslim.train.table_optim import LazyAdam
+
+    torch.manual_seed(0)
+    start = torch.randn(50, 4)
+    fast, slow = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    opts = [LazyAdam([fast], lr=0.01), torch.optim.SparseAdam([slow], lr=0.01)]
+    for _ in range(5):
+        rows = torch.randint(0, 20, (64,))  # many repeats; rows 20.. never touched
+        grad = torch.randn(64, 4)
+        for p, opt in zip((fast, slow), opts):
+            p.grad = torch.sparse_coo_tensor(rows[None], grad, p.shape, check_invariants=True)
+            opt.step()
+    assert torch.allclose(fast, slow, rtol=1e-5, atol=1e-6)
+    assert torch.equal(fast[20:], start[20:])
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.allclose(opts[0].state[fast][key], opts[1].state[slow][key], rtol=1e-5, atol=1e-7)
+    assert opts[0].state[fast]["step"] == opts[1].state[slow]["step"] == 5
