@@ -83,10 +83,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=300_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--zipf", type=float, default=1.05, help="exponent of the ids' Zipf law")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    shape = SyntheticConfig(rows=args.rows, cardinalities=(ROWS,) * FIELDS, ranks=CRITEO_RANKS, zipf=1.05)
+    shape = SyntheticConfig(rows=args.rows, cardinalities=(ROWS,) * FIELDS, ranks=CRITEO_RANKS, zipf=args.zipf)
     data = load_dataset("synthetic", "ctr", synthetic=shape)
     config = RunConfig("deepfm", EmbeddingConfig(dim=DIM), ModelOptions(hidden=(256, 128)),
                        TrainConfig(batch_size=BATCH, progress=False, epochs=args.rounds))
