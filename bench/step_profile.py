@@ -2,13 +2,14 @@
 
 Criteo-shaped generated data with a planted signal (26 fields of up to 100,000 Zipf ids, ranks as in
 synthetic-criteo), dim 16, batch 4096, MLP 256-128, the trainer's own epoch loop (batch assembly, hooks, losses,
-both optimisers). Two contenders train side by side from the same initial weights on the same batches:
+both optimisers). The contenders train side by side from the same initial weights on the same batches:
 
 - `original`: the step as it was before the speed-up: the per-field vector list (split, concatenated twice and
   stacked again by the backbone) and torch's SparseAdam for the tables;
-- `current`: the trainer as it is.
+- `current`: the trainer as it is (default fp32);
+- `current_bf16`: the trainer with `dense_precision="bf16"` (`--dense-precision bf16`: bfloat16 autocast forward).
 
-Rounds alternate which goes first; each round is one epoch of each. samples/s are medians over rounds and the
+Rounds rotate which goes first; each round is one epoch of each. samples/s are medians over rounds and the
 ratio is the median of the per-round ratios (the machine is shared, so only the ratio means much). After the last
 round both models' test AUC is reported (each trained `--rounds` epochs: same data, same order, same dropout draws as
 an uninterrupted run of its own). `--profile` also prints where one step of each spends its time.
@@ -22,6 +23,7 @@ import json
 import platform
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -91,17 +93,21 @@ def main() -> None:
     data = load_dataset("synthetic", "ctr", synthetic=shape)
     config = RunConfig("deepfm", EmbeddingConfig(dim=DIM), ModelOptions(hidden=(256, 128)),
                        TrainConfig(batch_size=BATCH, progress=False, epochs=args.rounds))
-    contenders = [Contender("original", data, config, original=True), Contender("current", data, config, original=False)]
-    ratios = []
+    bf16 = RunConfig("deepfm", config.embedding, config.model_options, replace(config.train, dense_precision="bf16"))
+    contenders = [Contender("original", data, config, original=True), Contender("current", data, config, original=False),
+                  Contender("current_bf16", data, bf16, original=False)]
+    ratios: dict[str, list[float]] = {c.name: [] for c in contenders[1:]}
     for r in range(args.rounds):
-        rates = {c.name: c.run_epoch() for c in (contenders if r % 2 == 0 else contenders[::-1])}
-        ratios.append(rates["current"] / rates["original"])
-        print(f"round {r + 1}: " + "  ".join(f"{k} {v:,.0f} samples/s" for k, v in rates.items()) + f"  ratio {ratios[-1]:.2f}")
+        order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
+        rates = {c.name: c.run_epoch() for c in order}
+        for name in ratios:
+            ratios[name].append(rates[name] / rates["original"])
+        print(f"round {r + 1}: " + "  ".join(f"{k} {v:,.0f} samples/s" for k, v in rates.items()))
     auc = {c.name: c.trainer.evaluate("test")["auc"] for c in contenders}
     record = {
         "samples_per_second_median": {c.name: statistics.median(c.rates) for c in contenders},
-        "ratio_current_to_original_median": statistics.median(ratios),
-        "ratio_per_round": ratios,
+        "ratio_to_original_median": {name: statistics.median(r) for name, r in ratios.items()},
+        "ratio_to_original_per_round": ratios,
         "test_auc_after_rounds": auc,
         "train_loss_per_epoch": {c.name: c.losses for c in contenders},
         "setup": {"fields": FIELDS, "ids_per_field": ROWS, "dim": DIM, "batch": BATCH, "mlp": [256, 128], "rows": args.rows,
@@ -109,7 +115,7 @@ def main() -> None:
                   "torch_threads": torch.get_num_threads()},
         "machine": {"platform": platform.platform(), "torch": torch.__version__}, "date": time.strftime("%Y-%m-%d"),
     }
-    print(f"median ratio current/original {record['ratio_current_to_original_median']:.2f}; test AUC "
+    print("median ratio to original: " + ", ".join(f"{k} {v:.2f}" for k, v in record["ratio_to_original_median"].items()) + "; test AUC "
           + ", ".join(f"{k} {v:.4f}" for k, v in auc.items()))
     if args.profile:
         for c in contenders:

@@ -2,10 +2,12 @@
 and train exactly as through the per-field list."""
 import copy
 
+import pytest
 import torch
 
 from embslim.embeddings import EmbeddingConfig
 from embslim.embeddings.batch import SparseBatch
+from embslim.errors import ConfigError
 from embslim.train.run import RunConfig, build_model
 from embslim.train.trainer import TrainConfig, Trainer
 from conftest import load_tiny
@@ -86,3 +88,29 @@ def test_lazy_adam_updates_like_sparse_adam_on_repeated_rows():
     for key in ("exp_avg", "exp_avg_sq"):
         assert torch.allclose(opts[0].state[fast][key], opts[1].state[slow][key], rtol=1e-5, atol=1e-7)
     assert opts[0].state[fast]["step"] == opts[1].state[slow]["step"] == 5
+
+
+def test_bf16_dense_precision_trains_close_to_fp32_with_fp32_weights():
+    model, data = build_model(load_tiny(), RunConfig("deepfm", EmbeddingConfig(dim=8), train=CONFIG))
+    half = copy.deepcopy(model)
+    exact = losses(model, data)
+    trainer = Trainer(half, data, TrainConfig(epochs=1, batch_size=256, progress=False, seed=3, dense_precision="bf16"))
+    torch.manual_seed(0)
+    approx = []
+    for batch, _ in zip(trainer.objective.batches(0), range(len(exact))):
+        for opt in trainer.optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss = trainer.loss(batch)
+        loss.backward()
+        for opt in trainer.optimizers:
+            opt.step()
+        approx.append(loss.item())
+    assert approx != exact  # the matmuls did run in bfloat16
+    assert torch.allclose(torch.tensor(approx), torch.tensor(exact), rtol=0.02)
+    assert all(p.dtype == torch.float32 for p in half.parameters())
+
+
+def test_unknown_dense_precision_is_a_config_error():
+    model, data = build_model(load_tiny(), RunConfig("deepfm", EmbeddingConfig(dim=8), train=CONFIG))
+    with pytest.raises(ConfigError, match="dense precision"):
+        Trainer(model, data, TrainConfig(progress=False, dense_precision="fp8"))

@@ -26,7 +26,7 @@ from embslim.train.table_optim import ALL_TABLE_OPTIMIZERS
 from embslim.train.trainer import TrainConfig
 
 TRAIN_KEYS = {"epochs", "lr", "batch_size", "patience", "negatives", "embedding_l2", "weight_decay", "optimizer", "eval_protocol",
-              "table_optimizer", "table_lr", "seq_loss", "softmax_negatives", "temperature", "pair_loss"}
+              "table_optimizer", "table_lr", "seq_loss", "softmax_negatives", "temperature", "pair_loss", "dense_precision"}
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -70,6 +70,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="optimizer of tables with sparse gradients (default adam: lazy Adam; rowwise-adagrad keeps one float per row; "
                         "fbgemm-*: the same update fused into FBGEMM's kernel, `full` method only, needs fbgemm-gpu-cpu)")
     t.add_argument("--table-lr", type=learning_rate, help="learning rate of the tables (default: --lr)")
+    t.add_argument("--dense-precision", choices=["fp32", "bf16"],
+                   help="bf16: train the dense network under bfloat16 autocast (faster matmuls where the CPU has AMX/AVX512-BF16; "
+                        "weights and evaluation stay fp32; default fp32)")
     t.add_argument("--negatives", type=positive_int, help="sampled negatives per positive (topk)")
     t.add_argument("--eval-protocol", choices=["full", "sampled100", "both"],
                    help="topk: rank against every item (full, default), against 100 sampled unseen items as in the SASRec "
