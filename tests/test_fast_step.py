@@ -114,3 +114,26 @@ def test_unknown_dense_precision_is_a_config_error():
     model, data = build_model(load_tiny(), RunConfig("deepfm", EmbeddingConfig(dim=8), train=CONFIG))
     with pytest.raises(ConfigError, match="dense precision"):
         Trainer(model, data, TrainConfig(progress=False, dense_precision="fp8"))
+
+
+def test_bits_dropout_drops_about_p_and_keeps_the_expected_value():
+    from embslim.models.layers import BitsDropout
+
+    drop = BitsDropout(0.25)
+    x = torch.ones(200_000, requires_grad=True)
+    y = drop(x)
+    assert abs((y == 0).float().mean().item() - 0.25) < 0.01
+    assert abs(y.mean().item() - 1.0) < 0.02
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient passes exactly where the value did, with the same scale
+    assert torch.equal(drop.eval()(x), x)
+
+
+def test_dropout_mask_option_reaches_the_mlp_and_is_checked():
+    from embslim.models import ModelOptions
+    from embslim.models.layers import BitsDropout
+
+    model, _ = build_model(load_tiny(), RunConfig("deepfm", EmbeddingConfig(dim=8), ModelOptions.from_dict({"dropout_mask": "bits"}), CONFIG))
+    assert any(isinstance(m, BitsDropout) for m in model.deep)
+    with pytest.raises(ConfigError, match="dropout mask"):
+        ModelOptions.from_dict({"dropout_mask": "gaussian"})

@@ -19,6 +19,7 @@ class ModelOptions:
 
     hidden: tuple[int, ...] = (256, 128)
     dropout: float = 0.1
+    dropout_mask: str = "bernoulli"  # MLP dropout of CTR backbones: "bernoulli" (nn.Dropout) or "bits" (cheaper draws, layers.BitsDropout)
     cross_layers: int = 3
     attention_layers: int = 3
     heads: int = 2
@@ -32,6 +33,8 @@ class ModelOptions:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown model options {unknown}; known: {sorted(known)}")
+        if values.get("dropout_mask", "bernoulli") not in ("bernoulli", "bits"):
+            raise ConfigError(f"dropout mask must be bernoulli or bits, got {values['dropout_mask']!r}")
         return cls(**{k: tuple(v) if k == "hidden" else v for k, v in values.items()})
 
 

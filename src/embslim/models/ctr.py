@@ -64,7 +64,7 @@ class DeepFM(FM):
 
     def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, sequences: dict[str, str] | None = None, **kw: object) -> None:
         super().__init__(embedding, options, sequences)
-        self.deep = mlp(sum(self.input_dims), options.hidden, options.dropout)
+        self.deep = mlp(sum(self.input_dims), options.hidden, options.dropout, mask=options.dropout_mask)
 
     def score(self, vectors: list[torch.Tensor]) -> torch.Tensor:
         return super().score(vectors) + self.deep(torch.cat(vectors, dim=1)).squeeze(1)
@@ -102,7 +102,7 @@ class DCNv2(Recommender):
         super().__init__(embedding, sequences)
         width = sum(self.input_dims)
         self.cross = nn.ModuleList(CrossLayer(width) for _ in range(options.cross_layers))
-        self.deep = mlp(width, options.hidden, options.dropout, out_dim=None)
+        self.deep = mlp(width, options.hidden, options.dropout, out_dim=None, mask=options.dropout_mask)
         self.head = nn.Linear(width + (options.hidden[-1] if options.hidden else width), 1)
 
     def score(self, vectors: list[torch.Tensor]) -> torch.Tensor:
