@@ -7,7 +7,8 @@ both optimisers). The contenders train side by side from the same initial weight
 - `original`: the step as it was before the speed-up: the per-field vector list (split, concatenated twice and
   stacked again by the backbone) and torch's SparseAdam for the tables;
 - `current`: the trainer as it is (default fp32);
-- `current_bf16`: the trainer with `dense_precision="bf16"` (`--dense-precision bf16`: bfloat16 autocast forward).
+- `current_bf16`: the trainer with `dense_precision="bf16"` (`--dense-precision bf16`: bfloat16 autocast forward);
+- `current_bf16_bits`: that, with the MLP's dropout masks drawn as integers (`--dropout-mask bits`).
 
 Rounds rotate which goes first; each round is one epoch of each. samples/s are medians over rounds and the
 ratio is the median of the per-round ratios (the machine is shared, so only the ratio means much). After the last
@@ -95,7 +96,8 @@ def main() -> None:
                        TrainConfig(batch_size=BATCH, progress=False, epochs=args.rounds))
     bf16 = RunConfig("deepfm", config.embedding, config.model_options, replace(config.train, dense_precision="bf16"))
     contenders = [Contender("original", data, config, original=True), Contender("current", data, config, original=False),
-                  Contender("current_bf16", data, bf16, original=False)]
+                  Contender("current_bf16", data, bf16, original=False),
+                  Contender("current_bf16_bits", data, replace(bf16, model_options=replace(config.model_options, dropout_mask="bits")), original=False)]
     ratios: dict[str, list[float]] = {c.name: [] for c in contenders[1:]}
     for r in range(args.rounds):
         order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
