@@ -26,7 +26,7 @@ from embslim.train.table_optim import ALL_TABLE_OPTIMIZERS
 from embslim.train.trainer import TrainConfig
 
 TRAIN_KEYS = {"epochs", "lr", "batch_size", "patience", "negatives", "embedding_l2", "weight_decay", "optimizer", "eval_protocol",
-              "table_optimizer", "table_lr", "seq_loss", "softmax_negatives", "temperature", "pair_loss"}
+              "table_optimizer", "table_lr", "seq_loss", "softmax_negatives", "temperature", "pair_loss", "dense_precision"}
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -56,6 +56,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="a setting of the embedding method, repeatable or comma-separated, e.g. shared=true (see `embslim list`)")
     g.add_argument("--hidden", type=int_list, help="MLP widths, e.g. 256,128")
     g.add_argument("--dropout", type=dropout_rate, help="dropout rate of the MLP (sequence models: of every block), in [0, 1)")
+    g.add_argument("--dropout-mask", choices=["bernoulli", "bits"],
+                   help="CTR backbones' MLP dropout: bernoulli (nn.Dropout, default) or bits (15-bit integer draws, ~3x cheaper on CPU; other draws for the same seed)")
     g.add_argument("--maxlen", type=positive_int, help="sequence models: the last items of a history they read (default per recipe)")
     g.add_argument("--graph-layers", type=non_negative_int, help="lightgcn: propagation layers (default 3)")
     t = p.add_argument_group("training (defaults per model and task: embslim/train/recipes.py)")
@@ -70,6 +72,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="optimizer of tables with sparse gradients (default adam: lazy Adam; rowwise-adagrad keeps one float per row; "
                         "fbgemm-*: the same update fused into FBGEMM's kernel, `full` method only, needs fbgemm-gpu-cpu)")
     t.add_argument("--table-lr", type=learning_rate, help="learning rate of the tables (default: --lr)")
+    t.add_argument("--dense-precision", choices=["fp32", "bf16"],
+                   help="bf16: train the dense network under bfloat16 autocast (faster matmuls where the CPU has AMX/AVX512-BF16; "
+                        "weights and evaluation stay fp32; default fp32)")
     t.add_argument("--negatives", type=positive_int, help="sampled negatives per positive (topk)")
     t.add_argument("--eval-protocol", choices=["full", "sampled100", "both"],
                    help="topk: rank against every item (full, default), against 100 sampled unseen items as in the SASRec "
@@ -160,6 +165,8 @@ def configs_from_args(args: argparse.Namespace, data) -> tuple:
         opts["dropout"] = args.dropout
     if args.graph_layers is not None:
         opts["graph_layers"] = args.graph_layers
+    if getattr(args, "dropout_mask", None) is not None:
+        opts["dropout_mask"] = args.dropout_mask
     return RunConfig(args.model, emb, ModelOptions.from_dict(opts), train)
 
 

@@ -176,6 +176,11 @@ class FeatureEmbedding(nn.Module, ABC):
                 out[i] = self.pool(i, *batch.bags[f.name])
         return out
 
+    def stacked(self, batch: SparseBatch) -> torch.Tensor | None:
+        """Every field's vector as one [B, F, d] tensor, where the method can give it without a split per field
+        (backbones then skip the per-field list and its re-concatenation); None where it cannot."""
+        return None
+
     def pool(self, field: int, values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Sum or mean of each bag (values, offsets[B+1]) of a multi-valued field; empty bags are zero."""
         lengths = offsets[1:] - offsets[:-1]

@@ -16,6 +16,7 @@ from torch import nn
 
 from embslim.data.fields import FieldSpec
 from embslim.embeddings.base import EmbeddingConfig, FeatureEmbedding, storage_bytes
+from embslim.embeddings.batch import SparseBatch
 from embslim.embeddings.registry import register_embedding
 from embslim.embeddings.settings import NoSettings
 from embslim.errors import BudgetError, ConfigError
@@ -127,6 +128,17 @@ class FullEmbedding(FeatureEmbedding):
                 for j, vec in zip(cols, self.gather_columns(g, rows)):
                     out[j] = vec
         return [o if o is not None else ids.new_zeros((ids.shape[0], 0), dtype=torch.float32) for o in out]
+
+    def stacked(self, batch: SparseBatch) -> torch.Tensor | None:
+        """One gather of every field at once, where all fields are single-valued at one width (the same rows as
+        `lookup_fields`, unsplit); None with fused kernels attached or when a subclass reads rows its own way."""
+        if (len(self.group_dims) != 1 or any(f.multivalued for f in self.fields) or self.fused_gathers is not None
+                or type(self).lookup_fields is not FullEmbedding.lookup_fields):
+            return None
+        d = self.group_dims[0]
+        if len(self._members[d]) != len(self.fields):
+            return None
+        return F.embedding(batch.ids + getattr(self, f"offsets_{d}"), self.tables[0], sparse=True)
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         return list(self.tables)

@@ -19,6 +19,7 @@ class ModelOptions:
 
     hidden: tuple[int, ...] = (256, 128)
     dropout: float = 0.1
+    dropout_mask: str = "bernoulli"  # MLP dropout of CTR backbones: "bernoulli" (nn.Dropout) or "bits" (cheaper draws, layers.BitsDropout)
     cross_layers: int = 3
     attention_layers: int = 3
     heads: int = 2
@@ -32,6 +33,8 @@ class ModelOptions:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown model options {unknown}; known: {sorted(known)}")
+        if values.get("dropout_mask", "bernoulli") not in ("bernoulli", "bits"):
+            raise ConfigError(f"dropout mask must be bernoulli or bits, got {values['dropout_mask']!r}")
         return cls(**{k: tuple(v) if k == "hidden" else v for k, v in values.items()})
 
 
@@ -91,11 +94,28 @@ class Recommender(nn.Module):
         """
         raise NotImplementedError(f"{type(self).__name__} is not invariant to a rotation of its embeddings")
 
+    def score_stacked(self, stacked: torch.Tensor) -> torch.Tensor:
+        """`score` of the fields' vectors given as one [B, F, d] tensor; backbones that override it read the
+        tensor whole (no split into fields and concatenation back), the same function as `score`."""
+        return self.score(list(stacked.unbind(1)))
+
+    def stacked_input(self, batch: SparseBatch) -> torch.Tensor | None:
+        """The [B, F, d] input of `score_stacked`, where the backbone reads it and the embedding gives it."""
+        if self.sequences or type(self).score_stacked is Recommender.score_stacked:
+            return None
+        return self.embedding.stacked(batch)
+
     def forward(self, batch: SparseBatch) -> torch.Tensor:
+        stacked = self.stacked_input(batch)
+        if stacked is not None:
+            return self.score_stacked(stacked) + self.bias
         return self.score(self.input_vectors(batch)) + self.bias
 
     def forward_train(self, batch: SparseBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Output and the per-field vectors it came from (for regularising the rows a batch used)."""
+        stacked = self.stacked_input(batch)
+        if stacked is not None:
+            return self.score_stacked(stacked) + self.bias, list(stacked.unbind(1))
         vectors = self.input_vectors(batch)
         return self.score(vectors) + self.bias, vectors
 

@@ -47,6 +47,11 @@ class FM(Recommender):
     def score(self, vectors: list[torch.Tensor]) -> torch.Tensor:
         return self.linear(torch.cat(vectors, dim=1)).squeeze(1) + fm_interaction(self.aligner(vectors))
 
+    def score_stacked(self, stacked: torch.Tensor) -> torch.Tensor:
+        if self.aligner.proj:
+            return self.score(list(stacked.unbind(1)))
+        return self.linear(stacked.flatten(1)).squeeze(1) + fm_interaction(stacked)
+
     def absorb_rotation(self, rotation: torch.Tensor) -> None:
         if self.aligner.proj:
             raise NotImplementedError("rotation needs every field at the same width")
@@ -59,10 +64,17 @@ class DeepFM(FM):
 
     def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, sequences: dict[str, str] | None = None, **kw: object) -> None:
         super().__init__(embedding, options, sequences)
-        self.deep = mlp(sum(self.input_dims), options.hidden, options.dropout)
+        self.deep = mlp(sum(self.input_dims), options.hidden, options.dropout, mask=options.dropout_mask)
 
     def score(self, vectors: list[torch.Tensor]) -> torch.Tensor:
         return super().score(vectors) + self.deep(torch.cat(vectors, dim=1)).squeeze(1)
+
+    def score_stacked(self, stacked: torch.Tensor) -> torch.Tensor:
+        """The FM and MLP parts read one flattened view of the [B, F, d] input (no concatenation)."""
+        if self.aligner.proj:
+            return self.score(list(stacked.unbind(1)))
+        flat = stacked.flatten(1)
+        return self.linear(flat).squeeze(1) + fm_interaction(stacked) + self.deep(flat).squeeze(1)
 
     def absorb_rotation(self, rotation: torch.Tensor) -> None:
         super().absorb_rotation(rotation)
@@ -90,7 +102,7 @@ class DCNv2(Recommender):
         super().__init__(embedding, sequences)
         width = sum(self.input_dims)
         self.cross = nn.ModuleList(CrossLayer(width) for _ in range(options.cross_layers))
-        self.deep = mlp(width, options.hidden, options.dropout, out_dim=None)
+        self.deep = mlp(width, options.hidden, options.dropout, out_dim=None, mask=options.dropout_mask)
         self.head = nn.Linear(width + (options.hidden[-1] if options.hidden else width), 1)
 
     def score(self, vectors: list[torch.Tensor]) -> torch.Tensor:

@@ -5,11 +5,32 @@ import torch
 from torch import nn
 
 
-def mlp(in_dim: int, hidden: tuple[int, ...], dropout: float, out_dim: int | None = 1) -> nn.Sequential:
-    """Linear-ReLU-Dropout stack, ending in a Linear to `out_dim` unless it is None."""
+DROPOUT_MASKS = ("bernoulli", "bits")
+
+
+class BitsDropout(nn.Module):
+    """Dropout whose mask is drawn as 15-bit integers against a threshold instead of torch's per-element Bernoulli
+    draws (about 3x cheaper on CPU: with a 4096 x 256 layer, ~6 ms of a ~80 ms DeepFM step). The drop rate is `p`
+    rounded to a multiple of 2^-15; survivors are scaled by 1 / (1 - that rate), as nn.Dropout does. Other draws
+    from the same seed than nn.Dropout's, so the same seed trains a different (equally valid) model."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.threshold = round(p * 2**15)
+        self.scale = 1.0 / (1.0 - self.threshold / 2**15)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.threshold == 0:
+            return x
+        keep = torch.empty(x.shape, dtype=torch.int16, device=x.device).random_() >= self.threshold  # [0, 2^15)
+        return x * keep.to(x.dtype).mul_(self.scale)
+
+
+def mlp(in_dim: int, hidden: tuple[int, ...], dropout: float, out_dim: int | None = 1, mask: str = "bernoulli") -> nn.Sequential:
+    """Linear-ReLU-Dropout stack, ending in a Linear to `out_dim` unless it is None; `mask` "bits" takes `BitsDropout`."""
     layers: list[nn.Module] = []
     for h in hidden:
-        layers += [nn.Linear(in_dim, h), nn.ReLU(), nn.Dropout(dropout)]
+        layers += [nn.Linear(in_dim, h), nn.ReLU(), BitsDropout(dropout) if mask == "bits" else nn.Dropout(dropout)]
         in_dim = h
     if out_dim is not None:
         layers.append(nn.Linear(in_dim, out_dim))
