@@ -33,12 +33,7 @@ def step_seconds(trainer: Trainer, steps: int) -> float:
     for _ in range(steps + 1):
         batch = next(batches)
         t0 = time.perf_counter()
-        loss = trainer.loss(batch)
-        for opt in trainer.optimizers:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for opt in trainer.optimizers:
-            opt.step()
+        trainer.train_step(batch)
         times.append(time.perf_counter() - t0)
     return float(np.median(times[1:]))
 

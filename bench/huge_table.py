@@ -76,12 +76,7 @@ def step_timing(methods: list[str], budget: str, batch_size: int, steps: int = 6
         times = []
         for batch in trainer.objective.batches(0):
             start = time.perf_counter()
-            loss = trainer.loss(batch)
-            for opt in trainer.optimizers:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in trainer.optimizers:
-                opt.step()
+            trainer.train_step(batch)
             times.append(time.perf_counter() - start)
         out.append({"method": method, "ms_per_step": 1000 * float(np.median(times[1:])), "steps": len(times) - 1,
                     "embedding_bytes": model.embedding_bytes("serve")})

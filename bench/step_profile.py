@@ -73,12 +73,7 @@ def profile_step(contender: Contender) -> str:
     trainer.model.train()
     batch = next(iter(trainer.objective.batches(0)))
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for opt in trainer.optimizers:
-            opt.zero_grad(set_to_none=True)
-        loss = trainer.loss(batch)
-        loss.backward()
-        for opt in trainer.optimizers:
-            opt.step()
+        trainer.train_step(batch)
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
 
 

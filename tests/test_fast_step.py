@@ -22,19 +22,10 @@ def per_field(model):
     return slow
 
 
-def losses(model, data, steps: int = 6) -> list[float]:
-    trainer = Trainer(model, data, CONFIG)
+def losses(model, data, steps: int = 6, config: TrainConfig = CONFIG) -> list[float]:
+    trainer = Trainer(model, data, config)
     torch.manual_seed(0)
-    out = []
-    for batch, _ in zip(trainer.objective.batches(0), range(steps)):
-        for opt in trainer.optimizers:
-            opt.zero_grad(set_to_none=True)
-        loss = trainer.loss(batch)
-        loss.backward()
-        for opt in trainer.optimizers:
-            opt.step()
-        out.append(loss.item())
-    return out
+    return [trainer.train_step(batch)[0].item() for batch, _ in zip(trainer.objective.batches(0), range(steps))]
 
 
 def test_full_embedding_gives_one_stacked_tensor_equal_to_its_per_field_vectors():
@@ -94,17 +85,7 @@ def test_bf16_dense_precision_trains_close_to_fp32_with_fp32_weights():
     model, data = build_model(load_tiny(), RunConfig("deepfm", EmbeddingConfig(dim=8), train=CONFIG))
     half = copy.deepcopy(model)
     exact = losses(model, data)
-    trainer = Trainer(half, data, TrainConfig(epochs=1, batch_size=256, progress=False, seed=3, dense_precision="bf16"))
-    torch.manual_seed(0)
-    approx = []
-    for batch, _ in zip(trainer.objective.batches(0), range(len(exact))):
-        for opt in trainer.optimizers:
-            opt.zero_grad(set_to_none=True)
-        loss = trainer.loss(batch)
-        loss.backward()
-        for opt in trainer.optimizers:
-            opt.step()
-        approx.append(loss.item())
+    approx = losses(half, data, len(exact), TrainConfig(epochs=1, batch_size=256, progress=False, seed=3, dense_precision="bf16"))
     assert approx != exact  # the matmuls did run in bfloat16
     assert torch.allclose(torch.tensor(approx), torch.tensor(exact), rtol=0.02)
     assert all(p.dtype == torch.float32 for p in half.parameters())

@@ -15,10 +15,10 @@ from embslim.cli import main
 from embslim.embeddings import EmbeddingConfig
 from embslim.embeddings.base import StepContext
 from embslim.errors import ConfigError
-from embslim.train.run import RunConfig, build_model, run, train_model
+from embslim.train.run import RunConfig, build_model
 from embslim.train.table_optim import state_bytes
 from embslim.train.trainer import TrainConfig, Trainer
-from conftest import Interrupt, load_tiny
+from conftest import load_tiny, straight_and_resumed
 
 FAST = TrainConfig(epochs=1, batch_size=256, patience=5, progress=False, seed=3)
 PAIRS = [("fbgemm-rowwise-adagrad", "rowwise-adagrad", 0.05), ("fbgemm-adagrad", "adagrad", 0.05), ("fbgemm-sgd", "sgd", 0.5)]
@@ -111,14 +111,9 @@ def test_a_copy_of_the_embedding_leaves_the_kernels_behind():
 
 def test_resume_with_fbgemm_rowwise_adagrad_ends_like_an_uninterrupted_run(tmp_path):
     pytest.importorskip("fbgemm_gpu")
-    data = load_tiny()
     config = RunConfig("fm", EmbeddingConfig(dim=8), train=replace(FAST, epochs=3, table_optimizer="fbgemm-rowwise-adagrad", table_lr=0.05))
-    straight = run(data, config, tmp_path / "a")
-    model, d = build_model(data, config)
-    with pytest.raises(KeyboardInterrupt):
-        train_model(model, d, config, tmp_path / "b", callbacks=[Interrupt(at_step=15)])
-    model, d = build_model(data, config)
-    assert train_model(model, d, config, tmp_path / "b", resume=True)["metrics"] == straight["metrics"]
+    straight, resumed = straight_and_resumed(config, tmp_path, at_step=15)
+    assert resumed["metrics"] == straight["metrics"]
 
 
 def test_cli_train_with_fbgemm_rowwise_adagrad_writes_results(tmp_path):

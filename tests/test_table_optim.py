@@ -8,10 +8,10 @@ from torch import nn
 from embslim.embeddings import EmbeddingConfig
 from embslim.embeddings.base import StepContext
 from embslim.errors import ConfigError
-from embslim.train.run import RunConfig, build_model, describe_embedding, run, train_model
+from embslim.train.run import RunConfig, build_model, describe_embedding, run
 from embslim.train.table_optim import TABLE_OPTIMIZERS, RowWiseAdagrad, state_bytes
 from embslim.train.trainer import TrainConfig, Trainer
-from conftest import Interrupt, load_tiny
+from conftest import load_tiny, straight_and_resumed
 
 FAST = TrainConfig(epochs=2, batch_size=256, patience=5, progress=False, seed=3)
 
@@ -77,14 +77,9 @@ def test_training_bytes_count_each_table_optimizers_state():
 
 
 def test_resume_with_rowwise_adagrad_ends_like_an_uninterrupted_run(tmp_path):
-    data = load_tiny()
     config = RunConfig("deepfm", train=replace(FAST, epochs=3, table_optimizer="rowwise-adagrad", table_lr=0.05))
-    straight = run(data, config, tmp_path / "a")
-    model, d = build_model(data, config)
-    with pytest.raises(KeyboardInterrupt):
-        train_model(model, d, config, tmp_path / "b", callbacks=[Interrupt(at_step=15)])
-    model, d = build_model(data, config)
-    assert train_model(model, d, config, tmp_path / "b", resume=True)["metrics"] == straight["metrics"]
+    straight, resumed = straight_and_resumed(config, tmp_path, at_step=15)
+    assert resumed["metrics"] == straight["metrics"]
 
 
 def test_unknown_table_optimizer_is_a_config_error():

@@ -136,6 +136,33 @@ class Trainer:
     def step_context(self) -> StepContext:
         return StepContext(self.step, self.config.epochs * self.steps_per_epoch(), self.optimizers)
 
+    def train_step(self, batch) -> tuple[torch.Tensor, int]:
+        """One optimiser step on `batch` with every hook and callback a training epoch runs (what benchmarks
+        time as "a training step"); returns the mean loss over the rows this process trained on (detached, no
+        sync) and their number (under --nproc, this rank's slice of the batch)."""
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        if self.ddp is None:
+            loss = self.loss(batch)
+            loss.backward()
+        else:
+            rows, weight = distributed.shard_rows(len(batch), self.rank.rank, self.rank.world_size)
+            batch = distributed.slice_batch(batch, rows)
+            weighted = self.ddp(batch, weight)
+            weighted.backward()
+            distributed.sync_sparse(self.sparse)
+            loss = weighted / weight
+        self.model.embedding.before_optimizer_step(self.step_context())
+        for opt in self.optimizers:
+            opt.step()
+        self.step += 1
+        self.model.embedding.on_step_end(self.step_context())
+        for cb in self.callbacks:
+            cb.on_batch_end(self, self.step)
+        if self.ddp is not None and self.step == 1:
+            self.check_consistent()
+        return loss.detach(), len(batch)
+
     def train_epoch(self, epoch: int) -> tuple[float, int]:
         self.model.train()
         total, seen, rows_trained = 0.0, 0, 0
@@ -143,29 +170,9 @@ class Trainer:
                    disable=not self.config.progress, leave=False, unit="batch")
         for batch in bar:
             rows_trained += len(batch)
-            for opt in self.optimizers:
-                opt.zero_grad(set_to_none=True)
-            if self.ddp is None:
-                loss = self.loss(batch)
-                loss.backward()
-            else:
-                rows, weight = distributed.shard_rows(len(batch), self.rank.rank, self.rank.world_size)
-                batch = distributed.slice_batch(batch, rows)
-                weighted = self.ddp(batch, weight)
-                weighted.backward()
-                distributed.sync_sparse(self.sparse)
-                loss = weighted / weight
-            self.model.embedding.before_optimizer_step(self.step_context())
-            for opt in self.optimizers:
-                opt.step()
-            self.step += 1
-            self.model.embedding.on_step_end(self.step_context())
-            for cb in self.callbacks:
-                cb.on_batch_end(self, self.step)
-            if self.ddp is not None and self.step == 1:
-                self.check_consistent()
-            total += loss.detach() * len(batch)
-            seen += len(batch)
+            loss, rows = self.train_step(batch)
+            total += loss * rows
+            seen += rows
         return float(total) / max(seen, 1), rows_trained
 
     def check_consistent(self) -> None:
