@@ -66,6 +66,22 @@ def test_sampled_negatives_are_distinct_unseen_items_and_never_the_target():
     assert not ({0, 1, 2, 5} & set(neg[0].tolist())) and not ({0, 3, 6} & set(neg[1].tolist()))
 
 
+def test_sampled_negatives_cover_the_unseen_items_uniformly():
+    users = 2000
+    known = sp.csr_matrix((np.ones(users * 10), (np.repeat(np.arange(users), 10), np.tile(np.arange(1, 11), users))), shape=(users, 300))
+    neg = sampled_negatives(np.full(users, 11), known, 300, np.random.default_rng(0))
+    counts = np.bincount(neg.ravel(), minlength=300)
+    assert counts[:12].sum() == 0
+    expected = users * 100 / 288
+    assert counts[12:].min() > 0.75 * expected and counts[12:].max() < 1.25 * expected
+
+
+def test_a_user_who_knows_nearly_every_item_still_gets_distinct_unseen_negatives():
+    known = sp.csr_matrix((np.ones(895), (np.zeros(895, dtype=int), np.arange(1, 896))), shape=(1, 1000))
+    neg = sampled_negatives(np.array([999]), known, 1000, np.random.default_rng(0))
+    assert len(set(neg[0].tolist())) == 100 and set(neg[0].tolist()) <= set(range(896, 999))
+
+
 def test_sampled_negatives_need_enough_unseen_items():
     known = sp.csr_matrix((2, 50))
     with pytest.raises(ConfigError, match="100 unseen items"):

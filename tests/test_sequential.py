@@ -13,7 +13,7 @@ from embslim.embeddings import EmbeddingConfig, create_embedding, list_embedding
 from embslim.embeddings.full import full_bytes
 from embslim.errors import ConfigError
 from embslim.models import ModelOptions, create_model
-from embslim.train.objective_sequence import SequenceObjective
+from embslim.train.objective_sequence import SequenceObjective, length_grouped
 from embslim.train.objectives import seen_matrix
 from embslim.train.ranking import full_ranks
 from embslim.train.run import RunConfig, build_model, run, train_model
@@ -137,6 +137,55 @@ def test_rank_scores_rank_items_as_scoring_each_item_does(name, loss, tiny_seque
     known = seen_matrix(data, ("train", "val"))[users]
     assert torch.allclose(fast, slow, atol=1e-5)
     assert np.array_equal(full_ranks(fast, targets, known), full_ranks(slow, targets, known))
+
+
+@pytest.mark.parametrize("name", SEQ_MODELS)
+def test_padding_changes_no_real_position_so_trimmed_histories_give_the_same_query(name, tiny_sequences, tmp_path):
+    model, _ = build_model(tiny_sequences, tiny_run(tmp_path, name, options=ModelOptions(maxlen=8, heads=2, dropout=0.2)))
+    model.eval()
+    items = torch.tensor([[-1, -1, -1, -1, -1, 3, 7, 9], [-1, -1, -1, -1, -1, -1, -1, 5], [2, 4, 6, 8, 10, 12, 14, 16],
+                          [-1, -1, -1, 11, 13, 15, 17, 19]])
+    with torch.no_grad():
+        padded = model.encode(items)[0]
+        trimmed = model.encode(items[:1, 5:])[0]
+        grouped = model.encode_last(items)
+    assert torch.allclose(padded[:1, 5:], trimmed, atol=1e-5)
+    assert torch.allclose(grouped, padded[:, -1], atol=1e-5)
+
+
+def test_length_grouped_batches_hold_every_user_once_in_as_many_batches():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(2, 60, size=5000)
+    order = rng.permutation(5000)
+    batches = length_grouped(order, lengths, 64, np.random.default_rng(1))
+    assert len(batches) == -(-5000 // 64)
+    assert np.array_equal(np.sort(np.concatenate(batches)), np.arange(5000))
+    spread = np.mean([np.ptp(lengths[b]) for b in batches])
+    random_spread = np.mean([np.ptp(lengths[order[i:i + 64]]) for i in range(0, 5000, 64)])
+    assert spread < 0.2 * random_spread
+
+
+def test_a_batch_reads_only_as_many_columns_as_its_longest_history(tiny_sequences, tmp_path):
+    train = TrainConfig(batch_size=4, progress=False)
+    model, data = build_model(tiny_sequences, tiny_run(tmp_path, "sasrec", train=train, options=ModelOptions(maxlen=50)))
+    objective = SequenceObjective(model, data, train)
+    widths = [b.inputs.shape[1] for b in objective.batches(0)]
+    assert max(widths) < 50
+    assert all((b.inputs[:, 0] >= 0).any() for b in objective.batches(0))
+
+
+def test_length_batches_weigh_every_position_alike_over_an_epoch(tiny_sequences, tmp_path):
+    train = TrainConfig(batch_size=4, progress=False, length_batches=True)
+    model, data = build_model(tiny_sequences, tiny_run(tmp_path, "sasrec", train=train, options=ModelOptions(dropout=0.0)))
+    model.train()
+    objective = SequenceObjective(model, data, train)
+    batches = list(objective.batches(0))
+    positions = [int((b.targets >= 0).sum()) for b in batches]
+    assert objective.positions_per_batch == pytest.approx(sum(positions) / len(batches))
+    plain = SequenceObjective(model, data, TrainConfig(batch_size=4, progress=False))
+    with torch.no_grad():
+        for batch, n in zip(batches, positions):
+            assert objective.loss(batch).item() == pytest.approx(plain.loss(batch).item() * n / objective.positions_per_batch, rel=1e-5)
 
 
 def test_bce_negatives_are_items_the_user_has_not_trained_on(tiny_sequences, tmp_path):

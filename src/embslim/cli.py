@@ -26,7 +26,8 @@ from embslim.train.table_optim import ALL_TABLE_OPTIMIZERS
 from embslim.train.trainer import TrainConfig
 
 TRAIN_KEYS = {"epochs", "lr", "batch_size", "patience", "negatives", "embedding_l2", "weight_decay", "optimizer", "eval_protocol",
-              "table_optimizer", "table_lr", "seq_loss", "softmax_negatives", "temperature", "pair_loss", "dense_precision"}
+              "table_optimizer", "table_lr", "seq_loss", "softmax_negatives", "temperature", "pair_loss", "dense_precision",
+              "length_batches"}
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -84,6 +85,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                         "(sampled softmax over --softmax-negatives shared negatives, cosine / --temperature)")
     t.add_argument("--softmax-negatives", type=positive_int, help="negatives of --seq-loss softmax (default 128)")
     t.add_argument("--temperature", type=positive_float, help="temperature of --seq-loss softmax (default 0.05)")
+    t.add_argument("--length-batches", action=argparse.BooleanOptionalAction,
+                   help="sequence models: group users of similar history length into a batch, so a batch of short "
+                        "histories reads few columns (every position keeps its weight over an epoch; default per recipe)")
     t.add_argument("--pair-loss", choices=["bpr", "softmax"],
                    help="topk: train on (user, positive, sampled negatives) with BPR or sampled softmax over --negatives shared "
                         "items per batch (mf: instead of its pointwise logistic loss; lightgcn: default bpr)")

@@ -28,6 +28,24 @@ from embslim.train.objectives import Objective, l2_of_rows, register_objective
 
 SEQ_LOSSES = ("bce", "softmax")
 RESAMPLE_ROUNDS = 20
+POOL_BATCHES = 50  # length-grouped batching sorts the shuffled users in pools of this many batches
+
+
+def length_grouped(order: np.ndarray, lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Batches of users of similar history length, in random order.
+
+    The shuffled users are taken in pools of `POOL_BATCHES` batches, each pool sorted by length and cut into
+    batches (every pool but the last is a whole number of batches, so there are as many batches as without
+    grouping), and the batches shuffled: every user still appears once per epoch, and a batch of short
+    histories reads few columns instead of maxlen.
+    """
+    pool = batch_size * POOL_BATCHES
+    batches = []
+    for start in range(0, len(order), pool):
+        chunk = order[start:start + pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 @dataclass
@@ -59,20 +77,29 @@ class SequenceObjective(Objective):
         if len(self.users) == 0:
             raise ConfigError(f"dataset {data.name!r}: no user has two training items, so there is no next item to learn")
         self.seen = np.unique(np.repeat(np.arange(len(train)), train.lengths()) * self.n_items + train.items)
+        self.lengths = train.lengths()
+        # Length-grouped batches weigh every position alike over an epoch: a batch's summed loss over the mean number
+        # of positions per batch (a per-batch mean would give a batch of one-item histories the weight of a full one).
+        self.positions_per_batch = float(np.minimum(self.lengths[self.users] - 1, self.maxlen).sum()) / self.steps_per_epoch()
 
     def steps_per_epoch(self) -> int:
         return -(-len(self.users) // self.config.batch_size)
 
     def batches(self, epoch: int) -> Iterator[SequenceBatch]:
+        """Each batch reads as many columns as its longest history (up to maxlen): padding changes no real
+        position's state, so this is the same computation with less work."""
         rng = np.random.default_rng([self.config.seed, epoch, 3])
         order = rng.permutation(self.users)
         train = self.history["val"]
-        for start in range(0, len(order), self.config.batch_size):
-            users = order[start:start + self.config.batch_size]
-            inputs = train.last(users, self.maxlen, drop_last=1)
-            targets = np.where(inputs >= 0, train.last(users, self.maxlen), -1)
+        size = self.config.batch_size
+        groups = (length_grouped(order, self.lengths, size, rng) if self.config.length_batches
+                  else [order[start:start + size] for start in range(0, len(order), size)])
+        for users in groups:
+            width = min(self.maxlen, int(self.lengths[users].max()) - 1)
+            inputs = train.last(users, width, drop_last=1)
+            targets = np.where(inputs >= 0, train.last(users, width), -1)
             if self.config.seq_loss == "bce":
-                negatives = self.unseen_items(np.repeat(users, self.maxlen).reshape(targets.shape), rng)
+                negatives = self.unseen_items(np.repeat(users, width).reshape(targets.shape), rng)
             else:
                 negatives = rng.integers(1, self.n_items, size=self.config.softmax_negatives)
             yield SequenceBatch(*(torch.as_tensor(a, dtype=torch.long) for a in (inputs, targets, negatives)))
@@ -103,6 +130,8 @@ class SequenceObjective(Objective):
             neg = (h @ nn_.T).masked_fill(batch.negatives.unsqueeze(0) == batch.targets[where].unsqueeze(1), -torch.inf)
             logits = torch.cat([(h * pn).sum(-1, keepdim=True), neg], dim=1) / self.config.temperature
             loss = F.cross_entropy(logits, torch.zeros(len(h), dtype=torch.long))
+        if self.config.length_batches:
+            loss = loss * (len(h) / self.positions_per_batch)
         if self.config.embedding_l2:
             loss = loss + self.config.embedding_l2 * l2_of_rows(used + [positives, negatives])
         return loss
@@ -132,7 +161,7 @@ class SequenceObjective(Objective):
 
     def example_losses(self, batch: SequenceBatch) -> torch.Tensor:
         """The training loss of each query's held-out item, read at the last position of its history."""
-        h = self.model.encode(batch.inputs)[0][:, -1]
+        h = self.model.encode_last(batch.inputs)
         positives = self.model.embedding.lookup(0, batch.targets)
         if self.config.seq_loss == "bce":
             negatives = self.model.embedding.lookup(0, batch.negatives)
@@ -144,10 +173,15 @@ class SequenceObjective(Objective):
         logits = torch.cat([(h * pn).sum(-1, keepdim=True), neg], dim=1) / self.config.temperature
         return F.cross_entropy(logits, torch.zeros(len(h), dtype=torch.long), reduction="none")
 
+    def users_per_chunk(self, n_items: int) -> int:
+        """About 16 million scores at once: larger chunks than the default, as each chunk's histories are encoded
+        in a few groups of similar length and a group's fixed cost is paid per chunk."""
+        return max(1, 2**24 // n_items)
+
     @torch.no_grad()
     def rank_scores(self, users: np.ndarray, split: str) -> torch.Tensor:
         inputs = torch.as_tensor(self.history[split].last(np.asarray(users), self.maxlen), dtype=torch.long)
-        query = self.model.encode(inputs)[0][:, -1]
+        query = self.model.encode_last(inputs)
         items = self.model.item_vectors()
         if self.config.seq_loss == "softmax":
             query, items = F.normalize(query, dim=-1), F.normalize(items, dim=-1)

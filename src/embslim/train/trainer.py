@@ -60,6 +60,7 @@ class TrainConfig:
     seq_loss: str = "bce"  # sequence models: "bce" (one sampled negative per position) or "softmax" (sampled softmax)
     softmax_negatives: int = 128  # sequence models, seq_loss "softmax": uniform negatives shared by a batch
     temperature: float = 0.05  # sequence models, seq_loss "softmax": divides the cosine similarities
+    length_batches: bool = False  # sequence models: batches of users of similar history length (objective_sequence.length_grouped)
     pair_loss: str = ""  # top-k: "" the model's own objective; "bpr" or "softmax" trains a pointwise model pairwise (objective_pairwise)
     dense_precision: str = "fp32"  # "bf16": training forward under CPU/CUDA bfloat16 autocast (matmuls of the dense network; weights, optimiser state and evaluation stay fp32)
 
