@@ -16,6 +16,7 @@ from embslim.models import ModelOptions, create_model
 from embslim.train.objective_sequence import SequenceObjective, length_grouped
 from embslim.train.objectives import seen_matrix
 from embslim.train.ranking import full_ranks
+from embslim.train.recipes import recipe
 from embslim.train.run import RunConfig, build_model, run, train_model
 from embslim.train.trainer import TrainConfig, Trainer
 from conftest import Interrupt
@@ -270,3 +271,28 @@ def test_cli_trains_sasrec_and_reports_both_protocols(tmp_path):
     assert {"hr@10", "ndcg@10", "s100_hr@10", "s100_ndcg@10"} <= set(results["metrics"]["test"])
     assert results["config"]["model_options"]["maxlen"] == 12 and results["config"]["train"]["seq_loss"] == "softmax"
     assert results["config"]["model_options"]["heads"] == 1  # from the recipe row
+
+
+def test_sequence_models_default_to_the_papers_width_and_length_batches(tmp_path):
+    path = write_sequences(tmp_path, users=30, items=150)
+    argv = ["train", "--dataset", "amazon-video-games", "--data-path", str(path), "--task", "topk", "--model", "sasrec",
+            "--epochs", "1", "--quiet", "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    config = json.loads((tmp_path / "run" / "results.json").read_text())["config"]
+    assert config["embedding"]["dim"] == 50 and config["train"]["length_batches"] is True
+    assert config["model_options"]["maxlen"] == 50 and config["model_options"]["dropout"] == 0.5
+
+
+def test_a_dim_flag_overrides_the_recipes_width(tmp_path):
+    path = write_sequences(tmp_path, users=30, items=150)
+    argv = ["train", "--dataset", "amazon-video-games", "--data-path", str(path), "--task", "topk", "--model", "sasrec",
+            "--dim", "8", "--no-length-batches", "--epochs", "1", "--quiet", "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    config = json.loads((tmp_path / "run" / "results.json").read_text())["config"]
+    assert config["embedding"]["dim"] == 8 and config["train"]["length_batches"] is False
+
+
+def test_movielens_gets_the_papers_movielens_settings_over_the_model_row():
+    assert {k: recipe("sasrec", "topk", "movielens-100k")[k] for k in ("maxlen", "dropout")} == {"maxlen": 200, "dropout": 0.2}
+    assert {k: recipe("hstu", "topk", "amazon-video-games")[k] for k in ("maxlen", "dropout")} == {"maxlen": 50, "dropout": 0.5}
+    assert recipe("mf", "topk", "movielens-100k") == recipe("mf", "topk")

@@ -20,7 +20,7 @@ from embslim.errors import ConfigError, EmbslimError
 from embslim.extras import require
 from embslim.train.metrics import headline_metrics
 from embslim.models import ModelOptions, list_models, model_class
-from embslim.train.recipes import model_options, recipe
+from embslim.train.recipes import embedding_dim, model_options, recipe
 from embslim.train.slice import PRECISIONS as SLICE_PRECISIONS
 from embslim.train.table_optim import ALL_TABLE_OPTIMIZERS
 from embslim.train.trainer import TrainConfig
@@ -50,7 +50,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="deepfm", choices=list_models())
     g.add_argument("--embedding", default="full", choices=list_embeddings(), help="embedding method (default full)")
-    g.add_argument("--dim", type=positive_int, default=16, help="embedding dimension of every field (default 16)")
+    g.add_argument("--dim", type=positive_int, help="embedding dimension of every field (default per recipe: 50 for sasrec and hstu "
+                   "as in the SASRec paper, else 16)")
     g.add_argument("--dims", type=field_dims, help="per-field dimensions, e.g. user_id=32,zip=4")
     g.add_argument("--budget", type=budget_text, help="memory budget: fraction of the full table at --dim (0.2) or bytes (150000, 512KiB)")
     g.add_argument("--embedding-opt", action="append", metavar="KEY=VALUE",
@@ -151,7 +152,8 @@ def configs_from_args(args: argparse.Namespace, data) -> tuple:
     """RunConfig pieces from flags over the recipe for this model and task."""
     from embslim.train.run import RunConfig
 
-    defaults = recipe(args.model, data.task)
+    defaults = recipe(args.model, data.task, data.name)
+    args.dim = embedding_dim(defaults, args.dim)
     flags = {k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k, None) is not None}
     train = TrainConfig(**{k: v for k, v in {**defaults, **flags}.items() if k in TRAIN_KEYS}, seed=args.seed, progress=not args.quiet)
     names = model_class(args.model).select_fields(data.table.fields, data.user_field, data.item_field)

@@ -24,7 +24,7 @@ from embslim.errors import BudgetError, ConfigError
 from embslim.models import model_class
 from embslim.search.dnis import DNISConfig
 from embslim.models import ModelOptions
-from embslim.train.recipes import model_options, recipe, train_options
+from embslim.train.recipes import embedding_dim, model_options, recipe, train_options
 from embslim.train.run import RunConfig, fit, write_results
 from embslim.train.slice import sliceable_methods
 from embslim.train.trainer import TrainConfig
@@ -54,7 +54,7 @@ class BenchSpec:
     dataset: str = "synthetic"
     task: str | None = None
     model: str = "deepfm"
-    dim: int = 16
+    dim: int | None = None  # None: the recipe's width for the model and task (recipes.embedding_dim)
     methods: tuple[str, ...] = ("full", "uniform", "dnis", "mde")
     budgets: tuple[float, ...] = (0.5, 0.2, 0.1)
     seeds: tuple[int, ...] = (0,)
@@ -108,13 +108,14 @@ def run_cell(spec: BenchSpec, cell: Cell, out: Path) -> dict:
     if os.environ.get("EMBSLIM_BENCH_THREADS"):  # Ray workers; process-pool workers get it from their initializer
         torch.set_num_threads(int(os.environ["EMBSLIM_BENCH_THREADS"]))
     data = load(spec)
-    rec = recipe(spec.model, data.task)
+    rec = recipe(spec.model, data.task, data.name)
     train = TrainConfig(**train_options(rec), seed=cell.seed, progress=False)
     if spec.epochs:
         train = replace(train, epochs=spec.epochs)
     fields = data.select_fields(model_class(spec.model).select_fields(data.table.fields, data.user_field, data.item_field)).table.fields
-    budget = int(cell.budget * full_bytes(fields, [spec.dim] * len(fields)))
-    base = RunConfig(spec.model, EmbeddingConfig(REFERENCE, spec.dim, init_std=rec.get("init_std", 0.01)),
+    dim = embedding_dim(rec, spec.dim)
+    budget = int(cell.budget * full_bytes(fields, [dim] * len(fields)))
+    base = RunConfig(spec.model, EmbeddingConfig(REFERENCE, dim, init_std=rec.get("init_std", 0.01)),
                      ModelOptions.from_dict(model_options(rec)), train=train)
     reset_peak_rss()
     t0 = time.perf_counter()
