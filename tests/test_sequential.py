@@ -76,6 +76,23 @@ def test_movielens_histories_follow_timestamps(tmp_path):
     assert histories(data, ("train",)).of(data.row_users()[0]).tolist() == [by_raw[13], by_raw[11], by_raw[12]]
 
 
+def test_movielens_histories_carry_their_timestamps_and_sasrec_files_none(tmp_path):
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,10,4,300\n1,11,4,100\n1,12,4,200\n1,13,4,50\n1,14,4,400\n")
+    load_dataset("movielens-latest-small", "topk", tmp_path)
+    data = load_dataset("movielens-latest-small", "topk", tmp_path)  # the second read comes from the cache
+    train = histories(data, ("train",))
+    assert train.last_times(data.row_users()[:1], 4).tolist() == [[-1, 50, 100, 200]]
+    assert load_dataset("amazon-video-games", "topk", write_sequences(tmp_path)).times is None
+
+
+def test_a_ranking_query_never_reads_its_held_out_items_time(tmp_path):
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,10,4,300\n1,11,4,100\n1,12,4,200\n1,13,4,50\n1,14,4,400\n")
+    data = load_dataset("movielens-latest-small", "topk", tmp_path)
+    model, d = build_model(data, tiny_run(tmp_path, "hstu", options=ModelOptions(maxlen=4, heads=1, dropout=0.0)))
+    item_times, query_times = SequenceObjective(model, d, QUICK).query_times("test", d.row_users()[:1])
+    assert item_times.tolist() == [[50, 100, 200, 300]] and query_times.tolist() == [[100, 200, 300, 300]]
+
+
 def test_time_order_survives_the_cache(tmp_path):
     path = write_sequences(tmp_path)
     first = load_dataset("amazon-video-games", "topk", path)
@@ -152,6 +169,27 @@ def test_padding_changes_no_real_position_so_trimmed_histories_give_the_same_que
         grouped = model.encode_last(items)
     assert torch.allclose(padded[:1, 5:], trimmed, atol=1e-5)
     assert torch.allclose(grouped, padded[:, -1], atol=1e-5)
+
+
+def test_hstu_reads_the_times_and_sasrec_ignores_them(tiny_sequences, tmp_path):
+    items = torch.tensor([[-1, 3, 7, 9], [2, 4, 6, 8]])
+    times = (torch.tensor([[-1, 10, 500, 9000], [1, 2, 3, 4]]), torch.tensor([[10, 500, 9000, 9000], [2, 3, 4, 4]]))
+    for name in SEQ_MODELS:
+        model, _ = build_model(tiny_sequences, tiny_run(tmp_path, name, options=ModelOptions(maxlen=4, heads=1, dropout=0.0)))
+        model.eval()
+        with torch.no_grad():
+            plain, timed = model.encode(items)[0], model.encode(items, times)[0]
+        assert torch.equal(plain, timed) == (name == "sasrec")
+
+
+def test_trimmed_histories_give_the_same_query_with_times(tiny_sequences, tmp_path):
+    model, _ = build_model(tiny_sequences, tiny_run(tmp_path, "hstu", options=ModelOptions(maxlen=6, heads=1, dropout=0.0)))
+    model.eval()
+    items = torch.tensor([[-1, -1, -1, -1, 3, 7], [1, 2, 3, 4, 5, 6]])
+    item_times = torch.tensor([[-1, -1, -1, -1, 100, 4000], [1, 20, 300, 4000, 50000, 600000]])
+    times = (item_times, torch.cat([item_times[:, 1:], item_times[:, -1:]], dim=1))
+    with torch.no_grad():
+        assert torch.allclose(model.encode_last(items, times), model.encode(items, times)[0][:, -1], atol=1e-5)
 
 
 def test_length_grouped_batches_hold_every_user_once_in_as_many_batches():
@@ -296,3 +334,20 @@ def test_movielens_gets_the_papers_movielens_settings_over_the_model_row():
     assert {k: recipe("sasrec", "topk", "movielens-100k")[k] for k in ("maxlen", "dropout")} == {"maxlen": 200, "dropout": 0.2}
     assert {k: recipe("hstu", "topk", "amazon-video-games")[k] for k in ("maxlen", "dropout")} == {"maxlen": 50, "dropout": 0.5}
     assert recipe("mf", "topk", "movielens-100k") == recipe("mf", "topk")
+
+
+def test_hstu_trains_and_ranks_with_the_time_bias_on_timestamped_data(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = [f"{u},{i},4,{t}" for u in range(1, 21) for i, t in zip(rng.choice(60, 12, replace=False) + 1, rng.integers(0, 10**8, 12))]
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "\n".join(lines) + "\n")
+    data = load_dataset("movielens-latest-small", "topk", tmp_path)
+    config = tiny_run(tmp_path, "hstu", train=TrainConfig(epochs=3, batch_size=4, progress=False, patience=5),
+                      options=ModelOptions(maxlen=8, heads=1, dropout=0.0))
+    result = run(data, config)
+    assert np.isfinite(result["metrics"]["test"]["ndcg@10"])
+    model, d = build_model(data, config)
+    before = model.blocks[0].time_bias.detach().clone()
+    Trainer(model, d, config.train).train_epoch(0)
+    assert not torch.equal(before, model.blocks[0].time_bias.detach())
+    losses = [h["train_loss"] for h in result["history"]]
+    assert losses[-1] < losses[0]

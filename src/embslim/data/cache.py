@@ -16,7 +16,7 @@ import numpy as np
 
 from embslim.data.fields import FeatureTable, FieldSpec, PreparedData
 
-FORMAT_VERSION = 2  # 2: top-k entries store each row's time rank (`order`)
+FORMAT_VERSION = 3  # 2: top-k entries store each row's time rank (`order`); 3: and its timestamp (`times`) where real
 
 
 def default_cache_dir() -> Path:
@@ -68,6 +68,8 @@ def save_prepared(data: PreparedData, path: Path) -> None:
     arrays.update({f"counts:{f.name}": f.counts for f in data.table.fields})
     if data.order is not None:
         arrays["order"] = data.order
+    if data.times is not None:
+        arrays["times"] = data.times
     meta = {
         "name": data.name, "task": data.task, "user_field": data.user_field, "item_field": data.item_field,
         "info": data.info, "sequence_fields": data.table.sequence_fields,
@@ -92,7 +94,9 @@ def load_prepared(path: Path) -> PreparedData:
         sequences = {k[4:]: z[k] for k in z.files if k.startswith("seq:")}
         table = FeatureTable(fields, z["ids"], bags, z["label"], sequences, meta.get("sequence_fields", {}))
         order = z["order"] if "order" in z.files else None
-    data = PreparedData(meta["name"], meta["task"], table, splits, meta["user_field"], meta["item_field"], info=meta["info"], order=order)
+        times = z["times"] if "times" in z.files else None
+    data = PreparedData(meta["name"], meta["task"], table, splits, meta["user_field"], meta["item_field"], info=meta["info"], order=order,
+                        times=times)
     if data.task == "topk":
         data.items = item_table(table, data.item_field)
     return data

@@ -41,6 +41,7 @@ class RawColumns:
     item_field: str | None = None
     tasks: tuple[str, ...] = ("ctr",)
     info: dict = field(default_factory=dict)
+    timestamp_is_time: bool = True  # False where `timestamp` only orders the rows (a line number)
 
 
 class CodedColumns(Mapping):
@@ -130,6 +131,7 @@ def prepare(raw: RawColumns, config: PrepareConfig) -> PreparedData:
     if config.task == "topk":
         data.items = item_table(table, raw.item_field)
         data.order = time_order(raw.timestamp)
+        data.times = raw.timestamp.astype(np.int64) if raw.timestamp_is_time else None
     data.info["fields"] = stats
     data.info["min_count"] = config.min_count
     data.info["rows"] = {k: int(len(v)) for k, v in splits.items()}

@@ -97,6 +97,8 @@ class PreparedData:
     `order[row]` is the row's rank in time (timestamp, then file order), so sequence models can
     rebuild each user's history; `user_ids` keeps the per-row user id when `select_fields`
     drops the user field (a sequence model embeds items only but still ranks per user).
+    `times[row]` is the row's timestamp where the source has real times (MovieLens: seconds; not
+    the SASRec files, whose only clock is the line number), for HSTU's time bias.
     """
 
     name: str
@@ -109,6 +111,7 @@ class PreparedData:
     info: dict = field(default_factory=dict)
     order: np.ndarray | None = None
     user_ids: np.ndarray | None = None
+    times: np.ndarray | None = None
 
     def select_fields(self, names: list[str]) -> "PreparedData":
         """The same data restricted to the named fields (the item key must be kept for top-k; the user
@@ -117,7 +120,7 @@ class PreparedData:
         dropped = self.user_field not in names and self.user_field in {f.name for f in self.table.fields}
         users = self.row_users() if dropped else self.user_ids
         return PreparedData(self.name, self.task, self.table.select(names), self.splits, self.user_field, self.item_field, items, self.info,
-                            self.order, users)
+                            self.order, users, self.times)
 
     def row_users(self) -> np.ndarray:
         """The user id of every row, whether or not the user field is among the table's fields."""

@@ -34,4 +34,5 @@ def load_sequences(path: Path, max_bad_rows: float = 0) -> RawColumns:
     report.check(max_bad_rows)
     columns = {"user_id": np.array(users), "item_id": np.array(items)}
     return RawColumns(file.stem.lower(), columns, np.ones(len(users), dtype=np.float32), {}, {"user_id": "user", "item_id": "item"},
-                      np.array(lines, dtype=np.int64), "user_id", "item_id", ("topk",), {"reads": [report.as_dict()]})
+                      np.array(lines, dtype=np.int64), "user_id", "item_id", ("topk",), {"reads": [report.as_dict()]},
+                      timestamp_is_time=False)

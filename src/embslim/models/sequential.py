@@ -7,6 +7,11 @@ one. The output layer is the item table itself (`field_table`), so scoring every
 matrix product, whatever embedding method serves the table. The transformer works at the item
 field's width, so mixed-width methods work unchanged. Training and ranking are the "sequence"
 objective's (train/objective_sequence.py).
+
+Where the data has timestamps the objective also passes `times`: each position's item time and
+its query time (the time of the item it predicts; the final position of a ranking query, whose
+next item is unknown, its own time, as in the HSTU reference). HSTU turns their differences into
+a learned bias; SASRec has no use for them.
 """
 from __future__ import annotations
 
@@ -21,6 +26,10 @@ from embslim.embeddings.base import FeatureEmbedding
 from embslim.errors import ConfigError
 from embslim.models.base import ModelOptions, Recommender
 from embslim.models.registry import register_model
+
+Times = tuple[torch.Tensor, torch.Tensor]  # [B, L] item times and [B, L] query times of the positions
+TIME_BUCKETS = 128  # HSTU's time bias: buckets of log |query time - item time| (seconds), the reference's count
+TIME_BUCKET_WIDTH = 0.301  # ... each this wide in natural log, as in the reference
 
 
 class SequenceModel(Recommender):
@@ -48,10 +57,10 @@ class SequenceModel(Recommender):
             raise ConfigError("sequence models need a top-k dataset with an item field")
         return [item_field]
 
-    def blocks_forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def blocks_forward(self, x: torch.Tensor, valid: torch.Tensor, times: Times | None = None) -> torch.Tensor:
         raise NotImplementedError
 
-    def encode(self, items: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def encode(self, items: torch.Tensor, times: Times | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """[B, L] item ids (-1 = padding, L <= maxlen) -> hidden states [B, L, d] and the item vectors read.
 
         Position t sees items 0..t only, so its state predicts item t + 1.
@@ -62,9 +71,9 @@ class SequenceModel(Recommender):
         vectors = self.embedding.lookup_sequence(0, items)
         pos = self.positions.weight[self.maxlen - items.shape[1]:]
         x = self.input_dropout(vectors * math.sqrt(self.width) + pos) * valid.unsqueeze(-1)
-        return self.final_norm(self.blocks_forward(x, valid)), [vectors[valid]]
+        return self.final_norm(self.blocks_forward(x, valid, times)), [vectors[valid]]
 
-    def encode_last(self, items: torch.Tensor) -> torch.Tensor:
+    def encode_last(self, items: torch.Tensor, times: Times | None = None) -> torch.Tensor:
         """[B, L] left-padded histories -> [B, d] the state at the last position, the query that scores the next item.
 
         Rows are encoded in groups of similar length, each group reading only as many columns as its longest
@@ -72,7 +81,7 @@ class SequenceModel(Recommender):
         (Video Games: mean 5.9 of 50), so this does a fraction of the work of encoding every column.
         """
         if len(items) == 0:
-            return self.encode(items)[0][:, -1]
+            return self.encode(items, times)[0][:, -1]
         lengths = (items >= 0).sum(dim=1)
         width_class = torch.ceil(torch.log2(lengths.clamp(min=1).float())).long()
         groups, states = [], []
@@ -80,7 +89,8 @@ class SequenceModel(Recommender):
             rows = torch.nonzero(width_class == c).squeeze(1)
             width = max(1, int(lengths[rows].max()))
             groups.append(rows)
-            states.append(self.encode(items[rows, items.shape[1] - width:])[0][:, -1])
+            cut = lambda t: t[rows, items.shape[1] - width:]  # noqa: E731
+            states.append(self.encode(cut(items), None if times is None else (cut(times[0]), cut(times[1])))[0][:, -1])
         out = states[0].new_empty((len(items), states[0].shape[1]))
         out[torch.cat(groups)] = torch.cat(states)
         return out
@@ -127,7 +137,7 @@ class SASRec(SequenceModel):
         super().__init__(embedding, options)
         self.blocks = nn.ModuleList(SASRecBlock(self.width, self.heads, options.dropout) for _ in range(options.blocks))
 
-    def blocks_forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def blocks_forward(self, x: torch.Tensor, valid: torch.Tensor, times: Times | None = None) -> torch.Tensor:
         mask = self.causal_mask(valid)
         for block in self.blocks:
             x = block(x, mask, valid)
@@ -136,7 +146,8 @@ class SASRec(SequenceModel):
 
 class HSTULayer(nn.Module):
     """One HSTU layer (Zhai et al., ICML 2024): U, V, Q, K = SiLU(W LN(x)); A = SiLU(QK^T + rab) / maxlen, causal,
-    no softmax; out = x + W_o dropout(LN(A V) * U). `rab` is a learned bias per relative position. The divisor is
+    no softmax; out = x + W_o dropout(LN(A V) * U). `rab` is a learned bias per relative position plus, given
+    times, one per bucket of log |query time - item time| (the paper's relative attention bias). The divisor is
     the model's maxlen, a constant (the reference divides by the padded length of its inputs, always maxlen), so a
     history's states do not depend on how much padding its batch carries."""
 
@@ -150,17 +161,27 @@ class HSTULayer(nn.Module):
         self.out = nn.Linear(width, width)
         nn.init.xavier_uniform_(self.out.weight)
         self.relative = nn.Parameter(torch.randn(2 * maxlen - 1) * 0.02)  # index (t - s) + maxlen - 1
+        self.time_bias = nn.Parameter(torch.randn(TIME_BUCKETS + 1) * 0.02)  # used only when the data has timestamps
 
     def position_bias(self, length: int) -> torch.Tensor:
         """[L, L] learned bias of each (query t, key s) pair by their offset t - s."""
         t = torch.arange(length, device=self.relative.device)
         return self.relative[(t.unsqueeze(1) - t.unsqueeze(0)) + self.maxlen - 1]
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def time_bias_of(self, times: Times) -> torch.Tensor:
+        """[B, 1, L, L] learned bias of each (query t, key s) pair by the bucket of log |query time of t - time of s|."""
+        item_times, query_times = times
+        gap = (query_times.unsqueeze(2) - item_times.unsqueeze(1)).abs().clamp(min=1).float()
+        buckets = (torch.log(gap) / TIME_BUCKET_WIDTH).long().clamp(0, TIME_BUCKETS)
+        return self.time_bias[buckets].unsqueeze(1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, times: Times | None = None) -> torch.Tensor:
         b, length, d = x.shape
         u, v, q, k = F.silu(self.uvqk(self.norm(x))).chunk(4, dim=-1)
         heads = lambda t: t.view(b, length, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
         scores = heads(q) @ heads(k).transpose(-1, -2) + self.position_bias(length)
+        if times is not None:
+            scores = scores + self.time_bias_of(times)
         weights = F.silu(scores) / self.maxlen * mask
         attn = (weights @ heads(v)).transpose(1, 2).reshape(b, length, d)
         return x + self.out(F.dropout(self.attn_norm(attn) * u, self.dropout, self.training))
@@ -170,16 +191,16 @@ class HSTULayer(nn.Module):
 class HSTU(SequenceModel):
     """HSTU (Zhai et al., ICML 2024, "Actions Speak Louder than Words") over the last `maxlen` items.
 
-    Relative position bias only: the SASRec-format files have no timestamps (the time bias of the
-    paper is not implemented).
+    Relative position bias, and the time bias where the data has timestamps (MovieLens; the
+    SASRec-format files have none).
     """
 
     def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, **_: object) -> None:
         super().__init__(embedding, options)
         self.blocks = nn.ModuleList(HSTULayer(self.width, self.heads, options.maxlen, options.dropout) for _ in range(options.blocks))
 
-    def blocks_forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def blocks_forward(self, x: torch.Tensor, valid: torch.Tensor, times: Times | None = None) -> torch.Tensor:
         mask = self.causal_mask(valid).to(x.dtype)
         for block in self.blocks:
-            x = block(x, mask) * valid.unsqueeze(-1)
+            x = block(x, mask, times) * valid.unsqueeze(-1)
         return x

@@ -9,7 +9,9 @@ by `TrainConfig.seq_loss`:
   `softmax_negatives` uniform items shared by the batch, cosine similarities over `temperature`
   (accidental hits of the target are masked). Ranking then uses the same cosine similarity.
 A validation query reads the training history, a test query the training and validation history,
-so neither ever sees its own held-out item.
+so neither ever sees its own held-out item. Where the data has timestamps every batch carries the
+times of its positions (`SequenceModel.encode`'s `times`): a training position's query time is its
+target's time; a ranking query's final position, whose next item is held out, uses its own time.
 """
 from __future__ import annotations
 
@@ -29,6 +31,11 @@ from embslim.train.objectives import Objective, l2_of_rows, register_objective
 SEQ_LOSSES = ("bce", "softmax")
 RESAMPLE_ROUNDS = 20
 POOL_BATCHES = 50  # length-grouped batching sorts the shuffled users in pools of this many batches
+
+
+def tensors(times: tuple[np.ndarray, np.ndarray] | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The (item times, query times) pair as long tensors."""
+    return None if times is None else (torch.as_tensor(times[0], dtype=torch.long), torch.as_tensor(times[1], dtype=torch.long))
 
 
 def length_grouped(order: np.ndarray, lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -51,11 +58,13 @@ def length_grouped(order: np.ndarray, lengths: np.ndarray, batch_size: int, rng:
 @dataclass
 class SequenceBatch:
     """Inputs [B, L] and next-item targets [B, L] (-1 where there is none), with the loss's negatives; a validation
-    query has one target per row, [B], its held-out item."""
+    query has one target per row, [B], its held-out item. `times`: the positions' item and query times, [B, L] each,
+    where the data has timestamps."""
 
     inputs: torch.Tensor
     targets: torch.Tensor
     negatives: torch.Tensor
+    times: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -102,7 +111,8 @@ class SequenceObjective(Objective):
                 negatives = self.unseen_items(np.repeat(users, width).reshape(targets.shape), rng)
             else:
                 negatives = rng.integers(1, self.n_items, size=self.config.softmax_negatives)
-            yield SequenceBatch(*(torch.as_tensor(a, dtype=torch.long) for a in (inputs, targets, negatives)))
+            times = None if train.times is None else (train.last_times(users, width, drop_last=1), train.last_times(users, width))
+            yield SequenceBatch(*(torch.as_tensor(a, dtype=torch.long) for a in (inputs, targets, negatives)), tensors(times))
 
     def unseen_items(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One item per entry, uniform over items 1.. that the entry's user has no training interaction with."""
@@ -116,7 +126,7 @@ class SequenceObjective(Objective):
         return items
 
     def loss(self, batch: SequenceBatch) -> torch.Tensor:
-        states, used = self.model.encode(batch.inputs)
+        states, used = self.model.encode(batch.inputs, batch.times)
         where = batch.targets >= 0
         h = states[where]
         positives = self.model.embedding.lookup(0, batch.targets[where])
@@ -148,7 +158,8 @@ class SequenceObjective(Objective):
             negatives = (self.unseen_items(users, rng) if self.config.seq_loss == "bce"
                          else rng.integers(1, self.n_items, size=self.config.softmax_negatives))
             inputs = self.history["val"].last(users, self.maxlen)
-            self._validation = SequenceBatch(*(torch.as_tensor(a, dtype=torch.long) for a in (inputs, targets, negatives)))
+            self._validation = SequenceBatch(*(torch.as_tensor(a, dtype=torch.long) for a in (inputs, targets, negatives)),
+                                             self.query_times("val", users))
         return self._validation
 
     def validation_size(self) -> int:
@@ -157,11 +168,12 @@ class SequenceObjective(Objective):
     def validation_batch(self, indices: np.ndarray) -> SequenceBatch:
         q = self.validation_queries()
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return SequenceBatch(q.inputs[idx], q.targets[idx], q.negatives[idx] if self.config.seq_loss == "bce" else q.negatives)
+        times = None if q.times is None else (q.times[0][idx], q.times[1][idx])
+        return SequenceBatch(q.inputs[idx], q.targets[idx], q.negatives[idx] if self.config.seq_loss == "bce" else q.negatives, times)
 
     def example_losses(self, batch: SequenceBatch) -> torch.Tensor:
         """The training loss of each query's held-out item, read at the last position of its history."""
-        h = self.model.encode_last(batch.inputs)
+        h = self.model.encode_last(batch.inputs, batch.times)
         positives = self.model.embedding.lookup(0, batch.targets)
         if self.config.seq_loss == "bce":
             negatives = self.model.embedding.lookup(0, batch.negatives)
@@ -178,10 +190,19 @@ class SequenceObjective(Objective):
         in a few groups of similar length and a group's fixed cost is paid per chunk."""
         return max(1, 2**24 // n_items)
 
+    def query_times(self, split: str, users: np.ndarray) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Item and query times of the ranking queries of `split` (None without timestamps): each position's query
+        time is the next item's, the final position's its own (the held-out item's time is not used)."""
+        history = self.history[split]
+        if history.times is None:
+            return None
+        item_times = history.last_times(users, self.maxlen)
+        return tensors((item_times, np.concatenate([item_times[:, 1:], item_times[:, -1:]], axis=1)))
+
     @torch.no_grad()
     def rank_scores(self, users: np.ndarray, split: str) -> torch.Tensor:
         inputs = torch.as_tensor(self.history[split].last(np.asarray(users), self.maxlen), dtype=torch.long)
-        query = self.model.encode_last(inputs)
+        query = self.model.encode_last(inputs, self.query_times(split, np.asarray(users)))
         items = self.model.item_vectors()
         if self.config.seq_loss == "softmax":
             query, items = F.normalize(query, dim=-1), F.normalize(items, dim=-1)
