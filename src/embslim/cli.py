@@ -26,7 +26,8 @@ from embslim.train.table_optim import ALL_TABLE_OPTIMIZERS
 from embslim.train.trainer import TrainConfig
 
 TRAIN_KEYS = {"epochs", "lr", "batch_size", "patience", "negatives", "embedding_l2", "weight_decay", "optimizer", "eval_protocol",
-              "table_optimizer", "table_lr", "seq_loss", "softmax_negatives", "temperature", "pair_loss", "dense_precision"}
+              "table_optimizer", "table_lr", "seq_loss", "softmax_negatives", "temperature", "pair_loss", "pair_sampling",
+              "dense_precision"}
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -87,6 +88,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--pair-loss", choices=["bpr", "softmax"],
                    help="topk: train on (user, positive, sampled negatives) with BPR or sampled softmax over --negatives shared "
                         "items per batch (mf: instead of its pointwise logistic loss; lightgcn: default bpr)")
+    t.add_argument("--pair-sampling", choices=["interactions", "users"],
+                   help="pairwise top-k (mf --pair-loss, lightgcn): each epoch a shuffled pass over the training interactions "
+                        "(default), or as many draws of a uniform user and a uniform one of its items (LightGCN's reference)")
     t.add_argument("--seed", type=seed_int, default=0)
     o = p.add_argument_group("output")
     o.add_argument("--out", type=Path, help="run folder (default runs/train-DATASET-TASK-MODEL-seedN)")

@@ -61,6 +61,7 @@ class TrainConfig:
     softmax_negatives: int = 128  # sequence models, seq_loss "softmax": uniform negatives shared by a batch
     temperature: float = 0.05  # sequence models, seq_loss "softmax": divides the cosine similarities
     pair_loss: str = ""  # top-k: "" the model's own objective; "bpr" or "softmax" trains a pointwise model pairwise (objective_pairwise)
+    pair_sampling: str = "interactions"  # pairwise top-k: each epoch a pass over the interactions, or "users": as many draws of a uniform user and one of its items (LightGCN's reference)
     dense_precision: str = "fp32"  # "bf16": training forward under CPU/CUDA bfloat16 autocast (matmuls of the dense network; weights, optimiser state and evaluation stay fp32)
 
 
