@@ -16,6 +16,7 @@ from embslim.models import ModelOptions, create_model
 from embslim.models.graph import graph_product, normalized_graph
 from embslim.train.objective_pairwise import PairwiseObjective
 from embslim.train.objectives import create_objective
+from embslim.train.recipes import RECIPES, recipe
 from embslim.train.run import RunConfig, build_model, run
 from embslim.train.topk import candidate_rows
 from embslim.train.trainer import TrainConfig, Trainer
@@ -192,6 +193,7 @@ def test_cli_trains_mf_with_bpr_and_lightgcn_with_its_layers(tmp_path, capsys):
     mf = json.loads((tmp_path / "mf" / "results.json").read_text())
     gcn = json.loads((tmp_path / "gcn" / "results.json").read_text())
     assert mf["config"]["train"]["pair_loss"] == "bpr" and gcn["config"]["model_options"]["graph_layers"] == 2
+    assert mf["config"]["train"]["lr"] == RECIPES[("mf", "topk", "bpr")]["lr"] != recipe("mf", "topk")["lr"]
     assert main([*common, "--model", "deepfm", "--pair-loss", "bpr", "--out", str(tmp_path / "x")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
@@ -220,3 +222,9 @@ def test_unknown_pair_sampling_is_a_config_error(tiny):
     model, d = build_model(tiny, RunConfig("mf", EmbeddingConfig(dim=4)))
     with pytest.raises(ConfigError, match="pair sampling"):
         create_objective(model, d, replace(QUICK, pair_loss="bpr", pair_sampling="items"))
+
+
+def test_a_pair_loss_row_applies_over_the_model_row_only_with_that_loss():
+    own = RECIPES[("mf", "topk", "bpr")]
+    assert recipe("mf", "topk", "bpr") == {**recipe("mf", "topk"), **own}
+    assert recipe("mf", "topk", "softmax") == recipe("mf", "topk") != recipe("mf", "topk", "bpr")

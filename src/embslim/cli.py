@@ -151,7 +151,7 @@ def configs_from_args(args: argparse.Namespace, data) -> tuple:
     """RunConfig pieces from flags over the recipe for this model and task."""
     from embslim.train.run import RunConfig
 
-    defaults = recipe(args.model, data.task)
+    defaults = recipe(args.model, data.task, getattr(args, "pair_loss", None) or "")
     flags = {k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k, None) is not None}
     train = TrainConfig(**{k: v for k, v in {**defaults, **flags}.items() if k in TRAIN_KEYS}, seed=args.seed, progress=not args.quiet)
     names = model_class(args.model).select_fields(data.table.fields, data.user_field, data.item_field)
