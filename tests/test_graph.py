@@ -8,7 +8,7 @@ import torch
 
 from embslim.cli import main
 from embslim.data import load_dataset
-from embslim.data.fields import FieldSpec
+from embslim.data.fields import FieldSpec, PreparedData
 from embslim.embeddings import EmbeddingConfig, SparseBatch, create_embedding, list_embeddings, method_info
 from embslim.embeddings.full import full_bytes
 from embslim.errors import ConfigError
@@ -16,6 +16,7 @@ from embslim.models import ModelOptions, create_model
 from embslim.models.graph import graph_product, normalized_graph
 from embslim.train.objective_pairwise import PairwiseObjective
 from embslim.train.objectives import create_objective
+from embslim.train.recipes import RECIPES, recipe
 from embslim.train.run import RunConfig, build_model, run
 from embslim.train.topk import candidate_rows
 from embslim.train.trainer import TrainConfig, Trainer
@@ -192,5 +193,38 @@ def test_cli_trains_mf_with_bpr_and_lightgcn_with_its_layers(tmp_path, capsys):
     mf = json.loads((tmp_path / "mf" / "results.json").read_text())
     gcn = json.loads((tmp_path / "gcn" / "results.json").read_text())
     assert mf["config"]["train"]["pair_loss"] == "bpr" and gcn["config"]["model_options"]["graph_layers"] == 2
+    assert mf["config"]["train"]["lr"] == RECIPES[("mf", "topk", "bpr")]["lr"] != recipe("mf", "topk")["lr"]
     assert main([*common, "--model", "deepfm", "--pair-loss", "bpr", "--out", str(tmp_path / "x")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def uneven_histories(folder) -> PreparedData:
+    """Top-k data where even users rated 24 movies and odd users 4."""
+    rng = np.random.default_rng(0)
+    lines = ["userId,movieId,rating,timestamp"]
+    for u in range(1, 21):
+        lines += [f"{u},{i},4.0,{1000 * u + t}" for t, i in enumerate(rng.choice(np.arange(1, 101), 24 if u % 2 == 0 else 4, replace=False))]
+    (folder / "ratings.csv").write_text("\n".join(lines) + "\n")
+    return load_dataset("movielens-latest-small", "topk", folder)
+
+
+@pytest.mark.parametrize("sampling,heavy_over_light", [("interactions", (8, 14)), ("users", (0.7, 1.4))])
+def test_user_sampling_draws_every_user_alike_and_interaction_sampling_by_history(tmp_path, sampling, heavy_over_light):
+    data = uneven_histories(tmp_path)
+    _, d, objective = lightgcn(data, train=replace(QUICK, pair_sampling=sampling))
+    drawn = [(u, i) for epoch in range(30) for b in objective.batches(epoch) for u, i in zip(b.users.tolist(), b.positives.tolist())]
+    assert set(drawn) <= pairs(d, "train") and len(drawn) == 30 * len(objective.users)
+    counts = np.bincount([u for u, _ in drawn])
+    heavy, light = (counts[objective.active_users[objective.user_counts == n]].mean() for n in (22, 2))
+    assert heavy_over_light[0] < heavy / light < heavy_over_light[1]
+
+def test_unknown_pair_sampling_is_a_config_error(tiny):
+    model, d = build_model(tiny, RunConfig("mf", EmbeddingConfig(dim=4)))
+    with pytest.raises(ConfigError, match="pair sampling"):
+        create_objective(model, d, replace(QUICK, pair_loss="bpr", pair_sampling="items"))
+
+
+def test_a_pair_loss_row_applies_over_the_model_row_only_with_that_loss():
+    own = RECIPES[("mf", "topk", "bpr")]
+    assert recipe("mf", "topk", pair_loss="bpr") == {**recipe("mf", "topk"), **own}
+    assert recipe("mf", "topk", pair_loss="softmax") == recipe("mf", "topk") != recipe("mf", "topk", pair_loss="bpr")

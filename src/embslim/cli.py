@@ -26,8 +26,8 @@ from embslim.train.table_optim import ALL_TABLE_OPTIMIZERS
 from embslim.train.trainer import TrainConfig
 
 TRAIN_KEYS = {"epochs", "lr", "batch_size", "patience", "negatives", "embedding_l2", "weight_decay", "optimizer", "eval_protocol",
-              "table_optimizer", "table_lr", "seq_loss", "softmax_negatives", "temperature", "pair_loss", "dense_precision",
-              "length_batches"}
+              "table_optimizer", "table_lr", "seq_loss", "softmax_negatives", "temperature", "pair_loss", "pair_sampling",
+              "dense_precision", "length_batches"}
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -92,6 +92,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--pair-loss", choices=["bpr", "softmax"],
                    help="topk: train on (user, positive, sampled negatives) with BPR or sampled softmax over --negatives shared "
                         "items per batch (mf: instead of its pointwise logistic loss; lightgcn: default bpr)")
+    t.add_argument("--pair-sampling", choices=["interactions", "users"],
+                   help="pairwise top-k (mf --pair-loss, lightgcn): each epoch a shuffled pass over the training interactions "
+                        "(default), or as many draws of a uniform user and a uniform one of its items (LightGCN's reference)")
     t.add_argument("--seed", type=seed_int, default=0)
     o = p.add_argument_group("output")
     o.add_argument("--out", type=Path, help="run folder (default runs/train-DATASET-TASK-MODEL-seedN)")
@@ -152,7 +155,7 @@ def configs_from_args(args: argparse.Namespace, data) -> tuple:
     """RunConfig pieces from flags over the recipe for this model and task."""
     from embslim.train.run import RunConfig
 
-    defaults = recipe(args.model, data.task, data.name)
+    defaults = recipe(args.model, data.task, data.name, getattr(args, "pair_loss", None) or "")
     args.dim = embedding_dim(defaults, args.dim)
     flags = {k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k, None) is not None}
     train = TrainConfig(**{k: v for k, v in {**defaults, **flags}.items() if k in TRAIN_KEYS}, seed=args.seed, progress=not args.quiet)

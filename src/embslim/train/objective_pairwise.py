@@ -23,6 +23,7 @@ from embslim.models.base import Recommender
 from embslim.train.objectives import Objective, l2_of_rows, register_objective
 
 PAIR_LOSSES = ("bpr", "softmax")
+PAIR_SAMPLINGS = ("interactions", "users")
 RESAMPLE_ROUNDS = 20
 
 
@@ -68,6 +69,10 @@ class PairwiseObjective(Objective):
     of the positive against `negatives` uniform items shared by the batch (a negative equal to the row's positive
     is masked). L2: `embedding_l2` times the mean squared norm of the user, positive and negative rows, each
     averaged over its rows (LightGCN's reference penalises half that sum, so its decay 1e-4 is 5e-5 here).
+
+    `pair_sampling` "interactions" (default): an epoch is a shuffled pass over the training interactions, so a
+    user weighs as much as its history. "users": an epoch is as many draws of a uniform user (among those with
+    training items) and a uniform one of its items, which weighs every user alike (LightGCN's reference samples so).
     """
 
     def __init__(self, model: Recommender, data: PreparedData, config) -> None:
@@ -86,6 +91,11 @@ class PairwiseObjective(Objective):
         self.n_items = len(data.items.label)
         self.n_users = next(f.cardinality for f in data.table.fields if f.name == data.user_field)
         self.known = known_keys(self.users, self.items, self.n_items)
+        self.pair_sampling = getattr(config, "pair_sampling", "interactions") or "interactions"
+        if self.pair_sampling not in PAIR_SAMPLINGS:
+            raise ConfigError(f"pair sampling must be one of {list(PAIR_SAMPLINGS)}, got {self.pair_sampling!r}")
+        self.by_user = np.argsort(self.users, kind="stable")
+        self.active_users, self.user_starts, self.user_counts = np.unique(self.users[self.by_user], return_index=True, return_counts=True)
         set_interactions = getattr(model, "set_interactions", None)
         if set_interactions is not None:
             set_interactions(self.users, self.items, self.n_users, self.n_items)
@@ -95,7 +105,7 @@ class PairwiseObjective(Objective):
 
     def batches(self, epoch: int) -> Iterator[PairBatch]:
         rng = np.random.default_rng([self.config.seed, epoch, 2])
-        order = rng.permutation(len(self.users))
+        order = self.user_uniform_rows(rng) if self.pair_sampling == "users" else rng.permutation(len(self.users))
         k = self.config.negatives
         per_pair = sample_negatives(self.users[order], k, self.n_items, self.known, rng) if self.pair_loss == "bpr" else None
         for start in range(0, len(order), self.config.batch_size):
@@ -105,6 +115,12 @@ class PairwiseObjective(Objective):
             else:
                 neg = rng.integers(1, self.n_items, size=k)
             yield PairBatch(torch.from_numpy(self.users[rows]), torch.from_numpy(self.items[rows]), torch.from_numpy(neg))
+
+    def user_uniform_rows(self, rng: np.random.Generator) -> np.ndarray:
+        """Training rows for one epoch: a uniform user with training items, then a uniform one of its rows, as many times as there are rows."""
+        picks = rng.integers(0, len(self.active_users), size=len(self.users))
+        within = (rng.random(len(self.users)) * self.user_counts[picks]).astype(np.int64)
+        return self.by_user[self.user_starts[picks] + within]
 
     def pair_losses(self, batch: PairBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The loss of each (user, positive) of the batch and the embedding rows it read."""

@@ -62,6 +62,7 @@ class TrainConfig:
     temperature: float = 0.05  # sequence models, seq_loss "softmax": divides the cosine similarities
     length_batches: bool = False  # sequence models: batches of users of similar history length (objective_sequence.length_grouped)
     pair_loss: str = ""  # top-k: "" the model's own objective; "bpr" or "softmax" trains a pointwise model pairwise (objective_pairwise)
+    pair_sampling: str = "interactions"  # pairwise top-k: each epoch a pass over the interactions, or "users": as many draws of a uniform user and one of its items (LightGCN's reference)
     dense_precision: str = "fp32"  # "bf16": training forward under CPU/CUDA bfloat16 autocast (matmuls of the dense network; weights, optimiser state and evaluation stay fp32)
 
 
