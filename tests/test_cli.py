@@ -132,3 +132,16 @@ def test_diverging_training_is_a_one_line_error(capsys, tmp_path):
 def test_budget_above_the_full_table_is_rejected(capsys, tmp_path):
     err = error_of(capsys, ["train", "--synthetic-rows", "300", "--budget", "9GB", "--quiet", "--out", str(tmp_path)])
     assert "more than the full table at --dim 16" in err
+
+
+def test_every_training_setting_of_the_recipe_reaches_the_run(tmp_path):
+    from embslim.cli import build_parser, configs_from_args
+    from embslim.data import load_dataset
+    from embslim.train.recipes import recipe
+
+    rows = "".join(f"{u},{i},{1 + (u + i) % 5},{u * 100 + i}\n" for u in range(1, 30) for i in range(1, 12))
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + rows)
+    data = load_dataset("movielens-latest-small", "rating", tmp_path)
+    args = build_parser().parse_args(["train", "--model", "fm", "--task", "rating", "--quiet"])
+    train = configs_from_args(args, data).train
+    assert train.lr_decay == recipe("fm", "rating")["lr_decay"] != 1.0

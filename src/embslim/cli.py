@@ -20,7 +20,7 @@ from embslim.errors import ConfigError, EmbslimError
 from embslim.extras import require
 from embslim.train.metrics import headline_metrics
 from embslim.models import ModelOptions, list_models, model_class
-from embslim.train.recipes import embedding_dim, model_options, recipe
+from embslim.train.recipes import embedding_dim, model_options, recipe, train_options
 from embslim.train.slice import PRECISIONS as SLICE_PRECISIONS
 from embslim.train.table_optim import ALL_TABLE_OPTIMIZERS
 from embslim.train.trainer import TrainConfig
@@ -158,7 +158,7 @@ def configs_from_args(args: argparse.Namespace, data) -> tuple:
     defaults = recipe(args.model, data.task, data.name, getattr(args, "pair_loss", None) or "")
     args.dim = embedding_dim(defaults, args.dim)
     flags = {k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k, None) is not None}
-    train = TrainConfig(**{k: v for k, v in {**defaults, **flags}.items() if k in TRAIN_KEYS}, seed=args.seed, progress=not args.quiet)
+    train = TrainConfig(**{**train_options(defaults), **flags}, seed=args.seed, progress=not args.quiet)
     names = model_class(args.model).select_fields(data.table.fields, data.user_field, data.item_field)
     fields = data.select_fields(names).table.fields
     budget = budget_bytes(args.budget, fields, args.dim) if args.budget else None
