@@ -30,7 +30,7 @@ def write_movielens(folder: Path, seed: int = 0) -> tuple[np.ndarray, np.ndarray
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows))
     (folder / "u.user").write_text("".join(f"{u}|{20 + u % 30}|{'MF'[u % 2]}|job{u % 5}|{10000 + u % 7}\n" for u in range(1, USERS + 1)))
-    flags = lambda i: "|".join("1" if g == i % 19 else "0" for g in range(19))  # noqa: E731
+    flags = lambda i: "|".join("1" if g in (i % 19, i * 7 % 19) else "0" for g in range(19))  # noqa: E731  one or two genres
     (folder / "u.item").write_text("".join(f"{i}|Movie {i}|01-Jan-1995||http://x/{i}|{flags(i)}\n" for i in range(1, ITEMS + 1)))
     users, items, _, stamps = (np.array(c) for c in zip(*rows))
     return users, items, stamps
@@ -127,7 +127,7 @@ def test_din_attention_weights_are_not_normalised(with_history):
     field = model.sequences[HISTORY]
     once = model.pool_sequence(HISTORY, field, seq, vectors)
     twice = model.pool_sequence(HISTORY, field, torch.cat([seq, seq], dim=1), vectors)
-    torch.testing.assert_close(twice, 2 * once)
+    torch.testing.assert_close(twice, [2 * part for part in once])
 
 
 def test_flag_off_leaves_deepfm_inputs_as_today(release):
@@ -141,17 +141,42 @@ def test_flag_off_leaves_deepfm_inputs_as_today(release):
     torch.testing.assert_close(model(batch), model.score(model.embedding(batch)) + model.bias)
 
 
-def test_flag_on_gives_deepfm_the_mean_of_the_history_rows_from_the_item_table(with_history):
+def item_genres(data) -> dict[int, list[int]]:
+    """Each item id's genre ids, read off the rows that hold the item; none for the OOV id 0, which stands for many items."""
+    items = data.table.ids[:, data.table.single_index("item_id")]
+    return {int(i): [] if i == 0 else sorted(int(g) for g in genres if g >= 0) for i, genres in zip(items, data.table.bags["genre"])}
+
+
+def test_flag_on_gives_deepfm_the_mean_of_the_history_items_rows_and_of_their_genre_vectors(with_history):
     model, data = build_model(with_history, RunConfig("deepfm", EmbeddingConfig(dim=8)))
-    assert model.deep[0].in_features == sum(model.embedding.dims) + 8
-    batch = SparseBatch.from_table(data.split("val"), np.arange(16))
+    assert model.deep[0].in_features == sum(model.embedding.dims) + 2 * 8
+    batch = SparseBatch.from_table(data.split("val"))
     history = batch.sequences[HISTORY]
-    pooled = model.input_vectors(batch)[-1]
-    item = model.sequences[HISTORY]
-    for row in range(16):
+    *_, pooled_items, pooled_genres = model.input_vectors(batch)
+    item, genre = model.sequences[HISTORY], [f.name for f in model.embedding.fields].index("genre")
+    genres_of = item_genres(data)
+    assert (history == 0).any(), "the check covers an OOV behaviour"
+    for row in range(len(history)):
         ids = history[row][history[row] >= 0]
-        expected = model.embedding.lookup(item, ids).mean(0) if len(ids) else torch.zeros(8)
-        torch.testing.assert_close(pooled[row], expected)
+        expected_items = model.embedding.lookup(item, ids).mean(0) if len(ids) else torch.zeros(8)
+        per_item = [model.embedding.lookup(genre, torch.tensor(genres_of[int(i)])).mean(0) if genres_of[int(i)] else torch.zeros(8)
+                    for i in ids]
+        expected_genres = torch.stack(per_item).mean(0) if per_item else torch.zeros(8)
+        torch.testing.assert_close(pooled_items[row], expected_items)
+        torch.testing.assert_close(pooled_genres[row], expected_genres)
+
+
+def test_din_attends_over_behaviours_of_item_and_genre_against_the_candidates_item_and_genre(with_history):
+    din, _ = build_model(with_history, RunConfig("din", EmbeddingConfig(dim=8)))
+    assert din.side_fields == [[f.name for f in din.embedding.fields].index("genre")]
+    assert din.attention[HISTORY].layers[0].in_features == 4 * (8 + 8)
+    assert din.deep[0].in_features == sum(din.embedding.dims) + 8 + 8
+
+
+def test_the_oov_item_of_a_history_has_no_genre(with_history):
+    model, _ = build_model(with_history, RunConfig("deepfm", EmbeddingConfig(dim=8)))
+    parts = model.behaviour_rows(model.sequences[HISTORY], torch.tensor([[0, -1]]))
+    assert parts[1].abs().sum() == 0
 
 
 def test_history_with_topk_or_a_model_that_ignores_it_is_a_config_error(release, with_history):
@@ -203,3 +228,16 @@ def test_cli_refuses_history_for_a_model_that_ignores_it_in_one_line(release, ca
     code = main(["train", "--dataset", "movielens-100k", "--data-path", str(release[0]), "--model", "mf", "--history", "4", "--quiet"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "does not read a behaviour history" in err
+
+
+def test_a_din_run_whose_behaviours_carry_genres_exports_and_serves_its_outputs(with_history, tmp_path):
+    from embslim.serve.export import export_run
+    from test_export import model_outputs, served_from, trained_run
+
+    model, data = trained_run(with_history, "din", EmbeddingConfig(dim=4), tmp_path / "run")
+    assert model.side_fields
+    export_run(tmp_path / "run", tmp_path / "model")
+    test = data.split("test")
+    batch = SparseBatch.from_table(test)
+    served = served_from(tmp_path / "model")(batch.ids, batch.bags, batch.sequences)
+    assert torch.allclose(served, model_outputs(model, test), rtol=1e-5, atol=1e-6)

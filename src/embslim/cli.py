@@ -41,8 +41,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--split-seed", type=seed_int, default=0, help="seed of the random train/val/test split (default 0)")
     g.add_argument("--synthetic-rows", type=positive_int, help="rows of a generated dataset (synthetic: 200000, synthetic-criteo: 2000000)")
     g.add_argument("--history", type=non_negative_int, default=0,
-                   help="ctr/rating: give each row its user's last N earlier items, read through the item table (din attends over "
-                        "them, other backbones mean-pool them); default 0, off")
+                   help="ctr/rating: give each row its user's last N earlier items, each with its item-side fields (genre), read "
+                        "through their tables (din attends over them, other backbones mean-pool them); default 0, off")
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from embslim.data.fields import FieldSpec
+from embslim.data.fields import FeatureTable, FieldSpec
 from embslim.embeddings.base import FeatureEmbedding, Stage
 from embslim.embeddings.batch import SparseBatch
 from embslim.errors import ConfigError
@@ -49,32 +49,66 @@ class Recommender(nn.Module):
     sequence after the fields' own (`input_dims` gives all widths): by default the mean of the
     sequence's rows, read through that field's table by `lookup_sequence`, so the table is shared
     and counted once; `pool_sequence` is where a backbone attends instead (DIN).
+
+    Given `item_rows` (one row per item id, `encode.item_table`), a behaviour is its item's id and
+    its item-side features (genre), as the candidate is, the way DIN's paper joins goods_id and
+    cate_id: each side field adds one more pooled vector per sequence, read through that field's
+    own table (no new table, bytes counted once). The OOV item id stands for many items and has no
+    side values. The per-item side ids are buffers (`side_ids_<field>`), so a checkpoint carries them
+    and `item_rows` may also be those tensors by field number (how `embslim export` rebuilds a model).
     """
 
     reads_sequences: ClassVar[bool] = False
 
-    def __init__(self, embedding: FeatureEmbedding, sequences: dict[str, str] | None = None) -> None:
+    def __init__(self, embedding: FeatureEmbedding, sequences: dict[str, str] | None = None,
+                 item_rows: FeatureTable | dict[int, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.embedding = embedding
         self.bias = nn.Parameter(torch.zeros(1))
         names = [f.name for f in embedding.fields]
         self.sequences = {name: names.index(field) for name, field in (sequences or {}).items()}
+        self.side_fields: list[int] = []
+        if self.sequences and item_rows is not None:
+            if isinstance(item_rows, FeatureTable):
+                keys = {names[f] for f in self.sequences.values()}
+                sides = [i for i, f in enumerate(embedding.fields) if f.side == "item" and f.name not in keys]
+                item_rows = {i: item_side_ids(item_rows, names[i]) for i in sides}
+            self.side_fields = sorted(item_rows)
+            for i in self.side_fields:
+                self.register_buffer(f"side_ids_{i}", item_rows[i])
 
     @property
     def input_dims(self) -> list[int]:
-        """Width of each input vector `score` sees: the fields', then one per sequence."""
+        """Width of each input vector `score` sees: the fields', then per sequence its items' and their side fields'."""
         dims = self.embedding.dims
-        return dims + [dims[f] for f in self.sequences.values()]
+        return dims + [dims[g] for f in self.sequences.values() for g in (f, *self.side_fields)]
 
-    def pool_sequence(self, name: str, field: int, ids: torch.Tensor, vectors: list[torch.Tensor]) -> torch.Tensor:
-        """One [B, d] vector of a [B, L] id sequence (-1 padding): the mean of its rows, zero when empty."""
-        rows = self.embedding.lookup_sequence(field, ids)
-        return rows.sum(dim=1) / (ids >= 0).sum(dim=1, keepdim=True).clamp(min=1).to(rows.dtype)
+    def behaviour_rows(self, field: int, ids: torch.Tensor) -> list[torch.Tensor]:
+        """[B, L, d] rows of the items `ids` (-1 padding) in `field`'s table, then of each side field of
+        those items (its values pooled as the field pools them); zeros at padding."""
+        out = [self.embedding.lookup_sequence(field, ids)]
+        if not self.side_fields:
+            return out
+        items, where = torch.unique(ids.clamp(min=0), return_inverse=True)  # each distinct item's side values pooled once
+        padding = (ids < 0).unsqueeze(-1)
+        for side in self.side_fields:
+            values = getattr(self, f"side_ids_{side}")[items]  # [items, G]
+            pooled = self.embedding.lookup_sequence(side, values).sum(dim=1)
+            if self.embedding.fields[side].pooling == "mean":
+                pooled = pooled / (values >= 0).sum(dim=1, keepdim=True).clamp(min=1).to(pooled.dtype)
+            out.append(pooled[where].masked_fill(padding, 0))
+        return out
+
+    def pool_sequence(self, name: str, field: int, ids: torch.Tensor, vectors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """[B, d] vectors of a [B, L] id sequence (-1 padding), one per `behaviour_rows` part: the mean of its rows,
+        zero when empty."""
+        count = (ids >= 0).sum(dim=1, keepdim=True).clamp(min=1)
+        return [rows.sum(dim=1) / count.to(rows.dtype) for rows in self.behaviour_rows(field, ids)]
 
     def input_vectors(self, batch: SparseBatch) -> list[torch.Tensor]:
-        """The fields' vectors, then one pooled vector per sequence."""
+        """The fields' vectors, then the pooled vectors of each sequence."""
         vectors = self.embedding(batch)
-        return vectors + [self.pool_sequence(name, f, batch.sequences[name], vectors) for name, f in self.sequences.items()]
+        return vectors + [v for name, f in self.sequences.items() for v in self.pool_sequence(name, f, batch.sequences[name], vectors)]
 
     @staticmethod
     def select_fields(fields: list[FieldSpec], user_field: str | None, item_field: str | None) -> list[str]:
@@ -128,6 +162,15 @@ class Recommender(nn.Module):
     def embedding_params(self) -> int:
         aligner = getattr(self, "aligner", None)
         return self.embedding.parameter_count() + (sum(p.numel() for p in aligner.parameters()) if aligner is not None else 0)
+
+
+def item_side_ids(item_rows: FeatureTable, name: str) -> torch.Tensor:
+    """[items, G] ids of field `name` for each item id (-1 padding; a single-valued field has G = 1), none for the OOV id 0."""
+    field = next(f for f in item_rows.fields if f.name == name)
+    ids = item_rows.bags[name] if field.multivalued else item_rows.ids[:, item_rows.single_index(name), None]
+    ids = torch.as_tensor(ids, dtype=torch.int64).clone()
+    ids[0] = -1
+    return ids
 
 
 @torch.no_grad()

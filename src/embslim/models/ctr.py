@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from embslim.data.fields import FeatureTable
 from embslim.embeddings.base import FeatureEmbedding
 from embslim.models.base import ModelOptions, Recommender, rotate_concat_reader
 from embslim.models.layers import FieldAligner, fm_interaction, mlp
@@ -22,8 +23,9 @@ class LR(Recommender):
 
     reads_sequences = True
 
-    def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, sequences: dict[str, str] | None = None, **_: object) -> None:
-        super().__init__(embedding, sequences)
+    def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, sequences: dict[str, str] | None = None,
+                 item_rows: FeatureTable | None = None, **_: object) -> None:
+        super().__init__(embedding, sequences, item_rows)
         self.linear = nn.Linear(sum(self.input_dims), 1, bias=False)
 
     def score(self, vectors: list[torch.Tensor]) -> torch.Tensor:
@@ -39,8 +41,9 @@ class FM(Recommender):
 
     reads_sequences = True
 
-    def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, sequences: dict[str, str] | None = None, **_: object) -> None:
-        super().__init__(embedding, sequences)
+    def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, sequences: dict[str, str] | None = None,
+                 item_rows: FeatureTable | None = None, **_: object) -> None:
+        super().__init__(embedding, sequences, item_rows)
         self.linear = nn.Linear(sum(self.input_dims), 1, bias=False)
         self.aligner = FieldAligner(self.input_dims)
 
@@ -62,8 +65,9 @@ class FM(Recommender):
 class DeepFM(FM):
     """FM plus an MLP over the concatenated embeddings, sharing the embeddings."""
 
-    def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, sequences: dict[str, str] | None = None, **kw: object) -> None:
-        super().__init__(embedding, options, sequences)
+    def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, sequences: dict[str, str] | None = None,
+                 item_rows: FeatureTable | None = None, **kw: object) -> None:
+        super().__init__(embedding, options, sequences, item_rows)
         self.deep = mlp(sum(self.input_dims), options.hidden, options.dropout, mask=options.dropout_mask)
 
     def score(self, vectors: list[torch.Tensor]) -> torch.Tensor:
@@ -98,8 +102,9 @@ class DCNv2(Recommender):
 
     reads_sequences = True
 
-    def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, sequences: dict[str, str] | None = None, **_: object) -> None:
-        super().__init__(embedding, sequences)
+    def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, sequences: dict[str, str] | None = None,
+                 item_rows: FeatureTable | None = None, **_: object) -> None:
+        super().__init__(embedding, sequences, item_rows)
         width = sum(self.input_dims)
         self.cross = nn.ModuleList(CrossLayer(width) for _ in range(options.cross_layers))
         self.deep = mlp(width, options.hidden, options.dropout, out_dim=None, mask=options.dropout_mask)
@@ -119,8 +124,9 @@ class AutoInt(Recommender):
 
     reads_sequences = True
 
-    def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, sequences: dict[str, str] | None = None, **_: object) -> None:
-        super().__init__(embedding, sequences)
+    def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, sequences: dict[str, str] | None = None,
+                 item_rows: FeatureTable | None = None, **_: object) -> None:
+        super().__init__(embedding, sequences, item_rows)
         self.aligner = FieldAligner(self.input_dims)
         width = self.aligner.width
         heads = options.heads if width % options.heads == 0 else 1

@@ -7,9 +7,11 @@ not softmax-normalised (the paper: it keeps the intensity of the user's interest
 positions are never scored, and the attention MLP sees only real behaviours, so Dice's batch
 statistics and the output do not depend on how much padding a batch carries.
 
-Behaviours are read through the candidate field's table (`lookup_sequence(item_field, ids)`):
-the item table is shared by candidate and history, so every embedding method serves both and
-its bytes are counted once. The pooled history joins the other fields' vectors and an MLP with
+A behaviour, like the candidate, is its item's id and the item's side fields (MovieLens: the
+genre bag, pooled), concatenated, as the paper joins goods_id and cate_id. Behaviours are read
+through the candidate's tables (`Recommender.behaviour_rows`): the item and genre tables are
+shared by candidate and history, so every embedding method serves both and its bytes are
+counted once. The pooled history joins the other fields' vectors and an MLP with
 Dice, (200, 80) as in the paper, gives the logit. Without a history DIN is that MLP alone (the
 paper's base model).
 """
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embslim.data.fields import FeatureTable
 from embslim.embeddings.base import FeatureEmbedding
 from embslim.models.base import ModelOptions, Recommender
 from embslim.models.registry import register_model
@@ -76,22 +79,28 @@ class DIN(Recommender):
 
     reads_sequences = True
 
-    def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, sequences: dict[str, str] | None = None, **_: object) -> None:
-        super().__init__(embedding, sequences)
+    def __init__(self, embedding: FeatureEmbedding, options: ModelOptions, sequences: dict[str, str] | None = None,
+                 item_rows: FeatureTable | None = None, **_: object) -> None:
+        super().__init__(embedding, sequences, item_rows)
         dims = embedding.dims
-        self.attention = nn.ModuleDict({name: ActivationUnit(dims[f]) for name, f in self.sequences.items()})
+        self.attention = nn.ModuleDict({name: ActivationUnit(sum(dims[g] for g in (f, *self.side_fields)))
+                                        for name, f in self.sequences.items()})
         hidden = PAPER_HIDDEN if options.hidden == ModelOptions().hidden else options.hidden
         self.deep = dice_mlp(sum(self.input_dims), hidden, options.dropout)
 
-    def pool_sequence(self, name: str, field: int, ids: torch.Tensor, vectors: list[torch.Tensor]) -> torch.Tensor:
-        """Sum of the behaviours' rows weighted by their activation against the candidate (field `field` of the row)."""
-        rows = self.embedding.lookup_sequence(field, ids)
+    def pool_sequence(self, name: str, field: int, ids: torch.Tensor, vectors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Sum of the behaviours weighted by their activation against the candidate (field `field` of the row and its
+        side fields), split back into one vector per part of a behaviour."""
+        parts = self.behaviour_rows(field, ids)
+        rows = torch.cat(parts, dim=-1)
         mask = ids >= 0
         weights = rows.new_zeros(ids.shape)
         if mask.any():
-            candidates = vectors[field].unsqueeze(1).expand_as(rows)
+            candidate = torch.cat([vectors[g] for g in (field, *self.side_fields)], dim=1)
+            candidates = candidate.unsqueeze(1).expand_as(rows)
             weights = weights.masked_scatter(mask, self.attention[name](rows[mask], candidates[mask]))
-        return (weights.unsqueeze(-1) * rows).sum(dim=1)
+        pooled = (weights.unsqueeze(-1) * rows).sum(dim=1)
+        return list(pooled.split([p.shape[-1] for p in parts], dim=1))
 
     def score(self, vectors: list[torch.Tensor]) -> torch.Tensor:
         return self.deep(torch.cat(vectors, dim=1)).squeeze(1)

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
+import torch
+
+from embslim.data.fields import FeatureTable
 from embslim.embeddings.base import FeatureEmbedding
 from embslim.errors import ConfigError
 from embslim.models.base import ModelOptions, Recommender
@@ -35,8 +38,10 @@ def model_class(name: str) -> type[Recommender]:
 
 
 def create_model(name: str, embedding: FeatureEmbedding, options: ModelOptions = ModelOptions(), task: str = "ctr",
-                 user_field: str | None = None, item_field: str | None = None, sequences: dict[str, str] | None = None) -> Recommender:
-    """Build backbone `name` over `embedding` for `task`; `sequences` maps behaviour sequences to the fields whose tables they read."""
+                 user_field: str | None = None, item_field: str | None = None, sequences: dict[str, str] | None = None,
+                 item_rows: FeatureTable | dict[int, torch.Tensor] | None = None) -> Recommender:
+    """Build backbone `name` over `embedding` for `task`; `sequences` maps behaviour sequences to the fields whose tables they read,
+    `item_rows` (one row per item id) gives their behaviours the items' side fields."""
     cls = model_class(name)
     if task not in _TASKS[name]:
         raise ConfigError(f"model {name!r} supports tasks {list(_TASKS[name])}, not {task!r}")
@@ -44,5 +49,5 @@ def create_model(name: str, embedding: FeatureEmbedding, options: ModelOptions =
         if not cls.reads_sequences:
             readers = [m for m in list_models() if _MODELS[m].reads_sequences]
             raise ConfigError(f"model {name!r} does not read a behaviour history (--history); models that do: {readers}")
-        return cls(embedding, options, user_field=user_field, item_field=item_field, sequences=sequences)
+        return cls(embedding, options, user_field=user_field, item_field=item_field, sequences=sequences, item_rows=item_rows)
     return cls(embedding, options, user_field=user_field, item_field=item_field)

@@ -96,12 +96,14 @@ def served_model(source: ExportSource) -> Recommender:
     embedding = load_artifact(source.embedding)
     history = source.results.get("data", {}).get("history")
     sequences = {"history": history["reads_table_of"]} if history else None
+    state = _final_state(source.checkpoint)
+    sides = {int(k.removeprefix("side_ids_")): v for k, v in state.items() if k.startswith("side_ids_")}  # behaviours' item-side ids
     try:
         model = create_model(cfg["model"], embedding, ModelOptions.from_dict(cfg.get("model_options", {})), cfg["task"],
-                             sequences=sequences)
+                             sequences=sequences, item_rows=sides or None)
     except TypeError as err:
         raise ConfigError(f"model {cfg['model']!r} cannot be rebuilt without its training data, so it cannot be exported yet") from err
-    backbone = {k: v for k, v in _final_state(source.checkpoint).items() if not k.startswith("embedding.")}
+    backbone = {k: v for k, v in state.items() if not k.startswith("embedding.")}
     missing, unexpected = model.load_state_dict(backbone, strict=False)
     missing = [k for k in missing if not k.startswith("embedding.")]
     if missing or unexpected:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from embslim.data.cache import atomic_write_bytes
+from embslim.data.encode import item_table
 from embslim.data.fields import PreparedData
 from embslim.embeddings import EmbeddingConfig, convert_embedding, create_embedding, method_info
 from embslim.embeddings.registry import config_for_source
@@ -45,8 +46,9 @@ def build_model(data: PreparedData, config: RunConfig) -> tuple[Recommender, Pre
     data = model_data(data, config.model)
     torch.manual_seed(config.train.seed)
     embedding = create_embedding(data.table.fields, config.embedding)
+    items = item_table(data.table, data.item_field) if data.table.sequence_fields else None
     model = create_model(config.model, embedding, config.model_options, data.task, data.user_field, data.item_field,
-                         data.table.sequence_fields)
+                         data.table.sequence_fields, items)
     return model, data
 
 
