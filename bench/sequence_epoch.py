@@ -33,7 +33,8 @@ def padded(batch: SequenceBatch, maxlen: int) -> SequenceBatch:
     extra = maxlen - batch.inputs.shape[1]
     pad = lambda t: torch.cat([torch.full((len(t), extra), -1, dtype=t.dtype), t], dim=1)  # noqa: E731
     negatives = pad(batch.negatives) if batch.negatives.dim() == 2 else batch.negatives
-    return SequenceBatch(pad(batch.inputs), pad(batch.targets), negatives)
+    times = None if batch.times is None else (pad(batch.times[0]), pad(batch.times[1]))
+    return SequenceBatch(pad(batch.inputs), pad(batch.targets), negatives, times)
 
 
 def epoch_seconds(trainer: Trainer, pad_to: int | None) -> tuple[float, int]:

@@ -82,6 +82,18 @@ def test_a_user_who_knows_nearly_every_item_still_gets_distinct_unseen_negatives
     assert len(set(neg[0].tolist())) == 100 and set(neg[0].tolist()) <= set(range(896, 999))
 
 
+def test_every_chunking_meets_the_same_sampled_negatives():
+    rng = np.random.default_rng(0)
+    users, n_items = 300, 400
+    rows = [(u, i) for u in range(users) for i in rng.choice(np.arange(1, n_items), 280 if u % 20 == 0 else 10, replace=False)]
+    known = sp.csr_matrix((np.ones(len(rows)), tuple(np.array(rows).T)), shape=(users, n_items))
+    targets = np.array([next(i for i in range(1, n_items) if known[u, i] == 0) for u in range(users)])
+    scores = torch.as_tensor(rng.normal(size=(users, n_items)), dtype=torch.float32)
+    runs = [evaluate_ranking(lambda u: scores[u], np.arange(users), targets, known, n_items, "sampled100", chunk=c, seed=1)
+            for c in (7, 64, 300)]
+    assert runs[0] == runs[1] == runs[2]
+
+
 def test_sampled_negatives_need_enough_unseen_items():
     known = sp.csr_matrix((2, 50))
     with pytest.raises(ConfigError, match="100 unseen items"):

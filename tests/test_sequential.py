@@ -178,6 +178,9 @@ def test_hstu_reads_the_times_and_sasrec_ignores_them(tiny_sequences, tmp_path):
         model, _ = build_model(tiny_sequences, tiny_run(tmp_path, name, options=ModelOptions(maxlen=4, heads=1, dropout=0.0)))
         model.eval()
         with torch.no_grad():
+            for block in model.blocks:
+                if hasattr(block, "time_bias"):
+                    block.time_bias.copy_(torch.linspace(-1, 1, len(block.time_bias)))  # as training would move it from zero
             plain, timed = model.encode(items)[0], model.encode(items, times)[0]
         assert torch.equal(plain, timed) == (name == "sasrec")
 
@@ -185,6 +188,9 @@ def test_hstu_reads_the_times_and_sasrec_ignores_them(tiny_sequences, tmp_path):
 def test_trimmed_histories_give_the_same_query_with_times(tiny_sequences, tmp_path):
     model, _ = build_model(tiny_sequences, tiny_run(tmp_path, "hstu", options=ModelOptions(maxlen=6, heads=1, dropout=0.0)))
     model.eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.time_bias.copy_(torch.linspace(-1, 1, len(block.time_bias)))
     items = torch.tensor([[-1, -1, -1, -1, 3, 7], [1, 2, 3, 4, 5, 6]])
     item_times = torch.tensor([[-1, -1, -1, -1, 100, 4000], [1, 20, 300, 4000, 50000, 600000]])
     times = (item_times, torch.cat([item_times[:, 1:], item_times[:, -1:]], dim=1))
@@ -208,9 +214,30 @@ def test_a_batch_reads_only_as_many_columns_as_its_longest_history(tiny_sequence
     train = TrainConfig(batch_size=4, progress=False)
     model, data = build_model(tiny_sequences, tiny_run(tmp_path, "sasrec", train=train, options=ModelOptions(maxlen=50)))
     objective = SequenceObjective(model, data, train)
-    widths = [b.inputs.shape[1] for b in objective.batches(0)]
-    assert max(widths) < 50
-    assert all((b.inputs[:, 0] >= 0).any() for b in objective.batches(0))
+    train_histories = histories(data, ("train",))
+    order = np.random.default_rng([train.seed, 0, 3]).permutation(objective.users)
+    for start, batch in zip(range(0, len(order), 4), objective.batches(0)):
+        users = order[start:start + 4]
+        width = min(50, int(train_histories.lengths()[users].max()) - 1)
+        assert batch.inputs.shape[1] == width < 50
+        assert torch.equal(batch.inputs, torch.as_tensor(train_histories.last(users, 50, drop_last=1)[:, 50 - width:]))
+
+
+def test_training_positions_carry_their_item_and_target_times(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = [f"{u},{i},4,{t}" for u in range(1, 11) for i, t in zip(rng.choice(60, 8, replace=False) + 1, rng.choice(10**6, 8, replace=False))]
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "\n".join(lines) + "\n")
+    data = load_dataset("movielens-latest-small", "topk", tmp_path)
+    train = TrainConfig(batch_size=4, progress=False, length_batches=True)
+    model, d = build_model(data, tiny_run(tmp_path, "hstu", train=train, options=ModelOptions(maxlen=8, heads=1, dropout=0.0)))
+    time_of = {(int(u), int(i)): int(t) for u, i, t in zip(d.row_users(), d.row_items(), d.times)}
+    user_of_history = {tuple(histories(d, ("train",)).of(u).tolist()): u for u in range(len(histories(d, ("train",))))}
+    for batch in SequenceObjective(model, d, train).batches(0):
+        for items, targets, item_times, query_times in zip(batch.inputs, batch.targets, *batch.times):
+            real = items >= 0
+            user = next(u for h, u in user_of_history.items() if h[:int(real.sum())] == tuple(items[real].tolist()))
+            assert item_times[real].tolist() == [time_of[(user, int(i))] for i in items[real]]
+            assert query_times[real].tolist() == [time_of[(user, int(i))] for i in targets[real]]
 
 
 def test_length_batches_weigh_every_position_alike_over_an_epoch(tiny_sequences, tmp_path):

@@ -125,7 +125,7 @@ def run_cell(spec: BenchSpec, cell: Cell, out: Path) -> dict:
         row = {"method": cell.method, "budget": cell.budget, "budget_bytes": budget, "seed": cell.seed, "status": "infeasible", "reason": str(exc)}
         write_results(row, folder / "row.json")
         return row
-    row = {"method": cell.method, "budget": cell.budget, "budget_bytes": budget, "seed": cell.seed, "status": "ok",
+    row = {"method": cell.method, "budget": cell.budget, "budget_bytes": budget, "seed": cell.seed, "status": "ok", "dim": dim,
            "bytes": results["embedding"]["bytes"], "params": results["embedding"]["params"], "note": results["embedding"].get("note"),
            **{f"val_{k}": v for k, v in results["metrics"]["val"].items()},
            **{f"test_{k}": v for k, v in results["metrics"]["test"].items()},

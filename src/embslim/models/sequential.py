@@ -144,6 +144,13 @@ class SASRec(SequenceModel):
         return x
 
 
+def time_buckets(times: Times) -> torch.Tensor:
+    """[B, L, L] bucket of log |query time of t - time of s| for each (query t, key s) pair, shared by every layer."""
+    item_times, query_times = times
+    gap = (query_times.unsqueeze(2) - item_times.unsqueeze(1)).abs().clamp(min=1).float()
+    return (torch.log(gap) / TIME_BUCKET_WIDTH).long().clamp(0, TIME_BUCKETS)
+
+
 class HSTULayer(nn.Module):
     """One HSTU layer (Zhai et al., ICML 2024): U, V, Q, K = SiLU(W LN(x)); A = SiLU(QK^T + rab) / maxlen, causal,
     no softmax; out = x + W_o dropout(LN(A V) * U). `rab` is a learned bias per relative position plus, given
@@ -161,27 +168,20 @@ class HSTULayer(nn.Module):
         self.out = nn.Linear(width, width)
         nn.init.xavier_uniform_(self.out.weight)
         self.relative = nn.Parameter(torch.randn(2 * maxlen - 1) * 0.02)  # index (t - s) + maxlen - 1
-        self.time_bias = nn.Parameter(torch.randn(TIME_BUCKETS + 1) * 0.02)  # used only when the data has timestamps
+        self.time_bias = nn.Parameter(torch.zeros(TIME_BUCKETS + 1))  # used only with timestamps; zeros draw nothing from the seed's stream
 
     def position_bias(self, length: int) -> torch.Tensor:
         """[L, L] learned bias of each (query t, key s) pair by their offset t - s."""
         t = torch.arange(length, device=self.relative.device)
         return self.relative[(t.unsqueeze(1) - t.unsqueeze(0)) + self.maxlen - 1]
 
-    def time_bias_of(self, times: Times) -> torch.Tensor:
-        """[B, 1, L, L] learned bias of each (query t, key s) pair by the bucket of log |query time of t - time of s|."""
-        item_times, query_times = times
-        gap = (query_times.unsqueeze(2) - item_times.unsqueeze(1)).abs().clamp(min=1).float()
-        buckets = (torch.log(gap) / TIME_BUCKET_WIDTH).long().clamp(0, TIME_BUCKETS)
-        return self.time_bias[buckets].unsqueeze(1)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, times: Times | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, time_buckets: torch.Tensor | None = None) -> torch.Tensor:
         b, length, d = x.shape
         u, v, q, k = F.silu(self.uvqk(self.norm(x))).chunk(4, dim=-1)
         heads = lambda t: t.view(b, length, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
         scores = heads(q) @ heads(k).transpose(-1, -2) + self.position_bias(length)
-        if times is not None:
-            scores = scores + self.time_bias_of(times)
+        if time_buckets is not None:
+            scores = scores + self.time_bias[time_buckets].unsqueeze(1)
         weights = F.silu(scores) / self.maxlen * mask
         attn = (weights @ heads(v)).transpose(1, 2).reshape(b, length, d)
         return x + self.out(F.dropout(self.attn_norm(attn) * u, self.dropout, self.training))
@@ -201,6 +201,7 @@ class HSTU(SequenceModel):
 
     def blocks_forward(self, x: torch.Tensor, valid: torch.Tensor, times: Times | None = None) -> torch.Tensor:
         mask = self.causal_mask(valid).to(x.dtype)
+        buckets = None if times is None else time_buckets(times)
         for block in self.blocks:
-            x = block(x, mask, times) * valid.unsqueeze(-1)
+            x = block(x, mask, buckets) * valid.unsqueeze(-1)
         return x

@@ -87,8 +87,10 @@ class SequenceObjective(Objective):
             raise ConfigError(f"dataset {data.name!r}: no user has two training items, so there is no next item to learn")
         self.seen = np.unique(np.repeat(np.arange(len(train)), train.lengths()) * self.n_items + train.items)
         self.lengths = train.lengths()
-        # Length-grouped batches weigh every position alike over an epoch: a batch's summed loss over the mean number
-        # of positions per batch (a per-batch mean would give a batch of one-item histories the weight of a full one).
+        # Length-grouped batches: a batch's summed loss over the mean number of positions per batch, so each batch's
+        # gradient scales with the positions it holds, as in a random batch (a per-batch mean would give a batch of
+        # one-item histories the weight of a full one). Adam's normalisation damps such scaling, so the measure that
+        # counts is the validation curve, which matched random batches on the video games (recipes.py).
         self.positions_per_batch = float(np.minimum(self.lengths[self.users] - 1, self.maxlen).sum()) / self.steps_per_epoch()
 
     def steps_per_epoch(self) -> int:

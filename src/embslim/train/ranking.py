@@ -124,7 +124,9 @@ def evaluate_ranking(score: ScoreFn, users: np.ndarray, targets: np.ndarray, exc
     meets the same negatives.
     """
     check_protocol(protocol)
-    rng = np.random.default_rng([seed, 100])
+    sampled_protocol = protocol in ("sampled100", "both")
+    # Drawn once for every user, not per chunk: backbones rank in chunks of different sizes and must meet the same negatives.
+    negatives = sampled_negatives(targets, excluded[users], n_items, np.random.default_rng([seed, 100])) if sampled_protocol else None
     full, sampled = [], []
     for s in range(0, len(users), chunk):
         u, t = users[s:s + chunk], targets[s:s + chunk]
@@ -132,8 +134,8 @@ def evaluate_ranking(score: ScoreFn, users: np.ndarray, targets: np.ndarray, exc
         known = excluded[u]
         if protocol in ("full", "both"):
             full.append(full_ranks(scores, t, known))
-        if protocol in ("sampled100", "both"):
-            sampled.append(sampled_ranks(scores, t, sampled_negatives(t, known, n_items, rng)))
+        if sampled_protocol:
+            sampled.append(sampled_ranks(scores, t, negatives[s:s + chunk]))
     out: dict[str, float] = {}
     if full:
         out.update(ranking_metrics(np.concatenate(full)))
