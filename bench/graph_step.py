@@ -10,7 +10,6 @@ per step (median of `--steps`) and the ratio to MF measured in the same process.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from embslim.bench.report import emit_json
 from embslim.data import PrepareConfig, load_dataset
 from embslim.embeddings import EmbeddingConfig
 from embslim.models import ModelOptions
@@ -64,11 +64,7 @@ def main() -> None:
         out[f"{name}_full_ranking_seconds"] = time.perf_counter() - t0
     out["lightgcn_over_mf_step"] = out["lightgcn_step_seconds"] / out["mf_step_seconds"]
     out["lightgcn_epoch_seconds"] = out["lightgcn_step_seconds"] * out["lightgcn_steps_per_epoch"]
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit_json(out, args.out)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,12 @@ in the same process on the same model settings; validation is timed once per pro
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from embslim.bench.report import machine_line
+from embslim.bench.report import emit_json, machine_line
 from embslim.data import load_dataset
 from embslim.embeddings import EmbeddingConfig
 from embslim.models import ModelOptions
@@ -79,11 +78,7 @@ def main() -> None:
         trainer.evaluate("val")
         out[f"validation_{protocol}_seconds"] = time.perf_counter() - start
     out["validation_users"] = int(len(data.splits["val"]))
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit_json(out, args.out)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,15 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def emit_json(record: dict, out: Path | None) -> None:
+    """Print a benchmark script's record as JSON, and write it to `out` when given."""
+    text = json.dumps(record, indent=1)
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+
+
 def write_table(rows: list[dict], out: Path) -> None:
     columns = list(dict.fromkeys(k for r in rows for k in r))
     with open(out / "results.csv", "w", newline="") as fh:
