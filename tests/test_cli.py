@@ -109,6 +109,15 @@ def test_every_dnis_setting_has_a_check():
     assert set(DNIS_VALUES) == {f.name for f in fields(DNISConfig)}
 
 
+def test_search_flag_defaults_are_the_dnis_defaults():
+    from embslim.cli import build_parser
+    from embslim.search.dnis import DNISConfig
+
+    args = build_parser().parse_args(["search"])
+    assert args.search_holdout == DNISConfig.search_holdout and args.l1 == DNISConfig.l1
+    assert args.fill_temperature == DNISConfig.fill_temperature and args.min_dims == DNISConfig.min_dims
+
+
 def test_ray_address_without_ray_fails_before_any_cell_runs(capsys, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)
     err = error_of(capsys, ["bench", "--ray-address", "local", "--synthetic-rows", "300", "--out", str(tmp_path / "b")])

@@ -102,6 +102,29 @@ def test_search_command_writes_report_with_every_method_within_the_bytes_dnis_ke
     assert "dnis" in capsys.readouterr().out
 
 
+def test_search_with_a_holdout_fits_alpha_on_training_rows_and_never_reads_the_validation_split():
+    data = load_tiny()
+    config = RunConfig("fm", EmbeddingConfig("full", 4), train=FAST)
+    full, _ = build_model(data, config)
+    dnis = DNISConfig(search_epochs=1, search_holdout=0.2)
+    _, sdata, fit, _, _ = search_dims(data, config, 10**9, dnis, full)
+    assert set(sdata.splits["val"].tolist()) <= set(data.splits["train"].tolist())
+    assert not set(sdata.splits["val"].tolist()) & set(data.splits["val"].tolist())
+    assert fit["search_rows"] == "0.2 of the training rows, held out"
+
+
+def test_search_with_a_holdout_warm_starts_from_a_full_model_trained_without_it_and_counts_its_time(tmp_path):
+    out = tmp_path / "search"
+    args = ["search", "--synthetic-rows", "3000", "--epochs", "1", "--search-epochs", "1", "--quiet", "--out", str(out),
+            "--baselines", "", "--search-holdout", "0.2"]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["search"]["rows"] == "0.2 of the training rows, held out"
+    assert (out / "full-without-holdout" / "model.pt").exists()
+    warm = json.loads((out / "full-without-holdout" / "results.json").read_text())
+    assert report["timing"]["search_seconds"] > warm["timing"]["train_seconds"] > 0
+
+
 def test_search_resume_reuses_finished_stages(tmp_path):
     out = tmp_path / "search"
     args = ["search", "--synthetic-rows", "3000", "--epochs", "1", "--search-epochs", "1", "--quiet", "--out", str(out), "--baselines", "uniform"]
@@ -137,6 +160,20 @@ def test_principal_axis_alignment_keeps_outputs_and_orders_dimensions_by_energy(
     weights = torch.from_numpy(np.concatenate([f.counts for f in model.embedding.fields]).astype(np.float32)) + 1e-3
     energy = (model.embedding.sparse_parameters()[0].detach().pow(2) * weights[:, None]).sum(0)
     assert torch.all(energy[:-1] >= energy[1:])
+
+
+def test_lr_alignment_puts_everything_the_model_reads_of_a_field_in_its_first_coordinate():
+    model, d = build_model(load_tiny(), RunConfig("lr", EmbeddingConfig("full", 6)))
+    model.eval()
+    with torch.no_grad():
+        model.linear.weight.normal_()
+    batch = SparseBatch.from_table(d.split("val"))
+    before = model(batch)
+    assert align_to_principal_axes(model)
+    torch.testing.assert_close(model(batch), before, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        model.embedding.sparse_parameters()[0][:, 1:] = 0.0
+    torch.testing.assert_close(model(batch), before, rtol=1e-4, atol=1e-4)
 
 
 def test_alignment_is_skipped_for_backbones_it_would_change():

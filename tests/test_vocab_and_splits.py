@@ -1,7 +1,7 @@
 """Vocabularies rank by training frequency with an OOV bucket; splits are reproducible."""
 import numpy as np
 
-from embslim.data.splits import leave_last_out, random_split
+from embslim.data.splits import hold_out, leave_last_out, random_split
 from embslim.data.vocab import fit_vocab, pad_bags
 
 
@@ -42,3 +42,13 @@ def test_leave_last_out_holds_out_latest_then_second_latest():
     assert s["test"].tolist() == [0, 6]
     assert s["val"].tolist() == [2, 7]
     assert sorted(s["train"].tolist()) == [1, 3, 4, 5, 8]
+
+
+def test_hold_out_carves_its_validation_from_training_rows_only_and_is_seeded():
+    splits = random_split(10_000, seed=1)
+    a, b = hold_out(splits, 0.1, seed=5), hold_out(splits, 0.1, seed=5)
+    assert all((a[k] == b[k]).all() for k in a)
+    assert sorted(np.concatenate([a["train"], a["val"]]).tolist()) == splits["train"].tolist()
+    assert not set(a["val"].tolist()) & set(splits["val"].tolist())
+    assert (a["test"] == splits["test"]).all()
+    assert 0.08 < len(a["val"]) / len(splits["train"]) < 0.12

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from embslim.budget import parse_budget
 from embslim.cli_types import (blocks_spec, budget_fractions, budget_text, dnis_options, dropout_rate, field_dims, int_list,
-                               learning_rate, non_negative_float, non_negative_int, positive_float, positive_int, seed_int)
+                               holdout_fraction, learning_rate, non_negative_float, non_negative_int, positive_float, positive_int, seed_int)
 from embslim.data import DATASETS, PrepareConfig, load_dataset
 from embslim.data.fetch import Archive, fetch_archive
 from embslim.data.registry import data_dirs, get_source, resolve_path
@@ -25,6 +25,7 @@ from embslim.train.slice import PRECISIONS as SLICE_PRECISIONS
 from embslim.train.table_optim import ALL_TABLE_OPTIMIZERS
 from embslim.train.trainer import TrainConfig
 
+SEARCH_HOLDOUT = 0.0  # DNISConfig.search_holdout (tests/test_cli_flags.py checks they agree)
 TRAIN_KEYS = {"epochs", "lr", "batch_size", "patience", "negatives", "embedding_l2", "weight_decay", "optimizer", "eval_protocol",
               "table_optimizer", "table_lr", "seq_loss", "softmax_negatives", "temperature", "pair_loss", "pair_sampling",
               "dense_precision", "length_batches"}
@@ -327,7 +328,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     dnis = DNISConfig(blocks=args.blocks, l1=args.l1, alpha_lr=args.alpha_lr, search_epochs=args.search_epochs,
                       frequency_exponent=args.frequency_exponent, min_dims=args.min_dims, fine_tune=not args.from_scratch,
                       prune_during_search=args.prune_during_search, threshold=args.threshold, score=args.score, fill=args.fill,
-                      fill_temperature=args.fill_temperature, **tuned)
+                      fill_temperature=args.fill_temperature, search_holdout=args.search_holdout, **tuned)
     out = args.out or Path("runs") / f"search-{args.dataset}-{data.task}-{args.model}-b{budget_flag}-seed{args.seed}"
     write_data_args(args, data.task, out)
     baselines = tuple(b for b in args.baselines.split(",") if b)
@@ -518,6 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-dims", type=non_negative_int, default=1, help="dimensions every block keeps before the rest is ranked (default 1)")
     s.add_argument("--from-scratch", action="store_true",
                    help="retrain the slim model from a fresh initialisation instead of from the pruned, alpha-scaled searched weights")
+    s.add_argument("--search-holdout", type=holdout_fraction, default=SEARCH_HOLDOUT,
+                   help="rating/CTR: fit alpha and the pruning scores on this share of the training rows, held out from the "
+                        "search's training, instead of the validation split that selects the retrained model (0: validation; "
+                        f"default {SEARCH_HOLDOUT:g})")
     s.add_argument("--threshold", type=non_negative_float,
                    help="prune by a fixed importance threshold (keep block dimensions with E|e*alpha| >= it) instead of "
                         "--budget; the baselines get the bytes it reached")

@@ -83,6 +83,14 @@ def dropout_rate(text: str) -> float:
     return value
 
 
+def holdout_fraction(text: str) -> float:
+    """A share of rows in [0, 1): 0 holds nothing out, 1 would leave nothing to train on."""
+    value = _float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}")
+    return value
+
+
 def budget_text(text: str) -> str:
     """A budget `parse_budget` accepts: a fraction in (0, 1] or a positive number of bytes. Kept as text."""
     try:
@@ -147,7 +155,7 @@ DNIS_VALUES: dict[str, Callable[[str], object]] = {
     "frequency_exponent": non_negative_float, "min_dims": non_negative_int, "fine_tune": boolean,
     "prune_during_search": boolean, "align": boolean, "threshold": non_negative_float,
     "score": dnis_score, "noise_z": non_negative_float, "importance_rows": positive_int, "fill": boolean,
-    "fill_temperature": non_negative_float,
+    "fill_temperature": non_negative_float, "search_holdout": holdout_fraction,
 }  # one check per DNISConfig field, the same as the `embslim search` flags
 
 

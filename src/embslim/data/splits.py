@@ -35,3 +35,14 @@ def leave_last_out(users: np.ndarray, timestamps: np.ndarray) -> dict[str, np.nd
     val = order[second & enough]
     train = order[~((last | second) & enough)]
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def hold_out(splits: dict[str, np.ndarray], fraction: float, seed: int = 0) -> dict[str, np.ndarray]:
+    """Splits whose "val" is a seeded `fraction` of the training rows and whose "train" is the rest
+    (the test rows unchanged): a search that fits its own parameters on held-out data without
+    touching the validation split that later selects and reports the model."""
+    if not 0 < fraction < 1:
+        raise ConfigError(f"held-out fraction must be in (0, 1), got {fraction}")
+    train = splits["train"]
+    held = np.random.default_rng([seed, 31]).random(len(train)) < fraction
+    return {"train": train[~held], "val": train[held], "test": splits["test"]}

@@ -128,6 +128,17 @@ class Recommender(nn.Module):
         """
         raise NotImplementedError(f"{type(self).__name__} is not invariant to a rotation of its embeddings")
 
+    def field_reader_directions(self) -> list[torch.Tensor] | None:
+        """Per field, the one direction [d] along which the score reads that field's vector, for backbones
+        whose score is linear in each field's vector and reads every field once (LR); None for the rest.
+        Such a backbone takes a different rotation per field (`absorb_field_rotations`)."""
+        return None
+
+    def absorb_field_rotations(self, rotations: list[torch.Tensor]) -> None:
+        """Compensate an orthogonal rotation per field (field i's vectors v -> v @ rotations[i]); only
+        backbones with `field_reader_directions` can."""
+        raise NotImplementedError(f"{type(self).__name__} needs one rotation for every field")
+
     def score_stacked(self, stacked: torch.Tensor) -> torch.Tensor:
         """`score` of the fields' vectors given as one [B, F, d] tensor; backbones that override it read the
         tensor whole (no split into fields and concatenation back), the same function as `score`."""

@@ -31,8 +31,22 @@ class LR(Recommender):
     def score(self, vectors: list[torch.Tensor]) -> torch.Tensor:
         return self.linear(torch.cat(vectors, dim=1)).squeeze(1)
 
+    def score_stacked(self, stacked: torch.Tensor) -> torch.Tensor:
+        return self.linear(stacked.flatten(1)).squeeze(1)
+
     def absorb_rotation(self, rotation: torch.Tensor) -> None:
         rotate_concat_reader(self.linear, rotation, len(self.input_dims))
+
+    def field_reader_directions(self) -> list[torch.Tensor] | None:
+        if self.sequences or len(set(self.input_dims)) != 1:
+            return None  # a history reads the item rows a second time, along another direction
+        return list(self.linear.weight.detach().view(len(self.input_dims), -1))
+
+    @torch.no_grad()
+    def absorb_field_rotations(self, rotations: list[torch.Tensor]) -> None:
+        weight = self.linear.weight.view(len(rotations), -1)
+        for i, rotation in enumerate(rotations):
+            weight[i] = weight[i] @ rotation.to(weight.dtype)
 
 
 @register_model("fm")

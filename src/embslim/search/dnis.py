@@ -47,10 +47,13 @@ class DNISConfig:
     fill_temperature: float = 0.3  # "loss" with fill: MDE's power of block frequency that shapes the fill
     noise_z: float = 2.0  # "loss": confidence bound, in standard errors, a pair's loss increase must clear
     importance_rows: int = 100_000  # "loss": validation rows measured (a seeded sample beyond this)
+    search_holdout: float = 0.0  # rating/CTR: fit alpha and the scores on this share of training rows, not validation (0: validation)
 
     def __post_init__(self) -> None:
         if self.score not in SCORES:
             raise ConfigError(f"DNIS score must be one of {SCORES}, got {self.score!r}")
+        if not 0 <= self.search_holdout < 1:
+            raise ConfigError(f"DNIS search_holdout must be in [0, 1), got {self.search_holdout}")
 
 
 class AlphaUpdate:
