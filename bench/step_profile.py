@@ -8,7 +8,12 @@ both optimisers). The contenders train side by side from the same initial weight
   stacked again by the backbone) and torch's SparseAdam for the tables;
 - `current`: the trainer as it is (default fp32);
 - `current_bf16`: the trainer with `dense_precision="bf16"` (`--dense-precision bf16`: bfloat16 autocast forward);
-- `current_bf16_bits`: that, with the MLP's dropout masks drawn as integers (`--dropout-mask bits`).
+- `current_bf16_bits`: that, with the MLP's dropout masks drawn as integers (`--dropout-mask bits`);
+- `per_field`: the trainer as it is, but the backbone fed the per-field vector list instead of one [B, F, d] tensor
+  (what the stacked path alone is worth, same optimiser).
+
+`--model` picks another CTR backbone (lr, fm, dcnv2, autoint); `--contenders` a subset (`original` always runs:
+every ratio is against it).
 
 Rounds rotate which goes first; each round is one epoch of each. samples/s are medians over rounds and the
 ratio is the median of the per-round ratios (the machine is shared, so only the ratio means much). After the last
@@ -16,6 +21,7 @@ round both models' test AUC is reported (each trained `--rounds` epochs: same da
 an uninterrupted run of its own). `--profile` also prints where one step of each spends its time.
 
     OMP_NUM_THREADS=1 python bench/step_profile.py [--rows 300000] [--rounds 5] [--out benchmarks/results/step_profile.json]
+    OMP_NUM_THREADS=1 python bench/step_profile.py --model dcnv2 --contenders current,per_field
 """
 from __future__ import annotations
 
@@ -42,11 +48,12 @@ FIELDS, ROWS, DIM, BATCH = 26, 100_000, 16, 4096
 class Contender:
     """One trainer with its own RNG stream, so interleaving rounds does not change what either computes."""
 
-    def __init__(self, name: str, data, config: RunConfig, original: bool) -> None:
+    def __init__(self, name: str, data, config: RunConfig, original: bool, per_field: bool = False) -> None:
         model, prepared = build_model(data, config)
         self.name, self.trainer = name, Trainer(model, prepared, config.train)
-        if original:
+        if original or per_field:
             model.embedding.stacked = lambda batch: None
+        if original:
             tables = model.embedding.sparse_parameters()
             self.trainer.optimizers[1] = torch.optim.SparseAdam(tables, lr=config.train.table_lr or config.train.lr)
         torch.manual_seed(config.train.seed)
@@ -82,17 +89,28 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=300_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--zipf", type=float, default=1.05, help="exponent of the ids' Zipf law")
+    parser.add_argument("--model", default="deepfm", help="CTR backbone (default deepfm)")
+    parser.add_argument("--contenders", default="current,current_bf16,current_bf16_bits,per_field",
+                        help="which to run beside `original` (comma-separated)")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     shape = SyntheticConfig(rows=args.rows, cardinalities=(ROWS,) * FIELDS, ranks=CRITEO_RANKS, zipf=args.zipf)
     data = load_dataset("synthetic", "ctr", synthetic=shape)
-    config = RunConfig("deepfm", EmbeddingConfig(dim=DIM), ModelOptions(hidden=(256, 128)),
+    config = RunConfig(args.model, EmbeddingConfig(dim=DIM), ModelOptions(hidden=(256, 128)),
                        TrainConfig(batch_size=BATCH, progress=False, epochs=args.rounds))
-    bf16 = RunConfig("deepfm", config.embedding, config.model_options, replace(config.train, dense_precision="bf16"))
-    contenders = [Contender("original", data, config, original=True), Contender("current", data, config, original=False),
-                  Contender("current_bf16", data, bf16, original=False),
-                  Contender("current_bf16_bits", data, replace(bf16, model_options=replace(config.model_options, dropout_mask="bits")), original=False)]
+    bf16 = replace(config, train=replace(config.train, dense_precision="bf16"))
+    builders = {
+        "current": lambda: Contender("current", data, config, original=False),
+        "current_bf16": lambda: Contender("current_bf16", data, bf16, original=False),
+        "current_bf16_bits": lambda: Contender("current_bf16_bits", data, replace(bf16, model_options=replace(config.model_options, dropout_mask="bits")), original=False),
+        "per_field": lambda: Contender("per_field", data, config, original=False, per_field=True),
+    }
+    chosen = [c for c in args.contenders.split(",") if c]
+    unknown = sorted(set(chosen) - set(builders))
+    if unknown:
+        parser.error(f"unknown contenders {unknown}; known: {sorted(builders)}")
+    contenders = [Contender("original", data, config, original=True)] + [builders[c]() for c in chosen]
     ratios: dict[str, list[float]] = {c.name: [] for c in contenders[1:]}
     for r in range(args.rounds):
         order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
@@ -107,7 +125,7 @@ def main() -> None:
         "ratio_to_original_per_round": ratios,
         "test_auc_after_rounds": auc,
         "train_loss_per_epoch": {c.name: c.losses for c in contenders},
-        "setup": {"fields": FIELDS, "ids_per_field": ROWS, "dim": DIM, "batch": BATCH, "mlp": [256, 128], "rows": args.rows,
+        "setup": {"model": args.model, "fields": FIELDS, "ids_per_field": ROWS, "dim": DIM, "batch": BATCH, "mlp": [256, 128], "rows": args.rows,
                   "train_rows": len(contenders[0].trainer.data.split("train")), "rounds": args.rounds,
                   "torch_threads": torch.get_num_threads()},
         "machine": {"platform": platform.platform(), "torch": torch.__version__}, "date": time.strftime("%Y-%m-%d"),

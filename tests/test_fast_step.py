@@ -1,4 +1,4 @@
-"""The training step's fast path: DeepFM/FM read all fields as one [B, F, d] tensor where the embedding gives it,
+"""The training step's fast path: the CTR backbones read all fields as one [B, F, d] tensor where the embedding gives it,
 and train exactly as through the per-field list."""
 import copy
 
@@ -45,8 +45,9 @@ def test_mixed_widths_fall_back_to_the_per_field_path():
 
 
 def test_stacked_forward_equals_per_field_forward_bit_for_bit():
-    for name in ("fm", "deepfm"):
+    for name in ("lr", "fm", "deepfm", "dcnv2", "autoint"):
         model, data = build_model(load_tiny(), RunConfig(name, EmbeddingConfig(dim=8), train=CONFIG))
+        assert model.stacked_input(SparseBatch.from_table(data.split("train"), torch.arange(4).numpy())) is not None
         model.eval()
         batch = SparseBatch.from_table(data.split("train"), torch.arange(128).numpy())
         assert torch.equal(model(batch), per_field(model)(batch))

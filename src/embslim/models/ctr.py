@@ -125,7 +125,13 @@ class DCNv2(Recommender):
         self.head = nn.Linear(width + (options.hidden[-1] if options.hidden else width), 1)
 
     def score(self, vectors: list[torch.Tensor]) -> torch.Tensor:
-        x0 = torch.cat(vectors, dim=1)
+        return self.score_flat(torch.cat(vectors, dim=1))
+
+    def score_stacked(self, stacked: torch.Tensor) -> torch.Tensor:
+        return self.score_flat(stacked.flatten(1))
+
+    def score_flat(self, x0: torch.Tensor) -> torch.Tensor:
+        """The score of the fields' vectors concatenated into one [B, sum of widths] input."""
         x = x0
         for layer in self.cross:
             x = layer(x0, x)
@@ -149,7 +155,15 @@ class AutoInt(Recommender):
         self.linear = nn.Linear(sum(self.input_dims), 1, bias=False)
 
     def score(self, vectors: list[torch.Tensor]) -> torch.Tensor:
-        x = self.aligner(vectors)
+        return self.attend(self.aligner(vectors)) + self.linear(torch.cat(vectors, dim=1)).squeeze(1)
+
+    def score_stacked(self, stacked: torch.Tensor) -> torch.Tensor:
+        if self.aligner.proj:
+            return self.score(list(stacked.unbind(1)))
+        return self.attend(stacked) + self.linear(stacked.flatten(1)).squeeze(1)
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention part's score of the [B, F, width] field vectors."""
         for attn in self.attention:
             x = torch.relu(attn(x, x, x, need_weights=False)[0] + x)
-        return self.head(x.flatten(1)).squeeze(1) + self.linear(torch.cat(vectors, dim=1)).squeeze(1)
+        return self.head(x.flatten(1)).squeeze(1)
