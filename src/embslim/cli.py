@@ -25,7 +25,7 @@ from embslim.train.slice import PRECISIONS as SLICE_PRECISIONS
 from embslim.train.table_optim import ALL_TABLE_OPTIMIZERS
 from embslim.train.trainer import TrainConfig
 
-SEARCH_HOLDOUT = 0.0  # DNISConfig.search_holdout (tests/test_cli_flags.py checks they agree)
+SEARCH_HOLDOUT = 0.0  # DNISConfig.search_holdout (tests/test_cli.py checks they agree)
 TRAIN_KEYS = {"epochs", "lr", "batch_size", "patience", "negatives", "embedding_l2", "weight_decay", "optimizer", "eval_protocol",
               "table_optimizer", "table_lr", "seq_loss", "softmax_negatives", "temperature", "pair_loss", "pair_sampling",
               "dense_precision", "length_batches"}
