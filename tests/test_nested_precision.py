@@ -109,7 +109,7 @@ def test_cli_slice_at_int8_fine_tunes_fp32_then_stores_codes_within_the_budget(n
     stored = sum(t.numel() * t.element_size() for t in loaded.state_dict().values())
     assert isinstance(loaded, QuantizedNestedEmbedding) and loaded.precision == "int8"
     assert stored == results["embedding"]["bytes"] <= results["slice"]["budget_bytes"]
-    assert len(results["history"]) == 1 and results["slice"]["fine_tuned_fp32"]["then"] == "stored as int8"
+    assert [h["epoch"] for h in results["history"]] == [0, 1] and results["slice"]["fine_tuned_fp32"]["then"] == "stored as int8"
 
 
 def test_cli_unknown_precision_is_one_line(nested_run, tmp_path, capsys):  # noqa: F811

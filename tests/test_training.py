@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from embslim.cli import main
 from embslim.embeddings import EmbeddingConfig
@@ -92,6 +93,24 @@ def test_keep_best_false_ends_with_the_last_epoch_weights():
     config = TrainConfig(epochs=4, batch_size=64, lr=0.05, patience=10, keep_best=False, progress=False)
     result = Trainer(model, d, config).fit()
     assert result["val"]["auc"] == pytest.approx(result["history"][-1]["val_auc"])
+
+
+def test_a_fine_tune_keeps_its_starting_weights_when_no_epoch_beats_them():
+    data = load_tiny()
+    model, d = build_model(data, RunConfig("deepfm"))
+    Trainer(model, d, FAST).fit()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    harmful = TrainConfig(epochs=2, batch_size=256, lr=1.0, patience=1, progress=False, start_is_candidate=True)  # AUC ~0.5 after one epoch
+    result = Trainer(model, d, harmful).fit()
+    assert result["history"][0]["epoch"] == 0 and result["history"][0]["val_auc"] > result["history"][1]["val_auc"] + 0.05
+    assert result["val"]["auc"] == result["history"][0]["val_auc"]
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
+
+
+def test_a_run_from_scratch_does_not_validate_its_initial_weights():
+    data = load_tiny()
+    model, d = build_model(data, RunConfig("deepfm"))
+    assert [h["epoch"] for h in Trainer(model, d, FAST).fit()["history"]] == [1, 2, 3]
 
 
 def test_rating_task_reports_rmse_and_mae(ml100k):

@@ -578,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, help="folder of the finished run to slice")
     p.add_argument("--budget", type=budget_text, required=True, help="fraction of the full table at the run's --dim (0.2) or bytes (150000, 512KiB)")
     p.add_argument("--out", type=Path, required=True, help="folder of the sliced run")
-    p.add_argument("--fine-tune-epochs", type=non_negative_int, default=0, help="at most this many epochs of training after slicing, stopped early by the run's patience on validation (default 0)")
+    p.add_argument("--fine-tune-epochs", type=non_negative_int, default=0, help="at most this many epochs of training after slicing, stopped early by the run's patience on validation; the slice before them is kept if no epoch beats it (default 0)")
     p.add_argument("--val-rows", type=positive_int, default=20_000, help="validation rows the width choice measures (default 20000)")
     p.add_argument("--precisions", default=",".join(SLICE_PRECISIONS),
                    help="storage precisions a slice may use for its values, one for the whole table, the best on held-out "

@@ -135,7 +135,8 @@ def validation_loss(model, data: PreparedData, max_rows: int, seed: int, half: i
 def slice_run(source: SourceRun, data: PreparedData, budget_bytes: int, out: Path, fine_tune_epochs: int = 0,
               budget_asked: str | None = None, val_rows: int = VAL_ROWS, progress: bool = False,
               precisions: tuple[str, ...] = PRECISIONS) -> dict:
-    """Slice `source` to `budget_bytes` at one of `precisions`, fine-tune for `fine_tune_epochs`, evaluate;
+    """Slice `source` to `budget_bytes` at one of `precisions`, fine-tune for up to `fine_tune_epochs` (early-stopped;
+    the slice itself stays when no epoch beats it on validation), evaluate;
     writes out/results.json and out/embedding.safetensors and returns the results. A copy stored as codes is
     fine-tuned in its fp32 form first and quantized after (codes take no gradients)."""
     mdata = model_data(data, source.config.model)
@@ -157,7 +158,7 @@ def slice_run(source: SourceRun, data: PreparedData, budget_bytes: int, out: Pat
         raise BudgetError(f"{sliced.method_name} sliced to {sliced.memory_bytes('serve')} bytes, above the budget of {budget_bytes}")
     choose_seconds = time.perf_counter() - t0
     config = RunConfig(source.config.model, replace(source.config.embedding, budget_bytes=budget_bytes), source.config.model_options,
-                       replace(source.config.train, epochs=fine_tune_epochs, progress=progress))
+                       replace(source.config.train, epochs=fine_tune_epochs, progress=progress, start_is_candidate=True))
     out.mkdir(parents=True, exist_ok=True)
     (out / "checkpoint.pt").unlink(missing_ok=True)
     fine_tuned = None

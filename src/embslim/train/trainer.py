@@ -63,6 +63,7 @@ class TrainConfig:
     length_batches: bool = False  # sequence models: batches of users of similar history length (objective_sequence.length_grouped)
     pair_loss: str = ""  # top-k: "" the model's own objective; "bpr" or "softmax" trains a pointwise model pairwise (objective_pairwise)
     pair_sampling: str = "interactions"  # pairwise top-k: each epoch a pass over the interactions, or "users": as many draws of a uniform user and one of its items (LightGCN's reference)
+    start_is_candidate: bool = False  # fine-tunes: the weights before the first epoch compete (validated as epoch 0) and stay if no epoch beats them
     dense_precision: str = "fp32"  # "bf16": training forward under CPU/CUDA bfloat16 autocast (matmuls of the dense network; weights, optimiser state and evaluation stay fp32)
 
 
@@ -202,6 +203,10 @@ class Trainer:
             for cb, cb_state in zip(self.callbacks, state.get("callbacks", [])):
                 if cb_state is not None:
                     cb.load_state_dict(cb_state)
+        if state is None and cfg.start_is_candidate and cfg.epochs > 0 and self.model.embedding.size_is_final():
+            val = self.evaluate("val")
+            history.append({"epoch": 0, "train_loss": None, **{f"val_{k}": v for k, v in val.items()}})
+            best, best_state = val[metric], copy.deepcopy(self.model.state_dict()) if cfg.keep_best else None
         for epoch in range(start_epoch, cfg.epochs):
             if bad >= cfg.patience:
                 break
