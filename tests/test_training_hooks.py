@@ -52,6 +52,17 @@ def test_hooks_see_each_step_before_and_after_the_update_with_the_planned_total(
     assert contexts[-1] == ("after", 2 * per_epoch, 2 * per_epoch)
 
 
+def test_the_step_context_costs_no_copy_of_the_training_rows(monkeypatch):
+    from embslim.data.fields import FeatureTable
+
+    trainer = trainer_for({}, epochs=1, batch_size=512)
+    batch = next(iter(trainer.objective.batches(0)))
+    copies = []
+    monkeypatch.setattr(FeatureTable, "take", lambda self, rows: copies.append(len(rows)))
+    trainer.train_step(batch)  # the hooks ask for the planned total of steps twice a step
+    assert copies == []
+
+
 def test_train_loss_wraps_the_task_loss_of_each_batch():
     trainer = trainer_for({"passes": 2}, epochs=1, batch_size=512)
     batch = next(trainer.objective.batches(0))

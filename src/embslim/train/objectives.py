@@ -114,7 +114,7 @@ class PointwiseObjective(Objective):
         return self.data.split("train")
 
     def steps_per_epoch(self) -> int:
-        rows = len(self.data.split("train")) * (1 + self.config.negatives if self.data.task == "topk" else 1)
+        rows = len(self.data.splits["train"]) * (1 + self.config.negatives if self.data.task == "topk" else 1)
         return -(-rows // self.config.batch_size)
 
     def batches(self, epoch: int) -> Iterator[SparseBatch]:
