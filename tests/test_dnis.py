@@ -7,13 +7,14 @@ import torch
 from scipy.stats import spearmanr
 
 from embslim.cli import main
+from embslim.errors import ConfigError
 from embslim.data import SyntheticConfig, load_dataset
 from embslim.embeddings import EmbeddingConfig, SparseBatch
 from embslim.embeddings.full import full_bytes
 from embslim.models import ModelOptions
 from embslim.search.align import align_to_principal_axes
 from embslim.search.dnis import AlphaStep, DNISConfig, warm_start_from
-from embslim.search.pipeline import search_dims
+from embslim.search.pipeline import fine_tune_start, search_dims
 from embslim.search.report import dims_per_field, kept_dims_table
 from embslim.train.run import RunConfig, build_model, train_model
 from embslim.train.trainer import TrainConfig, Trainer
@@ -123,6 +124,25 @@ def test_search_with_a_holdout_warm_starts_from_a_full_model_trained_without_it_
     assert (out / "full-without-holdout" / "model.pt").exists()
     warm = json.loads((out / "full-without-holdout" / "results.json").read_text())
     assert report["timing"]["search_seconds"] > warm["timing"]["train_seconds"] > 0
+
+
+def test_a_retrain_from_the_full_model_starts_from_its_aligned_weights_with_alpha_at_one():
+    data = load_tiny()
+    config = RunConfig("deepfm", EmbeddingConfig("full", 4), train=FAST)
+    full, d = build_model(data, config)
+    Trainer(full, d, FAST).fit()
+    search_model = search_dims(data, config, 10**9, DNISConfig(search_epochs=1), full)[0]
+    start = fine_tune_start(data, config, DNISConfig(fine_tune_from="full"), search_model, full)
+    assert start is not search_model and torch.all(start.embedding.alpha == 1)
+    batch = SparseBatch.from_table(data.split("val"), np.arange(256))
+    full.eval(), start.eval()
+    assert torch.allclose(start(batch), full(batch), atol=1e-5)
+    assert fine_tune_start(data, config, DNISConfig(), search_model, full) is search_model
+
+
+def test_unknown_fine_tune_source_is_a_config_error():
+    with pytest.raises(ConfigError, match="fine_tune_from"):
+        DNISConfig(fine_tune_from="scratch")
 
 
 def test_search_resume_reuses_finished_stages(tmp_path):

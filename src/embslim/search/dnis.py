@@ -26,6 +26,7 @@ from embslim.train.trainer import TrainConfig
 
 
 SCORES = ("loss", "magnitude")
+FINE_TUNE_SOURCES = ("search", "full")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class DNISConfig:
     frequency_exponent: float = 0.25  # pruning score = importance * block frequency ** this
     min_dims: int = 1  # dimensions every block keeps before the rest compete for the budget
     fine_tune: bool = True  # retrain from the pruned searched weights (False: from scratch)
+    fine_tune_from: str = "search"  # fine_tune: "search" (e * alpha and the network searched with it) or "full" (the (aligned) full model's weights under the searched mask)
+    fine_tune_keeps_start: bool = False  # fine_tune: the pruned start competes on validation with the retrain's epochs
     prune_during_search: bool = False  # cubic schedule towards the budget inside the search
     align: bool = True  # rotate to principal axes first where the backbone allows it (see embslim.search.align)
     threshold: float | None = None  # keep (block, dim) pairs with importance >= this instead of fitting the budget
@@ -52,6 +55,8 @@ class DNISConfig:
     def __post_init__(self) -> None:
         if self.score not in SCORES:
             raise ConfigError(f"DNIS score must be one of {SCORES}, got {self.score!r}")
+        if self.fine_tune_from not in FINE_TUNE_SOURCES:
+            raise ConfigError(f"DNIS fine_tune_from must be one of {FINE_TUNE_SOURCES}, got {self.fine_tune_from!r}")
         if not 0 <= self.search_holdout < 1:
             raise ConfigError(f"DNIS search_holdout must be in [0, 1), got {self.search_holdout}")
 

@@ -1,7 +1,8 @@
 """`embslim search`: full model, DNIS search, pruning to the budget, retrain, and the baselines.
 
-The retrain starts from the pruned, alpha-scaled searched weights and network unless
-`DNISConfig.fine_tune` is False (then from a fresh initialisation).
+The retrain starts from the pruned, alpha-scaled searched weights and network
+(`DNISConfig.fine_tune_from="full"`: from the aligned full model's weights under the searched mask)
+unless `DNISConfig.fine_tune` is False (then from a fresh initialisation).
 
 Each stage writes its run folder (epoch checkpoints, its artifacts, then results.json)
 under OUT; with `resume=True` finished stages are read back and the stage in flight
@@ -119,8 +120,10 @@ def run_search(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: D
         slim_config = replace(config, embedding=EmbeddingConfig("blockwise", width, init_std=config.embedding.init_std, options={"layout": layout}))
         model, d = build_model(data, slim_config)
         if dnis.fine_tune:
-            model.embedding.load_block_values(pruned_values(emb, layouts))
-            warm_start_from_network(model, search_model)
+            start = fine_tune_start(data, config, dnis, search_model, warm)
+            model.embedding.load_block_values(pruned_values(start.embedding, layouts))
+            warm_start_from_network(model, start)
+            slim_config = replace(slim_config, train=replace(slim_config.train, start_is_candidate=dnis.fine_tune_keeps_start))
         return train_model(model, d, slim_config, path, resume_stage, save=export_embedding)
 
     runs["dnis"] = _stage(out / "dnis", resume, train_dnis)
@@ -161,13 +164,9 @@ def search_dims(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: 
     the seconds are those of the search's training epochs (alpha steps included), also when it
     was finished earlier and only read back.
     """
-    blocks = list(dnis.blocks) if isinstance(dnis.blocks, tuple) else dnis.blocks
-    search_config = replace(config, embedding=EmbeddingConfig("dnis", config.embedding.dim, init_std=config.embedding.init_std, options={"blocks": blocks}),
-                            train=search_train_config(config.train, dnis))
+    search_config = replace(config, embedding=search_embedding(config, dnis), train=search_train_config(config.train, dnis))
+    search_model, sdata, aligned = warm_search_model(data, search_config, dnis, full_model)
     source = search_source(data, dnis, config.train.seed)
-    search_model, sdata = build_model(source, search_config)
-    warm_start_from(search_model, full_model)
-    aligned = dnis.align and align_to_principal_axes(search_model)
     callback = AlphaStep(search_model, sdata, dnis, config.train.batch_size, config.train.seed,
                          budget_bytes if dnis.prune_during_search else None, search_config.train)
     fit = Trainer(search_model, sdata, search_config.train, out, [callback]).fit(resume=resume)
@@ -180,6 +179,30 @@ def search_dims(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: 
     fit["aligned"] = aligned
     fit["search_rows"] = "validation split" if source is data else f"{dnis.search_holdout:g} of the training rows, held out"
     return search_model, sdata, fit, seconds, layouts
+
+
+def search_embedding(config: RunConfig, dnis: DNISConfig) -> EmbeddingConfig:
+    """The search layer's embedding settings for `config`'s width."""
+    blocks = list(dnis.blocks) if isinstance(dnis.blocks, tuple) else dnis.blocks
+    return EmbeddingConfig("dnis", config.embedding.dim, init_std=config.embedding.init_std, options={"blocks": blocks})
+
+
+def warm_search_model(data: PreparedData, search_config: RunConfig, dnis: DNISConfig, full_model) -> tuple:
+    """(search model, its data, aligned?): the search layer over `full_model`'s weights, alpha at 1, rotated to
+    principal axes where `dnis.align` and the backbone allow; what the search starts from."""
+    search_model, sdata = build_model(search_source(data, dnis, search_config.train.seed), search_config)
+    warm_start_from(search_model, full_model)
+    aligned = dnis.align and align_to_principal_axes(search_model)
+    return search_model, sdata, aligned
+
+
+def fine_tune_start(data: PreparedData, config: RunConfig, dnis: DNISConfig, search_model: Recommender, full_model: Recommender) -> Recommender:
+    """The model whose weights, under the searched mask, the retrain starts from: the searched one (e * alpha and
+    the network trained with alpha) or, with `fine_tune_from="full"`, the full model the search started from
+    (aligned as the search was, alpha at 1), so values fitted beside alpha's shrinkage are not carried over."""
+    if dnis.fine_tune_from == "search":
+        return search_model
+    return warm_search_model(data, replace(config, embedding=search_embedding(config, dnis)), dnis, full_model)[0]
 
 
 def search_source(data: PreparedData, dnis: DNISConfig, seed: int) -> PreparedData:
