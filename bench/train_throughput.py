@@ -3,16 +3,18 @@
 Criteo-shaped generated data: 26 fields of 100,000 ids (Zipf), dim 16, batch 4096, MLP 256-128.
 Baselines share the MLP and step: per-field nn.EmbeddingBag with dense gradients + Adam, and with
 sparse gradients + SparseAdam. embslim's DeepFM is timed with each table optimizer (`--table-optimizer`;
-`embslim_deepfm_full` is the default, lazy Adam). Figures are samples/s and ratios to the dense baseline measured in
-the same process (the machine is shared, so absolute numbers drift).
+`embslim_deepfm_full` is the default, lazy Adam). Each round runs `--steps` steps of every contender, the order
+rotating between rounds; figures are median samples/s and the median of the per-round ratios to the dense baseline
+(the machine is shared, so absolute numbers drift and only ratios within a round mean much).
 
-    python bench/train_throughput.py [--steps 30] [--out benchmarks/results/train_throughput.json]
+    python bench/train_throughput.py [--steps 30] [--rounds 3] [--out benchmarks/results/train_throughput.json]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -58,7 +60,23 @@ class PlainDeepFM(nn.Module):
         return self.linear(flat).squeeze(1) + fm + self.deep(flat).squeeze(1)
 
 
-def time_plain(data: PreparedData, sparse: bool, steps: int) -> float:
+class Contender:
+    """One training loop kept alive across rounds: `run(steps)` times `steps` more steps of it (samples/s)."""
+
+    def __init__(self, name: str, step) -> None:
+        self.name, self.step, self.done, self.rates = name, step, 0, []
+
+    def run(self, steps: int) -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step(self.done)
+            self.done += 1
+        rate = steps * BATCH / (time.perf_counter() - start)
+        self.rates.append(rate)
+        return rate
+
+
+def plain(data: PreparedData, sparse: bool) -> Contender:
     torch.manual_seed(0)
     model = PlainDeepFM(sparse)
     tables = list(model.tables.parameters())
@@ -66,57 +84,70 @@ def time_plain(data: PreparedData, sparse: bool, steps: int) -> float:
     opts = [torch.optim.Adam(dense, lr=1e-3), torch.optim.SparseAdam(tables, lr=1e-3) if sparse else torch.optim.Adam(tables, lr=1e-3)]
     ids = torch.from_numpy(data.table.ids)
     label = torch.from_numpy(data.table.label)
-    start = None
-    for step in range(steps + 2):
-        if step == 2:
-            start = time.perf_counter()
-        s = (step * BATCH) % (len(label) - BATCH)
+
+    def step(i: int) -> None:
+        s = (i * BATCH) % (len(label) - BATCH)
         loss = F.binary_cross_entropy_with_logits(model(ids[s : s + BATCH]), label[s : s + BATCH])
         for o in opts:
             o.zero_grad(set_to_none=True)
         loss.backward()
         for o in opts:
             o.step()
-    return steps * BATCH / (time.perf_counter() - start)
+
+    return Contender(f"plain_embeddingbag_{'sparse' if sparse else 'dense'}", step)
 
 
-def time_embslim(data: PreparedData, steps: int, table_optimizer: str = "adam") -> float:
+def embslim(data: PreparedData, table_optimizer: str = "adam") -> Contender:
     train = TrainConfig(batch_size=BATCH, progress=False, table_optimizer=table_optimizer, table_lr=None if table_optimizer == "adam" else 0.01)
     config = RunConfig("deepfm", EmbeddingConfig(dim=DIM), ModelOptions(hidden=(256, 128)), train)
     model, data = build_model(data, config)
     trainer = Trainer(model, data, config.train)
-    batches = trainer.objective.batches(0)
-    start = None
-    for step in range(steps + 2):
-        if step == 2:
-            start = time.perf_counter()
-        loss = trainer.loss(next(batches))
+    batches = iter(())
+    epoch = 0
+
+    def step(i: int) -> None:
+        nonlocal batches, epoch
+        batch = next(batches, None)
+        if batch is None:
+            batches, epoch = trainer.objective.batches(epoch), epoch + 1
+            batch = next(batches)
+        loss = trainer.loss(batch)
         for o in trainer.optimizers:
             o.zero_grad(set_to_none=True)
         loss.backward()
         for o in trainer.optimizers:
             o.step()
-    return steps * BATCH / (time.perf_counter() - start)
+
+    return Contender("embslim_deepfm_full" + ("" if table_optimizer == "adam" else f"_{table_optimizer}"), step)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=30, help="steps of each contender per round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_throughput.json"))
     args = parser.parse_args()
     data = criteo_shaped(BATCH * (args.steps + 4))
-    results = {
-        "plain_embeddingbag_dense": time_plain(data, sparse=False, steps=args.steps),
-        "plain_embeddingbag_sparse": time_plain(data, sparse=True, steps=args.steps),
-        "embslim_deepfm_full": time_embslim(data, args.steps),
-        **{f"embslim_deepfm_full_{kind}": time_embslim(data, args.steps, kind) for kind in TABLE_OPTIMIZERS if kind != "adam"},
-    }
-    base = results["plain_embeddingbag_dense"]
-    for name, sps in results.items():
-        print(f"{name:<28} {sps:>10,.0f} samples/s   x{sps / base:.2f} vs dense nn.EmbeddingBag")
-    record = {"samples_per_second": results, "ratio_to_dense": {k: v / base for k, v in results.items()},
-              "setup": {"fields": FIELDS, "rows_per_field": ROWS, "dim": DIM, "batch": BATCH, "steps": args.steps},
-              "machine": {"cpu_count": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
+    contenders = [plain(data, sparse=False), plain(data, sparse=True), embslim(data),
+                  *(embslim(data, kind) for kind in TABLE_OPTIMIZERS if kind != "adam")]
+    for c in contenders:
+        c.run(2)  # warm-up, not kept
+        c.rates.clear()
+    for r in range(args.rounds):
+        order = contenders[r % len(contenders):] + contenders[: r % len(contenders)]
+        for c in order:
+            c.run(args.steps)
+        print(f"round {r + 1}: " + "  ".join(f"{c.name} {c.rates[-1]:,.0f}" for c in order), flush=True)
+    base = contenders[0]
+    per_round = {c.name: [a / b for a, b in zip(c.rates, base.rates)] for c in contenders}
+    results = {c.name: statistics.median(c.rates) for c in contenders}
+    ratios = {name: statistics.median(v) for name, v in per_round.items()}
+    for c in contenders:
+        print(f"{c.name:<36} {results[c.name]:>10,.0f} samples/s   x{ratios[c.name]:.2f} vs dense nn.EmbeddingBag (median of per-round ratios)")
+    record = {"samples_per_second_median": results, "ratio_to_dense_median": ratios, "ratio_to_dense_per_round": per_round,
+              "setup": {"fields": FIELDS, "rows_per_field": ROWS, "dim": DIM, "batch": BATCH, "steps_per_round": args.steps,
+                        "rounds": args.rounds},
+              "machine": {"torch_threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
               "date": time.strftime("%Y-%m-%d")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2))
