@@ -185,6 +185,8 @@ def test_a_model_without_exactly_one_dnis_table_set_is_a_config_error(build, mat
 def test_search_settings_that_belong_to_embslim_search_are_config_errors():
     with pytest.raises(ConfigError, match="prune_during_search"):
         enn.DNISSearch(enn.EmbeddingBag(10, 4, method="dnis"), config=DNISConfig(prune_during_search=True))
+    with pytest.raises(ConfigError, match="fine_tune_from"):
+        enn.DNISSearch(enn.EmbeddingBag(10, 4, method="dnis"), config=DNISConfig(fine_tune_from="full"))
 
 
 def test_a_dnis_table_takes_no_budget_the_search_prunes_to_one():

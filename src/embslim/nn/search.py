@@ -47,13 +47,15 @@ class DNISSearch:
     it is put in eval mode while pruning measures losses. `loss_fn(batch)`: the model's loss on a
     batch of yours, per row (reduction="none") or its mean; `step` and `prune` also take a
     zero-argument callable in place of a batch. `config`: the search settings of `embslim search`
-    (blocks are the tables' own, set where they are built; `align` and `prune_during_search` do not
-    apply here).
+    (blocks are the tables' own, set where they are built; `align`, `prune_during_search` and
+    `fine_tune_from` do not apply here).
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn | None = None, config: DNISConfig = DNISConfig()) -> None:
         if config.prune_during_search or config.threshold is not None:
             raise ConfigError("DNISSearch prunes once, to a budget: prune_during_search and threshold are `embslim search` options")
+        if config.fine_tune_from != "search":
+            raise ConfigError("DNISSearch retrains from the searched tables: fine_tune_from='full' is an `embslim search` option")
         sets = [m for m in model.modules() if isinstance(m, TableSet) and isinstance(m.embedding, DNISEmbedding)]
         if len(sets) != 1:
             raise ConfigError(f"DNISSearch needs exactly one embslim table set built with method='dnis' in the model, found {len(sets)}"

@@ -41,7 +41,6 @@ class DNISConfig:
     min_dims: int = 1  # dimensions every block keeps before the rest compete for the budget
     fine_tune: bool = True  # retrain from the pruned searched weights (False: from scratch)
     fine_tune_from: str = "search"  # fine_tune: "search" (e * alpha and the network searched with it) or "full" (the (aligned) full model's weights under the searched mask)
-    fine_tune_keeps_start: bool = False  # fine_tune: the pruned start competes on validation with the retrain's epochs
     prune_during_search: bool = False  # cubic schedule towards the budget inside the search
     align: bool = True  # rotate to principal axes first where the backbone allows it (see embslim.search.align)
     threshold: float | None = None  # keep (block, dim) pairs with importance >= this instead of fitting the budget

@@ -123,7 +123,6 @@ def run_search(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: D
             start = fine_tune_start(data, config, dnis, search_model, warm)
             model.embedding.load_block_values(pruned_values(start.embedding, layouts))
             warm_start_from_network(model, start)
-            slim_config = replace(slim_config, train=replace(slim_config.train, start_is_candidate=dnis.fine_tune_keeps_start))
         return train_model(model, d, slim_config, path, resume_stage, save=export_embedding)
 
     runs["dnis"] = _stage(out / "dnis", resume, train_dnis)
