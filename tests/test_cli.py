@@ -69,6 +69,9 @@ def test_bench_dnis_options_are_parsed_and_unknown_keys_named():
     assert dnis_options("fine_tune=false,search_epochs=1,l1=1e-4") == {"fine_tune": False, "search_epochs": 1, "l1": 1e-4}
     with pytest.raises(ArgumentTypeError, match="fine_tuning"):
         dnis_options("fine_tuning=false")
+    assert dnis_options("fine_tune_from=full") == {"fine_tune_from": "full"}
+    with pytest.raises(ArgumentTypeError, match="search, full"):
+        dnis_options("fine_tune_from=scratch")
 
 
 def usage_error(capsys, argv) -> str:
@@ -116,6 +119,7 @@ def test_search_flag_defaults_are_the_dnis_defaults():
     args = build_parser().parse_args(["search"])
     assert args.search_holdout == DNISConfig.search_holdout and args.l1 == DNISConfig.l1
     assert args.fill_temperature == DNISConfig.fill_temperature and args.min_dims == DNISConfig.min_dims
+    assert args.fine_tune_from == DNISConfig.fine_tune_from
 
 
 def test_ray_address_without_ray_fails_before_any_cell_runs(capsys, monkeypatch, tmp_path):

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from embslim.budget import parse_budget
-from embslim.cli_types import (blocks_spec, budget_fractions, budget_text, dnis_options, dropout_rate, field_dims, int_list,
+from embslim.cli_types import (blocks_spec, budget_fractions, budget_text, dnis_options, dropout_rate, field_dims, fine_tune_source, int_list,
                                holdout_fraction, learning_rate, non_negative_float, non_negative_int, positive_float, positive_int, seed_int)
 from embslim.data import DATASETS, PrepareConfig, load_dataset
 from embslim.data.fetch import Archive, fetch_archive
@@ -327,6 +327,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     tuned = {"align": args.align} if args.align is not None else {}
     dnis = DNISConfig(blocks=args.blocks, l1=args.l1, alpha_lr=args.alpha_lr, search_epochs=args.search_epochs,
                       frequency_exponent=args.frequency_exponent, min_dims=args.min_dims, fine_tune=not args.from_scratch,
+                      fine_tune_from=args.fine_tune_from,
                       prune_during_search=args.prune_during_search, threshold=args.threshold, score=args.score, fill=args.fill,
                       fill_temperature=args.fill_temperature, search_holdout=args.search_holdout, **tuned)
     out = args.out or Path("runs") / f"search-{args.dataset}-{data.task}-{args.model}-b{budget_flag}-seed{args.seed}"
@@ -519,6 +520,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-dims", type=non_negative_int, default=1, help="dimensions every block keeps before the rest is ranked (default 1)")
     s.add_argument("--from-scratch", action="store_true",
                    help="retrain the slim model from a fresh initialisation instead of from the pruned, alpha-scaled searched weights")
+    s.add_argument("--fine-tune-from", type=fine_tune_source, default="search",
+                   help="the weights the retrain starts from under the searched mask: search = the searched e * alpha and "
+                        "network (default); full = the full model the search began with (holds LR's accuracy, loses a "
+                        "little on the other backbones measured)")
     s.add_argument("--search-holdout", type=holdout_fraction, default=SEARCH_HOLDOUT,
                    help="rating/CTR: fit alpha and the pruning scores on this share of the training rows, held out from the "
                         "search's training, instead of the validation split that selects the retrained model (0: validation; "

@@ -150,9 +150,19 @@ def dnis_score(text: str) -> str:
     return text
 
 
+def fine_tune_source(text: str) -> str:
+    """`search` or `full`: which weights DNIS's retrain starts from under the searched mask."""
+    from embslim.search.dnis import FINE_TUNE_SOURCES
+
+    if text not in FINE_TUNE_SOURCES:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(FINE_TUNE_SOURCES)}, got {text!r}")
+    return text
+
+
 DNIS_VALUES: dict[str, Callable[[str], object]] = {
     "blocks": positive_int, "l1": non_negative_float, "alpha_lr": learning_rate, "search_epochs": positive_int,
     "frequency_exponent": non_negative_float, "min_dims": non_negative_int, "fine_tune": boolean,
+    "fine_tune_from": fine_tune_source,
     "prune_during_search": boolean, "align": boolean, "threshold": non_negative_float,
     "score": dnis_score, "noise_z": non_negative_float, "importance_rows": positive_int, "fill": boolean,
     "fill_temperature": non_negative_float, "search_holdout": holdout_fraction,
