@@ -140,6 +140,17 @@ def test_a_retrain_from_the_full_model_starts_from_its_aligned_weights_with_alph
     assert fine_tune_start(data, config, DNISConfig(), search_model, full) is search_model
 
 
+def test_a_search_that_does_not_train_weights_moves_only_alpha():
+    data = load_tiny()
+    config = RunConfig("deepfm", EmbeddingConfig("full", 4), train=FAST)
+    full, d = build_model(data, config)
+    Trainer(full, d, FAST).fit()
+    search_model = search_dims(data, config, 10**9, DNISConfig(search_epochs=1, search_trains_weights=False, align=False), full)[0]
+    searched = {k: v for k, v in search_model.state_dict().items() if k != "embedding.alpha"}
+    assert all(torch.equal(v, full.state_dict()[k]) for k, v in searched.items() if k in full.state_dict())
+    assert not torch.all(search_model.embedding.alpha == 1)
+
+
 def test_unknown_fine_tune_source_is_a_config_error():
     with pytest.raises(ConfigError, match="fine_tune_from"):
         DNISConfig(fine_tune_from="scratch")

@@ -49,6 +49,7 @@ class DNISConfig:
     fill_temperature: float = 0.3  # "loss" with fill: MDE's power of block frequency that shapes the fill
     noise_z: float = 2.0  # "loss": confidence bound, in standard errors, a pair's loss increase must clear
     importance_rows: int = 100_000  # "loss": validation rows measured (a seeded sample beyond this)
+    search_trains_weights: bool = True  # False: only alpha moves during the search (one-pass data, where a second pass memorises)
     search_holdout: float = 0.0  # rating/CTR: fit alpha and the scores on this share of training rows, not validation (0: validation)
 
     def __post_init__(self) -> None:
@@ -218,8 +219,9 @@ def warm_start_from(search_model: Recommender, full_model: Recommender) -> None:
 def search_train_config(train_config, dnis: DNISConfig):
     """The trainer settings of the search phase: a fixed number of epochs, no early stop; a search
     that prunes as it goes ends with its last state (the one at the target budget)."""
+    frozen = {} if dnis.search_trains_weights else {"lr": 0.0, "table_lr": 0.0, "table_optimizer": "sgd", "weight_decay": 0.0, "embedding_l2": 0.0}
     return replace(train_config, epochs=dnis.search_epochs, patience=dnis.search_epochs + 1,
-                   keep_best=train_config.keep_best and not dnis.prune_during_search)
+                   keep_best=train_config.keep_best and not dnis.prune_during_search, **frozen)
 
 
 @torch.no_grad()
