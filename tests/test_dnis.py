@@ -147,6 +147,7 @@ def test_a_search_that_does_not_train_weights_moves_only_alpha():
     Trainer(full, d, FAST).fit()
     search_model = search_dims(data, config, 10**9, DNISConfig(search_epochs=1, search_trains_weights=False, align=False), full)[0]
     searched = {k: v for k, v in search_model.state_dict().items() if k != "embedding.alpha"}
+    assert "embedding.tables.0" in searched and "embedding.tables.0" in full.state_dict()  # the tables are compared
     assert all(torch.equal(v, full.state_dict()[k]) for k, v in searched.items() if k in full.state_dict())
     assert not torch.all(search_model.embedding.alpha == 1)
 

@@ -164,8 +164,8 @@ def search_dims(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: 
     was finished earlier and only read back.
     """
     search_config = replace(config, embedding=search_embedding(config, dnis), train=search_train_config(config.train, dnis))
-    search_model, sdata, aligned = warm_search_model(data, search_config, dnis, full_model)
     source = search_source(data, dnis, config.train.seed)
+    search_model, sdata, aligned = warm_search_model(source, search_config, dnis, full_model)
     callback = AlphaStep(search_model, sdata, dnis, config.train.batch_size, config.train.seed,
                          budget_bytes if dnis.prune_during_search else None, search_config.train)
     fit = Trainer(search_model, sdata, search_config.train, out, [callback]).fit(resume=resume)
@@ -186,10 +186,11 @@ def search_embedding(config: RunConfig, dnis: DNISConfig) -> EmbeddingConfig:
     return EmbeddingConfig("dnis", config.embedding.dim, init_std=config.embedding.init_std, options={"blocks": blocks})
 
 
-def warm_search_model(data: PreparedData, search_config: RunConfig, dnis: DNISConfig, full_model) -> tuple:
-    """(search model, its data, aligned?): the search layer over `full_model`'s weights, alpha at 1, rotated to
-    principal axes where `dnis.align` and the backbone allow; what the search starts from."""
-    search_model, sdata = build_model(search_source(data, dnis, search_config.train.seed), search_config)
+def warm_search_model(source: PreparedData, search_config: RunConfig, dnis: DNISConfig, full_model) -> tuple:
+    """(search model, its data, aligned?): the search layer on `source` (`search_source`) over `full_model`'s
+    weights, alpha at 1, rotated to principal axes where `dnis.align` and the backbone allow; what the search
+    starts from."""
+    search_model, sdata = build_model(source, search_config)
     warm_start_from(search_model, full_model)
     aligned = dnis.align and align_to_principal_axes(search_model)
     return search_model, sdata, aligned
@@ -201,7 +202,8 @@ def fine_tune_start(data: PreparedData, config: RunConfig, dnis: DNISConfig, sea
     (aligned as the search was, alpha at 1), so values fitted beside alpha's shrinkage are not carried over."""
     if dnis.fine_tune_from == "search":
         return search_model
-    return warm_search_model(data, replace(config, embedding=search_embedding(config, dnis)), dnis, full_model)[0]
+    return warm_search_model(search_source(data, dnis, config.train.seed), replace(config, embedding=search_embedding(config, dnis)),
+                             dnis, full_model)[0]
 
 
 def search_source(data: PreparedData, dnis: DNISConfig, seed: int) -> PreparedData:
