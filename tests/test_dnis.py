@@ -10,12 +10,11 @@ from embslim.cli import main
 from embslim.errors import ConfigError
 from embslim.data import SyntheticConfig, load_dataset
 from embslim.embeddings import EmbeddingConfig, SparseBatch
-from embslim.embeddings.blockwise import layout_to_json
 from embslim.embeddings.full import full_bytes
 from embslim.models import ModelOptions
 from embslim.search.align import align_to_principal_axes
 from embslim.search.dnis import AlphaStep, DNISConfig, warm_start_from
-from embslim.search.pipeline import fine_tune_start, retrain_start, search_dims
+from embslim.search.pipeline import fine_tune_start, search_dims
 from embslim.search.report import dims_per_field, kept_dims_table
 from embslim.train.run import RunConfig, build_model, train_model
 from embslim.train.trainer import TrainConfig, Trainer
@@ -139,38 +138,6 @@ def test_a_retrain_from_the_full_model_starts_from_its_aligned_weights_with_alph
     full.eval(), start.eval()
     assert torch.allclose(start(batch), full(batch), atol=1e-5)
     assert fine_tune_start(data, config, DNISConfig(), search_model, full) is search_model
-
-
-def test_the_best_retrain_start_is_the_pruned_start_with_the_better_validation_score():
-    data = load_tiny()
-    config = RunConfig("deepfm", EmbeddingConfig("full", 4), train=FAST)
-    full, d = build_model(data, config)
-    Trainer(full, d, FAST).fit()
-    search_model, _, _, _, layouts = search_dims(data, config, 10**9, DNISConfig(search_epochs=1), full)
-    with torch.no_grad():
-        search_model.embedding.alpha.zero_()  # the searched start now reads nothing: its AUC is chance
-    slim = RunConfig("deepfm", EmbeddingConfig("blockwise", 4, options={"layout": layout_to_json(layouts, 4)}), train=FAST)
-    model, sd, record = retrain_start(data, slim, DNISConfig(fine_tune_from="best"), layouts, search_model, full)
-    assert record["from"] == "full" and record["val"]["full"] > record["val"]["search"] + 0.05
-    assert Trainer(model, sd, FAST).evaluate("val")["auc"] == pytest.approx(record["val"]["full"])
-
-
-def test_search_report_names_the_retrain_start_and_the_scores_it_was_chosen_by(tmp_path):
-    out = tmp_path / "search"
-    args = ["search", "--synthetic-rows", "3000", "--epochs", "1", "--search-epochs", "1", "--quiet", "--out", str(out),
-            "--baselines", "", "--fine-tune-from", "best"]
-    assert main(args) == 0
-    start = json.loads((out / "report.json").read_text())["retrain_start"]
-    assert start["from"] in ("search", "full") and set(start["val"]) == {"search", "full"}
-
-
-def test_a_fixed_retrain_start_is_taken_without_comparing():
-    data = load_tiny()
-    config = RunConfig("fm", EmbeddingConfig("full", 4), train=FAST)
-    full, _ = build_model(data, config)
-    search_model, _, _, _, layouts = search_dims(data, config, 10**9, DNISConfig(search_epochs=1), full)
-    slim = RunConfig("fm", EmbeddingConfig("blockwise", 4, options={"layout": layout_to_json(layouts, 4)}), train=FAST)
-    assert retrain_start(data, slim, DNISConfig(), layouts, search_model, full)[2] == {"from": "search", "rule": "fine_tune_from=search"}
 
 
 def test_a_search_that_does_not_train_weights_moves_only_alpha():

@@ -523,8 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fine-tune-from", type=fine_tune_source, default="search",
                    help="the weights the retrain starts from under the searched mask: search = the searched e * alpha and "
                         "network (default); full = the full model the search began with (holds LR's accuracy, loses a "
-                        "little on the other backbones measured); best = whichever of the two pruned starts scores "
-                        "better on validation")
+                        "little on the other backbones measured)")
     s.add_argument("--search-holdout", type=holdout_fraction, default=SEARCH_HOLDOUT,
                    help="rating/CTR: fit alpha and the pruning scores on this share of the training rows, held out from the "
                         "search's training, instead of the validation split that selects the retrained model (0: validation; "

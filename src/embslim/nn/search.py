@@ -55,7 +55,7 @@ class DNISSearch:
         if config.prune_during_search or config.threshold is not None:
             raise ConfigError("DNISSearch prunes once, to a budget: prune_during_search and threshold are `embslim search` options")
         if config.fine_tune_from != "search":
-            raise ConfigError("DNISSearch retrains from the searched tables: fine_tune_from='full' or 'best' is an `embslim search` option")
+            raise ConfigError("DNISSearch retrains from the searched tables: fine_tune_from='full' is an `embslim search` option")
         sets = [m for m in model.modules() if isinstance(m, TableSet) and isinstance(m.embedding, DNISEmbedding)]
         if len(sets) != 1:
             raise ConfigError(f"DNISSearch needs exactly one embslim table set built with method='dnis' in the model, found {len(sets)}"

@@ -1,9 +1,8 @@
 """`embslim search`: full model, DNIS search, pruning to the budget, retrain, and the baselines.
 
 The retrain starts from the pruned, alpha-scaled searched weights and network
-(`DNISConfig.fine_tune_from="full"`: from the aligned full model's weights under the searched mask; "best":
-whichever of the two pruned starts scores better on validation) unless `DNISConfig.fine_tune` is False
-(then from a fresh initialisation).
+(`DNISConfig.fine_tune_from="full"`: from the aligned full model's weights under the searched mask)
+unless `DNISConfig.fine_tune` is False (then from a fresh initialisation).
 
 Each stage writes its run folder (epoch checkpoints, its artifacts, then results.json)
 under OUT; with `resume=True` finished stages are read back and the stage in flight
@@ -12,8 +11,7 @@ uninterrupted one. Every stage seeds itself, so its result does not depend on wh
 stages ran before it in the process. OUT/report.json gathers them:
 {"budget_asked", "budget_bytes" (what DNIS kept, at most the budget asked; the baselines get the same),
 "full_bytes", "runs": {"full", "dnis", "uniform", "mde"}, "search",
-"kept_dims", "timing", "warm_start" when the search held out training rows (`search_source`), and
-"retrain_start" (with `fine_tune_from="best"`: which start the retrain took, `retrain_start`)}; OUT/layout.json is the pruned configuration and
+"kept_dims", "timing", and "warm_start" when the search held out training rows (`search_source`)}; OUT/layout.json is the pruned configuration and
 OUT/kept_dims.png its picture.
 
 The full model and the search do not depend on the budget: with `search_dir` several
@@ -41,11 +39,9 @@ from embslim.search.dnis import AlphaStep, DNISConfig, layout_for_budget, layout
 from embslim.search.report import dims_per_field, kept_dims_table, plot_kept_dims, summary_lines
 from embslim.train.checkpoint import save_checkpoint
 from embslim.train.run import RunConfig, build_model, describe_embedding, train_model, write_results
-from embslim.train.metrics import is_better
 from embslim.train.trainer import Trainer
 
 BASELINES = ("uniform", "mde")
-START_FILE = "retrain_start.json"  # in the DNIS stage's folder: which start the retrain took, and why
 
 
 def _stage(out: Path, resume: bool, train: Callable[[Path, bool], dict]) -> dict:
@@ -122,13 +118,11 @@ def run_search(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: D
 
     def train_dnis(path: Path, resume_stage: bool) -> dict:
         slim_config = replace(config, embedding=EmbeddingConfig("blockwise", width, init_std=config.embedding.init_std, options={"layout": layout}))
+        model, d = build_model(data, slim_config)
         if dnis.fine_tune:
-            model, d, choice = retrain_start(data, slim_config, dnis, layouts, search_model, warm)
-            if "val" in choice:  # a choice was made: keep why
-                path.mkdir(parents=True, exist_ok=True)
-                write_results(choice, path / START_FILE)
-        else:
-            model, d = build_model(data, slim_config)
+            start = fine_tune_start(data, config, dnis, search_model, warm)
+            model.embedding.load_block_values(pruned_values(start.embedding, layouts))
+            warm_start_from_network(model, start)
         return train_model(model, d, slim_config, path, resume_stage, save=export_embedding)
 
     runs["dnis"] = _stage(out / "dnis", resume, train_dnis)
@@ -154,7 +148,6 @@ def run_search(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: D
         "timing": {"full_seconds": full_time, "search_seconds": search_seconds, "retrain_seconds": retrain,
                    "search_plus_retrain_over_full": (search_seconds + retrain) / max(full_time, 1e-9)},
         **({"warm_start": {"metrics": warm_run["metrics"], "seconds": warm_run["timing"]["wall_seconds"]}} if warm_run else {}),
-        **({"retrain_start": json.loads((out / "dnis" / START_FILE).read_text())} if (out / "dnis" / START_FILE).exists() else {}),
     }
     write_results(report, out / "report.json")
     (out / "report.txt").write_text("\n".join(summary_lines(report)) + "\n")
@@ -211,37 +204,6 @@ def fine_tune_start(data: PreparedData, config: RunConfig, dnis: DNISConfig, sea
         return search_model
     return warm_search_model(search_source(data, dnis, config.train.seed), replace(config, embedding=search_embedding(config, dnis)),
                              dnis, full_model)[0]
-
-
-def retrain_start(data: PreparedData, slim_config: RunConfig, dnis: DNISConfig, layouts: dict, search_model: Recommender,
-                  full_model: Recommender) -> tuple[Recommender, PreparedData, dict]:
-    """(slim model, its data, record): the blockwise model of `slim_config` holding the pruned start of the retrain.
-
-    `fine_tune_from="best"` builds both starts, the searched model and the full model pruned to the layout, and
-    keeps the one with the better validation score before any retraining (the metric the retrain selects by).
-    Neither start is right for every backbone: where the layout keeps all a backbone reads (LR after its
-    alignment), the pruned full model is the full model itself and alpha's shrinkage only costs accuracy; where
-    the network adapted to alpha during the search (DeepFM, DCNv2), the searched start is better."""
-    sources = ("search", "full") if dnis.fine_tune_from == "best" else (dnis.fine_tune_from,)
-    built = {}
-    for source in sources:
-        model, d = build_model(data, slim_config)
-        start = fine_tune_start(data, slim_config, replace(dnis, fine_tune_from=source), search_model, full_model)
-        model.embedding.load_block_values(pruned_values(start.embedding, layouts))
-        warm_start_from_network(model, start)
-        built[source] = model, d
-    if len(built) == 1:
-        model, d = built[sources[0]]
-        return model, d, {"from": sources[0], "rule": f"fine_tune_from={sources[0]}"}
-    scores, metric = {}, ""
-    for source, (model, d) in built.items():
-        trainer = Trainer(model, d, slim_config.train, None)
-        metric = trainer.primary_metric()
-        scores[source] = trainer.evaluate("val")[metric]
-    chosen = "full" if is_better(data.task, scores["full"], scores["search"]) else "search"
-    model, d = built[chosen]
-    return model, d, {"from": chosen, "rule": f"fine_tune_from=best: the better validation {metric} of the two pruned starts",
-                      "val": scores}
 
 
 def search_source(data: PreparedData, dnis: DNISConfig, seed: int) -> PreparedData:
