@@ -12,7 +12,7 @@ from embslim.cli import main
 from embslim.data.fields import FieldSpec
 from embslim.embeddings import EmbeddingConfig, create_embedding, load_artifact
 from embslim.embeddings.base import StepContext
-from embslim.embeddings.dsl import DSLEmbedding, DSLSettings
+from embslim.embeddings.dsl import DSLEmbedding, DSLSettings, largest_first
 from embslim.embeddings.sparse_storage import mask_bytes
 from embslim.errors import BudgetError, ConfigError
 from embslim.train.run import RunConfig, build_model, train_model
@@ -203,3 +203,11 @@ def test_cli_trains_dsl_within_the_budget(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["embedding"]["bytes"] <= results["config"]["embedding"]["budget_bytes"]
     assert not math.isnan(results["metrics"]["test"]["auc"])
+
+
+@pytest.mark.parametrize("n", [1, 5, 40, 120])
+def test_regrowth_order_is_a_stable_descending_sort_without_sorting_the_zeros(n):
+    gen = torch.Generator().manual_seed(3)
+    values = torch.randint(0, 4, (200,), generator=gen).float() * (torch.rand(200, generator=gen) < 0.3)  # ties, many zeros
+    values[torch.rand(200, generator=gen) < 0.4] = -1.0  # kept entries, never regrown
+    assert torch.equal(largest_first(values, n), torch.argsort(values, descending=True, stable=True)[:n])

@@ -12,7 +12,7 @@ from embslim.data.fields import FieldSpec
 from embslim.embeddings import EmbeddingConfig, create_embedding, load_artifact
 from embslim.embeddings.base import StepContext
 from embslim.embeddings.magnitude import MagnitudeEmbedding, MagnitudeSettings
-from embslim.embeddings.sparse_storage import SparseRows, form_bytes, mask_bytes
+from embslim.embeddings.sparse_storage import SparseRows, form_bytes, kept_columns, kept_count, mask_bytes
 from embslim.errors import BudgetError
 from embslim.train.run import RunConfig, build_model, train_model
 from embslim.train.trainer import TrainConfig
@@ -32,6 +32,17 @@ def test_pruned_table_is_stored_in_its_cheapest_form_and_serves_the_kept_entries
     assert torch.equal(rows.lookup(ids), (weight * mask)[ids])
     kept_columns = int(mask.any(0).sum())
     assert rows.nbytes() == mask_bytes(mask) == min(form_bytes(f, 203, 16, int(mask.sum()), kept_columns) for f in ("dense", "bitmask", "csr"))
+
+
+@pytest.mark.parametrize("shape", [(203, 16), (0, 8), (5, 3)])
+def test_kept_counts_match_their_definitions_on_masks_with_empty_columns(shape):
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(1)) < 0.3
+    if shape[0]:
+        mask[:, 1] = False
+    assert kept_count(mask) == int(mask.sum())
+    assert kept_columns(mask) == int(mask.any(dim=0).sum())
+    assert kept_columns(mask[:, ::2]) == int(mask[:, ::2].any(dim=0).sum())  # a strided view counts alike
+    assert kept_columns(mask, probe_rows=2) == int(mask.any(dim=0).sum())  # beyond the probed rows too
 
 
 def test_table_with_whole_columns_pruned_stores_only_the_kept_columns():

@@ -10,7 +10,7 @@ from embslim.cli import main
 from embslim.data.fields import FieldSpec
 from embslim.embeddings import EmbeddingConfig, create_embedding, load_artifact
 from embslim.embeddings.base import StepContext
-from embslim.embeddings.pep import PEPEmbedding, PEPSettings, soft_threshold
+from embslim.embeddings.pep import PEPEmbedding, PEPSettings, soft_threshold, above_threshold
 from embslim.errors import BudgetError, ConfigError
 from embslim.train.run import RunConfig, build_model, run, train_model
 from embslim.train.trainer import TrainConfig
@@ -176,3 +176,11 @@ def test_cli_trains_pep_within_the_budget(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["embedding"]["bytes"] <= results["config"]["embedding"]["budget_bytes"]
     assert "non-zero" in results["embedding"]["note"]
+
+
+@pytest.mark.parametrize("threshold", [torch.tensor([0.5]), torch.linspace(0.1, 1.0, 4)])
+def test_the_chunked_threshold_mask_equals_the_whole_table_comparison(threshold):
+    table = torch.randn(30, 4, generator=torch.Generator().manual_seed(0))
+    out = torch.empty(30, 4, dtype=torch.bool)
+    above_threshold(table, threshold, out, chunk_rows=7)
+    assert torch.equal(out, table.abs() > threshold)

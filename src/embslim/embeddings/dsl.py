@@ -41,7 +41,7 @@ from embslim.data.fields import FieldSpec
 from embslim.embeddings.base import EmbeddingConfig, StepContext, storage_bytes
 from embslim.embeddings.masked import MaskedEmbedding
 from embslim.embeddings.registry import register_embedding
-from embslim.embeddings.sparse_storage import mask_bytes
+from embslim.embeddings.sparse_storage import kept_count, mask_bytes
 from embslim.errors import ConfigError
 
 
@@ -59,6 +59,18 @@ class DSLSettings:
             raise ConfigError(f"dsl needs 0 <= drop_fraction <= 1 and 0 <= stop <= 1, got drop_fraction={self.drop_fraction} stop={self.stop}")
         if not 0 < self.density <= 1:
             raise ConfigError(f"dsl needs 0 < density <= 1, got {self.density}")
+
+
+def largest_first(values: torch.Tensor, n: int) -> torch.Tensor:
+    """Positions of the `n` largest of `values` (>= 0 where eligible), ties by position: what a stable descending
+    argsort's first `n` are, without sorting the whole table. Regrowth candidates are mostly zero (entries no
+    gradient reached), so only the positive ones are sorted and the zeros are taken in position order."""
+    positive = (values > 0).nonzero().squeeze(1)
+    ranked = positive[torch.argsort(values[positive], descending=True, stable=True)]
+    if len(ranked) >= n:
+        return ranked[:n]
+    zeros = (values == 0).nonzero().squeeze(1)[:n - len(ranked)]
+    return torch.cat([ranked, zeros])
 
 
 @register_embedding("dsl", settings=DSLSettings, budgeted=True)
@@ -152,7 +164,7 @@ class DSLEmbedding(MaskedEmbedding):
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.updates_done)
         masks = []
         for i, (table, mask, score) in enumerate(zip(self.tables, self.masks(), self.scores())):
-            kept = int(mask.sum())
+            kept = kept_count(mask)
             n = min(round(fraction * kept), mask.numel() - kept)
             new = mask.clone()
             if n > 0:
@@ -161,7 +173,7 @@ class DSLEmbedding(MaskedEmbedding):
                 flat[torch.topk(magnitude, n, largest=False, sorted=False).indices] = False
                 order = torch.randperm(mask.numel(), generator=gen).to(mask.device)
                 growth = score.abs().masked_fill(mask, -1.0).view(-1)[order]
-                flat[order[torch.argsort(growth, descending=True, stable=True)[:n]]] = True
+                flat[order[largest_first(growth, n)]] = True
                 if mask_bytes(new) > self.table_bytes[i]:
                     new = mask
             masks.append(new)

@@ -20,7 +20,7 @@ from torch import nn
 
 from embslim.data.fields import FieldSpec
 from embslim.embeddings.base import ADAM_STATE_COPIES, FeatureEmbedding, SliceContext, StepContext, storage_bytes
-from embslim.embeddings.sparse_storage import SparseRows, cheapest_form, mask_bytes
+from embslim.embeddings.sparse_storage import SparseRows, cheapest_form, kept_count, mask_bytes
 from embslim.errors import BudgetError
 
 
@@ -53,7 +53,7 @@ class MaskedEmbedding(FeatureEmbedding):
 
     # -- masks ---------------------------------------------------------------------
     def kept(self) -> int:
-        return sum(int(m.sum()) for m in self.masks())
+        return sum(kept_count(m) for m in self.masks())
 
     def parameter_count(self) -> int:
         """Kept (non-zero) entries: the parameters the pruned model has."""

@@ -67,7 +67,22 @@ def cheapest_form(rows: int, width: int, nnz: int, kept_columns: int) -> tuple[F
 def mask_bytes(mask: torch.Tensor) -> int:
     """Serving bytes of a table whose kept entries are `mask` ([rows, width] bool), in its cheapest form."""
     rows, width = mask.shape
-    return cheapest_form(rows, width, int(mask.sum()), int(mask.any(dim=0).sum()))[1]
+    return cheapest_form(rows, width, kept_count(mask), kept_columns(mask))[1]
+
+
+def kept_count(mask: torch.Tensor) -> int:
+    """Entries a bool mask keeps (`count_nonzero`: ~10x a bool `sum`, which pruning methods pay every step)."""
+    return int(torch.count_nonzero(mask))
+
+
+def kept_columns(mask: torch.Tensor, probe_rows: int = 4096) -> int:
+    """Columns of a [rows, width] bool mask with any entry kept. Usually every column keeps something within
+    the first `probe_rows` rows, which settles it without reading the rest; otherwise a byte max down the rows."""
+    if mask.numel() == 0:
+        return 0
+    if bool(mask[:probe_rows].any(dim=0).all()):
+        return mask.shape[1]
+    return int(torch.count_nonzero(mask.view(torch.uint8).amax(dim=0)))
 
 
 @dataclass
