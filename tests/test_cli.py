@@ -120,6 +120,7 @@ def test_search_flag_defaults_are_the_dnis_defaults():
     assert args.search_holdout == DNISConfig.search_holdout and args.l1 == DNISConfig.l1
     assert args.fill_temperature == DNISConfig.fill_temperature and args.min_dims == DNISConfig.min_dims
     assert args.fine_tune_from == DNISConfig.fine_tune_from
+    assert args.retrain == DNISConfig.retrain and args.search_trains_weights == DNISConfig.search_trains_weights
 
 
 def test_ray_address_without_ray_fails_before_any_cell_runs(capsys, monkeypatch, tmp_path):

@@ -9,12 +9,14 @@ from scipy.stats import spearmanr
 from embslim.cli import main
 from embslim.errors import ConfigError
 from embslim.data import SyntheticConfig, load_dataset
-from embslim.embeddings import EmbeddingConfig, SparseBatch
+from embslim.embeddings import EmbeddingConfig, SparseBatch, load_artifact
+from embslim.embeddings.blockwise import BlockwiseEmbedding
 from embslim.embeddings.full import full_bytes
 from embslim.models import ModelOptions
 from embslim.search.align import align_to_principal_axes
-from embslim.search.dnis import AlphaStep, DNISConfig, warm_start_from
-from embslim.search.pipeline import fine_tune_start, search_dims
+from embslim.search.dnis import AlphaStep, DNISConfig, pruned_values, warm_start_from
+from embslim.search import importance
+from embslim.search.pipeline import fine_tune_start, run_search, search_dims
 from embslim.search.report import dims_per_field, kept_dims_table
 from embslim.train.run import RunConfig, build_model, train_model
 from embslim.train.trainer import TrainConfig, Trainer
@@ -150,6 +152,50 @@ def test_a_search_that_does_not_train_weights_moves_only_alpha():
     assert "embedding.tables.0" in searched and "embedding.tables.0" in full.state_dict()  # the tables are compared
     assert all(torch.equal(v, full.state_dict()[k]) for k, v in searched.items() if k in full.state_dict())
     assert not torch.all(search_model.embedding.alpha == 1)
+
+
+def test_a_search_without_retrain_serves_the_pruned_searched_model(tmp_path):
+    data = load_tiny()
+    config = RunConfig("deepfm", EmbeddingConfig("full", 4), train=FAST)
+    budget = full_bytes(data.table.fields, [4] * len(data.table.fields)) // 3
+    dnis = DNISConfig(blocks=3, search_epochs=1, retrain=False)
+    report = run_search(data, config, budget, dnis, tmp_path, baselines=())
+    assert report["runs"]["dnis"]["history"] == []
+    full, _ = build_model(data, config)
+    full.load_state_dict(torch.load(tmp_path / "full" / "model.pt"))
+    search_model, _, _, _, layouts = search_dims(data, config, budget, dnis, full, tmp_path / "search", resume=True)
+    served = load_artifact(tmp_path / "dnis" / "embedding.safetensors")
+    expected = BlockwiseEmbedding(data.table.fields, layouts, 4)
+    expected.load_block_values(pruned_values(search_model.embedding, layouts))
+    assert all(torch.equal(a, b) for a, b in zip(served.tables, expected.tables))
+
+
+def test_no_retrain_from_a_fresh_initialisation_is_a_config_error():
+    with pytest.raises(ConfigError, match="retrain=false"):
+        DNISConfig(retrain=False, fine_tune=False)
+
+
+def test_every_budget_pruned_from_one_search_reads_its_loss_increases_back(tmp_path, monkeypatch):
+    data = load_tiny()
+    config = RunConfig("fm", EmbeddingConfig("full", 4), train=FAST)
+    full, _ = build_model(data, config)
+    dnis = DNISConfig(search_epochs=1)
+    first = search_dims(data, config, 10**9, dnis, full, tmp_path)[4]
+    monkeypatch.setattr(importance, "loss_increase", lambda *a, **k: pytest.fail("measured again"))
+    assert search_dims(data, config, 10**9, dnis, full, tmp_path, resume=True)[4] == first
+    search_dims(data, config, 2000, dnis, full, tmp_path, resume=True)  # another budget, same evidence
+
+
+def test_loss_increases_measured_with_other_settings_are_not_reused(tmp_path, monkeypatch):
+    data = load_tiny()
+    config = RunConfig("fm", EmbeddingConfig("full", 4), train=FAST)
+    full, _ = build_model(data, config)
+    search_dims(data, config, 10**9, DNISConfig(search_epochs=1), full, tmp_path)
+    calls = []
+    real = importance.loss_increase
+    monkeypatch.setattr(importance, "loss_increase", lambda *a, **k: calls.append(1) or real(*a, **k))
+    search_dims(data, config, 10**9, DNISConfig(search_epochs=1, noise_z=1.0), full, tmp_path, resume=True)
+    assert calls == [1]
 
 
 def test_unknown_fine_tune_source_is_a_config_error():

@@ -329,7 +329,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                       frequency_exponent=args.frequency_exponent, min_dims=args.min_dims, fine_tune=not args.from_scratch,
                       fine_tune_from=args.fine_tune_from,
                       prune_during_search=args.prune_during_search, threshold=args.threshold, score=args.score, fill=args.fill,
-                      fill_temperature=args.fill_temperature, search_holdout=args.search_holdout, **tuned)
+                      fill_temperature=args.fill_temperature, search_holdout=args.search_holdout,
+                      search_trains_weights=args.search_trains_weights, retrain=args.retrain, **tuned)
     out = args.out or Path("runs") / f"search-{args.dataset}-{data.task}-{args.model}-b{budget_flag}-seed{args.seed}"
     write_data_args(args, data.task, out)
     baselines = tuple(b for b in args.baselines.split(",") if b)
@@ -524,6 +525,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the weights the retrain starts from under the searched mask: search = the searched e * alpha and "
                         "network (default); full = the full model the search began with (holds LR's accuracy, loses a "
                         "little on the other backbones measured)")
+    s.add_argument("--search-trains-weights", action=argparse.BooleanOptionalAction, default=True,
+                   help="train the model's weights beside alpha during the search (default); --no-search-trains-weights "
+                        "moves alpha only (one-pass data such as Criteo, where a second pass over the rows memorises)")
+    s.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=True,
+                   help="retrain the pruned model (default); --no-retrain serves the pruned searched model as it is "
+                        "(with --no-search-trains-weights: the full model, alpha-scaled and pruned, no second pass)")
     s.add_argument("--search-holdout", type=holdout_fraction, default=SEARCH_HOLDOUT,
                    help="rating/CTR: fit alpha and the pruning scores on this share of the training rows, held out from the "
                         "search's training, instead of the validation split that selects the retrained model (0: validation; "

@@ -166,6 +166,7 @@ DNIS_VALUES: dict[str, Callable[[str], object]] = {
     "prune_during_search": boolean, "align": boolean, "threshold": non_negative_float,
     "score": dnis_score, "noise_z": non_negative_float, "importance_rows": positive_int, "fill": boolean,
     "fill_temperature": non_negative_float, "search_holdout": holdout_fraction, "search_trains_weights": boolean,
+    "retrain": boolean,
 }  # one check per DNISConfig field, the same as the `embslim search` flags
 
 

@@ -9,6 +9,7 @@ from which pruning keeps the most important (block, dimension) pairs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -116,7 +117,8 @@ class DNISEmbedding(FullEmbedding):
         from embslim.search.dnis import DNISConfig, layout_for_budget, pruned_values, pruning_scores
 
         config = DNISConfig(**context.options.get("dnis", {}))
-        scores = pruning_scores(context.model, context.data, config, context.seed)
+        folder = context.options.get("search_folder")
+        scores = pruning_scores(context.model, context.data, config, context.seed, Path(folder) if folder else None)
         layouts = layout_for_budget(self, budget_bytes, config, scores)
         module = BlockwiseEmbedding(self.fields, layouts, self.width)
         module.settings = BlockwiseSettings(layout_to_json(layouts, self.width))

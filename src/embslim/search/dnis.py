@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from embslim.embeddings.blockwise import layout_bytes
 from embslim.embeddings.dnis import DNISEmbedding
 from embslim.errors import ConfigError
 from embslim.models.base import Recommender
-from embslim.search.importance import frequency_fill, loss_increase, ranking
+from embslim.search.importance import cached_loss_increase, frequency_fill, ranking
 from embslim.train.objectives import create_objective
 from embslim.train.trainer import TrainConfig
 
@@ -51,12 +52,15 @@ class DNISConfig:
     importance_rows: int = 100_000  # "loss": validation rows measured (a seeded sample beyond this)
     search_trains_weights: bool = True  # False: only alpha moves during the search (one-pass data, where a second pass memorises)
     search_holdout: float = 0.0  # rating/CTR: fit alpha and the scores on this share of training rows, not validation (0: validation)
+    retrain: bool = True  # False: serve the pruned start (fine_tune_from's) as it is, no retrain (one-pass data, with search_trains_weights=False)
 
     def __post_init__(self) -> None:
         if self.score not in SCORES:
             raise ConfigError(f"DNIS score must be one of {SCORES}, got {self.score!r}")
         if self.fine_tune_from not in FINE_TUNE_SOURCES:
             raise ConfigError(f"DNIS fine_tune_from must be one of {FINE_TUNE_SOURCES}, got {self.fine_tune_from!r}")
+        if not self.retrain and not self.fine_tune:
+            raise ConfigError("DNIS retrain=false serves the pruned searched model: it needs fine_tune=true (a fresh initialisation is untrained)")
         if not 0 <= self.search_holdout < 1:
             raise ConfigError(f"DNIS search_holdout must be in [0, 1), got {self.search_holdout}")
 
@@ -169,10 +173,11 @@ class AlphaStep:
         self.update.mask_to(layout_for_budget(self.embedding, budget_bytes, self.config, scores))
 
 
-def pruning_scores(model: Recommender, data: PreparedData, config: DNISConfig = DNISConfig(), seed: int = 0) -> dict[str, np.ndarray]:
+def pruning_scores(model: Recommender, data: PreparedData, config: DNISConfig = DNISConfig(), seed: int = 0,
+                   folder: Path | None = None) -> dict[str, np.ndarray]:
     """Per field, [blocks, width]: what budget pruning ranks (block, dimension) pairs by (see `rank_pairs`),
-    the loss increases measured on `data`'s validation split."""
-    lower = loss_increase(model, data, config.noise_z, config.importance_rows, seed) if config.score == "loss" else None
+    the loss increases measured on `data`'s validation split (kept in and read from the search `folder`, if given)."""
+    lower = cached_loss_increase(model, data, config.noise_z, config.importance_rows, seed, folder) if config.score == "loss" else None
     return rank_pairs(model.embedding, config, lower)
 
 

@@ -14,6 +14,8 @@ search reports the bytes its evidence supports.
 """
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -22,10 +24,12 @@ import torch
 from embslim.data.fields import PreparedData
 from embslim.embeddings.dnis import DNISEmbedding
 from embslim.models.base import Recommender
+from embslim.train.checkpoint import save_checkpoint
 from embslim.train.objectives import Objective, create_objective
 from embslim.train.trainer import TrainConfig
 
 EVAL_BATCH = 16384
+LOSS_INCREASE_FILE = "loss_increase.pt"  # in a search's folder: the pruning evidence every budget shares
 
 
 class _ExampleLosses:
@@ -64,6 +68,25 @@ def loss_increase(model: Recommender, data: PreparedData, z: float = 2.0, max_ro
     starts = emb.field_block_starts()
     row_blocks = {f.name: objective.example_blocks(indices, f.name, np.asarray(starts[f.name])) for f in emb.fields}
     return drop_increase(emb, _ExampleLosses(objective, indices), row_blocks, z)
+
+
+def cached_loss_increase(model: Recommender, data: PreparedData, z: float, max_rows: int, seed: int,
+                         folder: Path | None) -> dict[str, np.ndarray]:
+    """`loss_increase`, kept in `folder` (a search's folder) as LOSS_INCREASE_FILE: it depends on the searched model
+    and the rows measured alone, so every budget pruned from one search, a resumed run and `embslim slice` read it
+    back instead of measuring it again (a validation pass per field and dimension). The file holds the settings
+    and a fingerprint of the validation rows it was measured on, and is used only when they match."""
+    key = {"z": z, "max_rows": max_rows, "seed": seed,
+           "rows": hashlib.sha1(np.ascontiguousarray(data.splits["val"]).tobytes()).hexdigest()}
+    path = folder / LOSS_INCREASE_FILE if folder is not None else None
+    if path is not None and path.exists():
+        saved = torch.load(path, weights_only=False)
+        if saved.get("key") == key:
+            return saved["lower"]
+    lower = loss_increase(model, data, z, max_rows, seed)
+    if path is not None:
+        save_checkpoint({"key": key, "lower": lower}, path)
+    return lower
 
 
 @torch.no_grad()

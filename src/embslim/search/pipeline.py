@@ -2,7 +2,8 @@
 
 The retrain starts from the pruned, alpha-scaled searched weights and network
 (`DNISConfig.fine_tune_from="full"`: from the aligned full model's weights under the searched mask)
-unless `DNISConfig.fine_tune` is False (then from a fresh initialisation).
+unless `DNISConfig.fine_tune` is False (then from a fresh initialisation); with `DNISConfig.retrain` False
+that pruned start is served as it is.
 
 Each stage writes its run folder (epoch checkpoints, its artifacts, then results.json)
 under OUT; with `resume=True` finished stages are read back and the stage in flight
@@ -35,7 +36,8 @@ from embslim.embeddings import EmbeddingConfig
 from embslim.embeddings.blockwise import layout_bytes, layout_to_json
 from embslim.models.base import Recommender
 from embslim.search.align import align_to_principal_axes
-from embslim.search.dnis import AlphaStep, DNISConfig, layout_for_budget, layout_for_threshold, pruned_values, pruning_scores, search_train_config, warm_start_from
+from embslim.search.dnis import (AlphaStep, DNISConfig, layout_for_budget, layout_for_threshold, pruned_values, pruning_scores,
+                                 search_train_config, warm_start_from)
 from embslim.search.report import dims_per_field, kept_dims_table, plot_kept_dims, summary_lines
 from embslim.train.checkpoint import save_checkpoint
 from embslim.train.run import RunConfig, build_model, describe_embedding, train_model, write_results
@@ -123,6 +125,8 @@ def run_search(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: D
             start = fine_tune_start(data, config, dnis, search_model, warm)
             model.embedding.load_block_values(pruned_values(start.embedding, layouts))
             warm_start_from_network(model, start)
+        if not dnis.retrain:  # served as pruned: evaluated, not trained
+            slim_config = replace(slim_config, train=replace(slim_config.train, epochs=0))
         return train_model(model, d, slim_config, path, resume_stage, save=export_embedding)
 
     runs["dnis"] = _stage(out / "dnis", resume, train_dnis)
@@ -168,9 +172,10 @@ def search_dims(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: 
     search_model, sdata, aligned = warm_search_model(source, search_config, dnis, full_model)
     callback = AlphaStep(search_model, sdata, dnis, config.train.batch_size, config.train.seed,
                          budget_bytes if dnis.prune_during_search else None, search_config.train)
-    fit = Trainer(search_model, sdata, search_config.train, out, [callback]).fit(resume=resume)
+    with frozen_weights(search_model, not dnis.search_trains_weights):
+        fit = Trainer(search_model, sdata, search_config.train, out, [callback]).fit(resume=resume)
     if dnis.threshold is None:
-        scores = pruning_scores(search_model, sdata, dnis, config.train.seed)
+        scores = pruning_scores(search_model, sdata, dnis, config.train.seed, out)
         layouts = layout_for_budget(search_model.embedding, budget_bytes, dnis, scores)
     else:
         layouts = layout_for_threshold(search_model.embedding, dnis.threshold)
@@ -178,6 +183,22 @@ def search_dims(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: 
     fit["aligned"] = aligned
     fit["search_rows"] = "validation split" if source is data else f"{dnis.search_holdout:g} of the training rows, held out"
     return search_model, sdata, fit, seconds, layouts
+
+
+@contextmanager
+def frozen_weights(model: Recommender, frozen: bool):
+    """With `frozen`, every parameter but the search's own (alpha) takes no gradient inside the block, so a search
+    that only moves alpha (`search_trains_weights=False`; its learning rates are 0 as well) computes no weight
+    gradients it would throw away."""
+    own = {id(p) for p in model.embedding.search_parameters()}
+    held = [p for p in model.parameters() if frozen and id(p) not in own and p.requires_grad]
+    for p in held:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in held:
+            p.requires_grad_(True)
 
 
 def search_embedding(config: RunConfig, dnis: DNISConfig) -> EmbeddingConfig:

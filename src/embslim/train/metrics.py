@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit
 from sklearn.metrics import log_loss, roc_auc_score
 
 PRIMARY = {"ctr": ("auc", "max"), "rating": ("rmse", "min"), "topk": ("ndcg@10", "max")}
 
 
 def ctr_metrics(label: np.ndarray, logit: np.ndarray) -> dict[str, float]:
-    prob = 1.0 / (1.0 + np.exp(-logit.astype(np.float64)))
+    prob = expit(logit.astype(np.float64))  # no overflow warning for a diverging model's huge logits
     prob = np.clip(prob, 1e-7, 1 - 1e-7)
     auc = float(roc_auc_score(label, prob)) if 0 < label.sum() < len(label) else float("nan")
     return {"auc": auc, "logloss": float(log_loss(label, prob, labels=[0, 1]))}

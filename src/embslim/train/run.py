@@ -95,6 +95,7 @@ def train_model(model: Recommender, data: PreparedData, config: RunConfig, out_d
         "environment": environment(),
     }
     if out_dir is not None and distributed.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)  # a run of 0 epochs (evaluation only) has written nothing yet
         if save is not None:
             save(model, out_dir)
         write_results(results, out_dir / "results.json")

@@ -102,7 +102,7 @@ def _read_search(path: Path, data_args: dict) -> SourceRun:
     emb = EmbeddingConfig("dnis", config.embedding.dim, init_std=config.embedding.init_std,
                           options={"blocks": list(blocks) if isinstance(blocks, list) else blocks})
     return SourceRun(path, "search", replace(config, embedding=emb), _final_state(checkpoint), full["data"]["fields"],
-                     report["search"]["embedding"], {"dnis": dnis}, data_args)
+                     report["search"]["embedding"], {"dnis": dnis, "search_folder": str(path / "search")}, data_args)
 
 
 def validation_loss(model, data: PreparedData, max_rows: int, seed: int, half: int | None = None):
