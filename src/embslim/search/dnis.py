@@ -177,7 +177,7 @@ def pruning_scores(model: Recommender, data: PreparedData, config: DNISConfig = 
                    folder: Path | None = None) -> dict[str, np.ndarray]:
     """Per field, [blocks, width]: what budget pruning ranks (block, dimension) pairs by (see `rank_pairs`),
     the loss increases measured on `data`'s validation split (kept in and read from the search `folder`, if given)."""
-    lower = cached_loss_increase(model, data, config.noise_z, config.importance_rows, seed, folder) if config.score == "loss" else None
+    lower = cached_loss_increase(model, data, config.noise_z, config.importance_rows, seed, folder)[0] if config.score == "loss" else None
     return rank_pairs(model.embedding, config, lower)
 
 

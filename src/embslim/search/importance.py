@@ -15,6 +15,7 @@ search reports the bytes its evidence supports.
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -71,22 +72,25 @@ def loss_increase(model: Recommender, data: PreparedData, z: float = 2.0, max_ro
 
 
 def cached_loss_increase(model: Recommender, data: PreparedData, z: float, max_rows: int, seed: int,
-                         folder: Path | None) -> dict[str, np.ndarray]:
-    """`loss_increase`, kept in `folder` (a search's folder) as LOSS_INCREASE_FILE: it depends on the searched model
-    and the rows measured alone, so every budget pruned from one search, a resumed run and `embslim slice` read it
-    back instead of measuring it again (a validation pass per field and dimension). The file holds the settings
-    and a fingerprint of the validation rows it was measured on, and is used only when they match."""
+                         folder: Path | None) -> tuple[dict[str, np.ndarray], float]:
+    """(`loss_increase`, the seconds it took to measure), kept in `folder` (a search's folder) as LOSS_INCREASE_FILE:
+    it depends on the searched model and the rows measured alone, so every budget pruned from one search, a resumed
+    run and `embslim slice` read it back instead of measuring it again (a validation pass per field and dimension).
+    The file holds the settings and a fingerprint of the validation rows it was measured on, and is used only when
+    they match."""
     key = {"z": z, "max_rows": max_rows, "seed": seed,
            "rows": hashlib.sha1(np.ascontiguousarray(data.splits["val"]).tobytes()).hexdigest()}
     path = folder / LOSS_INCREASE_FILE if folder is not None else None
     if path is not None and path.exists():
         saved = torch.load(path, weights_only=False)
-        if saved.get("key") == key:
-            return saved["lower"]
+        if saved.get("key") == key and "seconds" in saved:
+            return saved["lower"], saved["seconds"]
+    t0 = time.perf_counter()
     lower = loss_increase(model, data, z, max_rows, seed)
+    seconds = time.perf_counter() - t0
     if path is not None:
-        save_checkpoint({"key": key, "lower": lower}, path)
-    return lower
+        save_checkpoint({"key": key, "lower": lower, "seconds": seconds}, path)
+    return lower, seconds
 
 
 @torch.no_grad()

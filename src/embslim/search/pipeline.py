@@ -36,8 +36,9 @@ from embslim.embeddings import EmbeddingConfig
 from embslim.embeddings.blockwise import layout_bytes, layout_to_json
 from embslim.models.base import Recommender
 from embslim.search.align import align_to_principal_axes
-from embslim.search.dnis import (AlphaStep, DNISConfig, layout_for_budget, layout_for_threshold, pruned_values, pruning_scores,
+from embslim.search.dnis import (AlphaStep, DNISConfig, layout_for_budget, layout_for_threshold, pruned_values, rank_pairs,
                                  search_train_config, warm_start_from)
+from embslim.search.importance import cached_loss_increase
 from embslim.search.report import dims_per_field, kept_dims_table, plot_kept_dims, summary_lines
 from embslim.train.checkpoint import save_checkpoint
 from embslim.train.run import RunConfig, build_model, describe_embedding, train_model, write_results
@@ -164,8 +165,8 @@ def search_dims(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: 
     `DNISConfig.align`), search alpha, prune to the budget.
 
     Returns (search model, its data, trainer results, search seconds, per-field layouts);
-    the seconds are those of the search's training epochs (alpha steps included), also when it
-    was finished earlier and only read back.
+    the seconds are those of the search's training epochs (alpha steps included) plus the measuring of
+    the pruning scores' loss increases, also when either was finished earlier and only read back.
     """
     search_config = replace(config, embedding=search_embedding(config, dnis), train=search_train_config(config.train, dnis))
     source = search_source(data, dnis, config.train.seed)
@@ -174,12 +175,14 @@ def search_dims(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: 
                          budget_bytes if dnis.prune_during_search else None, search_config.train)
     with frozen_weights(search_model, not dnis.search_trains_weights):
         fit = Trainer(search_model, sdata, search_config.train, out, [callback]).fit(resume=resume)
+    seconds = fit["timing"]["train_seconds"]
     if dnis.threshold is None:
-        scores = pruning_scores(search_model, sdata, dnis, config.train.seed, out)
-        layouts = layout_for_budget(search_model.embedding, budget_bytes, dnis, scores)
+        lower, scoring = cached_loss_increase(search_model, sdata, dnis.noise_z, dnis.importance_rows, config.train.seed, out) \
+            if dnis.score == "loss" else (None, 0.0)
+        seconds += scoring  # measuring the evidence is part of the search's cost, also when read back
+        layouts = layout_for_budget(search_model.embedding, budget_bytes, dnis, rank_pairs(search_model.embedding, dnis, lower))
     else:
         layouts = layout_for_threshold(search_model.embedding, dnis.threshold)
-    seconds = fit["timing"]["train_seconds"]
     fit["aligned"] = aligned
     fit["search_rows"] = "validation split" if source is data else f"{dnis.search_holdout:g} of the training rows, held out"
     return search_model, sdata, fit, seconds, layouts
