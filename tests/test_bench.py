@@ -6,7 +6,7 @@ import pytest
 
 from embslim.bench import runner
 from embslim.bench.grid import BenchSpec, benchmark_methods, cells, registry_name
-from embslim.bench.report import summarise, winners
+from embslim.bench.report import cell_text, summarise, winners
 from embslim.cli import main
 from embslim.embeddings import list_embeddings
 
@@ -122,3 +122,10 @@ def test_top_k_grid_ranks_by_ndcg_and_times_full_ranking(tmp_path, model):
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert {r["method"] for r in rows} == {"full", "hash"}
     assert all(float(r["test_ndcg@10"]) >= 0 and float(r["inference_seconds"]) > 0 for r in rows)
+
+
+def test_a_cell_with_fewer_seeds_than_the_grid_says_so_instead_of_a_spread():
+    full = {"mean": 0.8, "std": 0.001, "bytes": 100.0, "seeds": 3}
+    assert cell_text(full, 3) == "0.8000 ± 0.0010 (100 B)"
+    assert cell_text({**full, "seeds": 1, "std": 0.0}, 3) == "0.8000 (1 seed; 100 B)"
+    assert cell_text({**full, "seeds": 2}, 3) == "0.8000 ± 0.0010 (2 seeds; 100 B)"

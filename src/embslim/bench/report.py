@@ -107,16 +107,24 @@ def winners(summary: dict, metric: str) -> dict[float, str]:
     return {b: m for b, (_, m) in sorted(best.items(), reverse=True)}
 
 
+def cell_text(point: dict, most: int) -> str:
+    """"mean ± std (bytes)", naming the seeds where a cell has fewer than the grid's most (one seed has no spread)."""
+    if point["seeds"] == 1 and most > 1:
+        return f"{point['mean']:.4f} (1 seed; {point['bytes']:,.0f} B)"
+    seeds = f"{point['seeds']} seeds; " if point["seeds"] < most else ""
+    return f"{point['mean']:.4f} ± {point['std']:.4f} ({seeds}{point['bytes']:,.0f} B)"
+
+
 def write_markdown(summary: dict, metric: str, out: Path, header: list[str], asked: tuple[float, ...] = ()) -> None:
     """Table of mean ± std per method and budget (every budget asked, n/a where infeasible) and the winners."""
     budgets = sorted({b for by in summary.values() for b in by if b != 1.0 or len(by) > 1} | set(asked), reverse=True)
     lines = [*header, "", "![Pareto chart](pareto.png)", "", f"Test {metric}, mean ± std over seeds (embedding bytes).", "",
              "| method | " + " | ".join(f"budget {b:g}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+    most = max((p["seeds"] for by in summary.values() for p in by.values()), default=1)
     for method, by in summary.items():
-        cells = [f"{by[b]['mean']:.4f} ± {by[b]['std']:.4f} ({by[b]['bytes']:,.0f} B)" if b in by else "n/a" for b in budgets]
+        cells = [cell_text(by[b], most) if b in by else "n/a" for b in budgets]
         if method == "full":
-            ref = next(iter(by.values()))
-            cells = [f"{ref['mean']:.4f} ± {ref['std']:.4f} ({ref['bytes']:,.0f} B) reference"] + [""] * (len(budgets) - 1)
+            cells = [cell_text(next(iter(by.values())), most) + " reference"] + [""] * (len(budgets) - 1)
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", "n/a: the method cannot be built at that budget (e.g. uniform below one dimension per field).",
               "", "Best method at each budget:", ""]
