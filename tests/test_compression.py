@@ -40,6 +40,16 @@ def test_converter_quantises_the_trained_table_it_is_given(kind):
     assert err < {"int8": 0.01, "int4": 0.05, "int2": 0.2, "fp16": 1e-3, "bf16": 5e-3}[kind]
 
 
+@pytest.mark.parametrize("kind", ["int8", "int4", "int2", "fp16"])
+def test_batched_lookup_of_mixed_width_fields_equals_the_lookup_of_each_field(kind):
+    fields = fields_of(40, 30, 20)
+    quant = convert_embedding(FullEmbedding(fields, [8, 5, 8], init_std=0.1), EmbeddingConfig(kind, dim=8))
+    ids = torch.tensor([[0, 1, 2], [39, 29, 19], [7, 7, 7]])
+    batched = quant.lookup_fields(ids, [0, 1, 2])
+    assert [v.shape[1] for v in batched] == [8, 5, 8]
+    assert all(torch.equal(v, quant.lookup(f, ids[:, f])) for f, v in enumerate(batched))
+
+
 def test_quantised_budget_below_the_natural_size_keeps_precision_and_narrows_the_width():
     fields = fields_of(1000, 500)
     budget = quantized_bytes(fields, [16, 16], "int8") // 2

@@ -31,6 +31,7 @@ import torch
 from embslim.data.fields import FieldSpec
 from embslim.embeddings.base import DTYPE_NAMES, EmbeddingConfig, FeatureEmbedding, StepContext, storage_bytes, tensor_bytes
 from embslim.embeddings.full import OFFSET_BYTES
+from embslim.embeddings.quantized import take_rows
 from embslim.embeddings.registry import register_embedding
 from embslim.errors import BudgetError, ConfigError
 
@@ -131,7 +132,7 @@ class LPTEmbedding(FeatureEmbedding):
 
     def rows(self, rows: torch.Tensor) -> torch.Tensor:
         """Dequantised rows (any index shape)."""
-        return self.codes[rows].float() * self.scales[rows].float().unsqueeze(-1)
+        return take_rows(self.codes, rows).float() * take_rows(self.scales, rows).float().unsqueeze(-1)
 
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
         """Rows as served; in training, through a float leaf per call whose gradient `on_step_end` applies."""
