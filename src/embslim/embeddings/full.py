@@ -7,7 +7,7 @@ serving bytes fit the budget is chosen (the "uniform" baseline).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -47,6 +47,22 @@ def dims_from_config(fields: list[FieldSpec], config: EmbeddingConfig) -> list[i
     if unknown:
         raise ConfigError(f"per-field dims name unknown fields {unknown}")
     return [config.dims.get(f.name, config.dim) for f in fields]
+
+
+def lookup_by_width_group(module, ids: torch.Tensor, fields: list[int],
+                          read: Callable[[int, int, torch.Tensor], Sequence[torch.Tensor]]) -> list[torch.Tensor]:
+    """`lookup_fields` of a module whose fields share one table per width (`group_dims`, `_place`, `offsets_<d>`):
+    per width group, the [B, k] rows of its k fields in one piece, `read(group, width, rows)` giving k [B, d] tensors;
+    a field of width 0 reads [B, 0]."""
+    out: list[torch.Tensor | None] = [None] * len(fields)
+    for g, d in enumerate(module.group_dims):
+        cols = [j for j, i in enumerate(fields) if module._place.get(i, (-1,))[0] == g]
+        if cols:
+            firsts = getattr(module, f"offsets_{d}")[[module._place[fields[j]][1] for j in cols]]
+            rows = (ids if len(cols) == ids.shape[1] else ids[:, cols]) + firsts
+            for j, vec in zip(cols, read(g, d, rows)):
+                out[j] = vec
+    return [o if o is not None else ids.new_zeros((ids.shape[0], 0), dtype=torch.float32) for o in out]
 
 
 @register_embedding("full", budgeted=True)
@@ -119,15 +135,7 @@ class FullEmbedding(FeatureEmbedding):
 
     def lookup_fields(self, ids: torch.Tensor, fields: list[int]) -> list[torch.Tensor]:
         """One gather per width group."""
-        out: list[torch.Tensor | None] = [None] * len(fields)
-        for g, d in enumerate(self.group_dims):
-            cols = [j for j, i in enumerate(fields) if self._place.get(i, (-1,))[0] == g]
-            if cols:
-                firsts = getattr(self, f"offsets_{d}")[[self._place[fields[j]][1] for j in cols]]
-                rows = (ids if len(cols) == ids.shape[1] else ids[:, cols]) + firsts
-                for j, vec in zip(cols, self.gather_columns(g, rows)):
-                    out[j] = vec
-        return [o if o is not None else ids.new_zeros((ids.shape[0], 0), dtype=torch.float32) for o in out]
+        return lookup_by_width_group(self, ids, fields, lambda g, d, rows: self.gather_columns(g, rows))
 
     def stacked(self, batch: SparseBatch) -> torch.Tensor | None:
         """One gather of every field at once, where all fields are single-valued at one width (the same rows as

@@ -24,7 +24,7 @@ import torch
 
 from embslim.data.fields import FieldSpec
 from embslim.embeddings.base import BITS, DTYPE_NAMES, EmbeddingConfig, FeatureEmbedding, storage_bytes
-from embslim.embeddings.full import OFFSET_BYTES, FullEmbedding, dims_from_config
+from embslim.embeddings.full import OFFSET_BYTES, FullEmbedding, dims_from_config, lookup_by_width_group
 from embslim.embeddings.registry import register_embedding
 from embslim.errors import BudgetError, ConfigError
 
@@ -187,15 +187,7 @@ class ReducedPrecisionEmbedding(FeatureEmbedding):
 
     def lookup_fields(self, ids: torch.Tensor, fields: list[int]) -> list[torch.Tensor]:
         """One gather and one decoding per width group (not one per field)."""
-        out: list[torch.Tensor | None] = [None] * len(fields)
-        for g, d in enumerate(self.group_dims):
-            cols = [j for j, i in enumerate(fields) if self._place.get(i, (-1,))[0] == g]
-            if cols:
-                firsts = getattr(self, f"offsets_{d}")[[self._place[fields[j]][1] for j in cols]]
-                rows = (ids if len(cols) == ids.shape[1] else ids[:, cols]) + firsts
-                for j, vec in zip(cols, self.read_rows(d, rows).unbind(1)):
-                    out[j] = vec
-        return [o if o is not None else ids.new_zeros((ids.shape[0], 0), dtype=torch.float32) for o in out]
+        return lookup_by_width_group(self, ids, fields, lambda g, d, rows: self.read_rows(d, rows).unbind(1))
 
     def artifact_meta(self) -> dict:
         return {"dims": self._dims}
