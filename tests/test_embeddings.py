@@ -170,3 +170,15 @@ def test_tables_receive_sparse_gradients(method):
 def test_training_bytes_add_two_adam_copies_of_the_weights_and_the_methods_own_state(method):
     emb = create_embedding(make_fields(CARDS, BAG), example(method))
     assert emb.memory_bytes("train") - emb.memory_bytes("serve") == 2 * emb.weight_bytes() + emb.state_bytes()
+
+
+@pytest.mark.parametrize("method", list_embeddings())
+def test_the_batched_lookup_of_single_valued_fields_equals_each_fields_own_lookup(method):
+    fields = make_fields(CARDS, BAG)
+    emb = create_embedding(fields, example(method)).eval()
+    ids = make_batch(fields, seed=5).ids
+    single = [i for i, f in enumerate(fields) if not f.multivalued]
+    with torch.no_grad():
+        batched = emb.lookup_fields(ids, single)
+        each = [emb.lookup(f, ids[:, j]) for j, f in enumerate(single)]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(batched, each))

@@ -114,7 +114,7 @@ class DoubleHashEmbedding(FeatureEmbedding):
 
     def lookup_fields(self, ids: torch.Tensor, fields: list[int]) -> list[torch.Tensor]:
         vecs = self.vectors(ids, fields)
-        return [vecs[:, j] for j in range(len(fields))]
+        return list(vecs.unbind(1))  # split once: a slice per field would write a full-size gradient each
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         return [self.table]

@@ -148,7 +148,7 @@ class LPTEmbedding(FeatureEmbedding):
 
     def lookup_fields(self, ids: torch.Tensor, fields: list[int]) -> list[torch.Tensor]:
         vecs = self.gather(ids + self.firsts[fields])
-        return [vecs[:, j] for j in range(len(fields))]
+        return list(vecs.unbind(1))  # split once: a slice per field would write a full-size gradient each
 
     @torch.no_grad()
     def on_step_end(self, ctx: StepContext) -> None:

@@ -165,10 +165,10 @@ class QREmbedding(FeatureEmbedding):
         out: dict[int, torch.Tensor] = {}
         if whole:
             vecs = F.embedding(ids[:, whole] + self.firsts[[fields[j] for j in whole]], self.whole, sparse=True)
-            out.update((j, vecs[:, k]) for k, j in enumerate(whole))
+            out.update(zip(whole, vecs.unbind(1)))  # split once: a slice per field would write a full-size gradient each
         if split:
             vecs = self.compose(ids[:, split], [fields[j] for j in split])
-            out.update((j, vecs[:, k]) for k, j in enumerate(split))
+            out.update(zip(split, vecs.unbind(1)))
         return [out[j] for j in range(len(fields))]
 
     def sparse_parameters(self) -> list[nn.Parameter]:
