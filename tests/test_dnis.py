@@ -142,6 +142,21 @@ def test_a_retrain_from_the_full_model_starts_from_its_aligned_weights_with_alph
     assert fine_tune_start(data, config, DNISConfig(), search_model, full) is search_model
 
 
+def test_the_automatic_retrain_start_is_the_full_model_for_lr_and_the_searched_one_for_deepfm():
+    data = load_tiny()
+    for model, from_full in (("lr", True), ("deepfm", False)):
+        config = RunConfig(model, EmbeddingConfig("full", 4), train=FAST)
+        full, d = build_model(data, config)
+        Trainer(full, d, FAST).fit()
+        search_model = search_dims(data, config, 10**9, DNISConfig(search_epochs=1), full)[0]
+        start = fine_tune_start(data, config, DNISConfig(fine_tune_from="auto"), search_model, full)
+        assert (start is not search_model) == from_full
+        if from_full:
+            batch = SparseBatch.from_table(data.split("val"), np.arange(256))
+            full.eval(), start.eval()
+            assert torch.allclose(start(batch), full(batch), atol=1e-5)
+
+
 def test_a_search_that_does_not_train_weights_moves_only_alpha():
     data = load_tiny()
     config = RunConfig("deepfm", EmbeddingConfig("full", 4), train=FAST)

@@ -521,10 +521,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-dims", type=non_negative_int, default=1, help="dimensions every block keeps before the rest is ranked (default 1)")
     s.add_argument("--from-scratch", action="store_true",
                    help="retrain the slim model from a fresh initialisation instead of from the pruned, alpha-scaled searched weights")
-    s.add_argument("--fine-tune-from", type=fine_tune_source, default="search",
+    s.add_argument("--fine-tune-from", type=fine_tune_source, default="auto",
                    help="the weights the retrain starts from under the searched mask: search = the searched e * alpha and "
-                        "network (default); full = the full model the search began with (holds LR's accuracy, loses a "
-                        "little on the other backbones measured)")
+                        "network; full = the full model the search began with (holds LR's accuracy, loses a little on the "
+                        "other backbones measured); auto = full for backbones that read each field along one direction "
+                        "(LR), search for the rest (default)")
     s.add_argument("--search-trains-weights", action=argparse.BooleanOptionalAction, default=True,
                    help="train the model's weights beside alpha during the search (default); --no-search-trains-weights "
                         "moves alpha only (one-pass data such as Criteo, where a second pass over the rows memorises)")

@@ -151,7 +151,7 @@ def dnis_score(text: str) -> str:
 
 
 def fine_tune_source(text: str) -> str:
-    """`search` or `full`: which weights DNIS's retrain starts from under the searched mask."""
+    """`auto`, `search` or `full`: which weights DNIS's retrain starts from under the searched mask."""
     from embslim.search.dnis import FINE_TUNE_SOURCES
 
     if text not in FINE_TUNE_SOURCES:

