@@ -1,8 +1,8 @@
 """`embslim search`: full model, DNIS search, pruning to the budget, retrain, and the baselines.
 
 The retrain starts from the pruned, alpha-scaled searched weights and network
-(`DNISConfig.fine_tune_from="full"`: from the aligned full model's weights under the searched mask)
-unless `DNISConfig.fine_tune` is False (then from a fresh initialisation); with `DNISConfig.retrain` False
+(`DNISConfig.fine_tune_from="full"`, and "auto" for a backbone that reads each field along one direction:
+from the aligned full model's weights under the searched mask) unless `DNISConfig.fine_tune` is False (then from a fresh initialisation); with `DNISConfig.retrain` False
 that pruned start is served as it is.
 
 Each stage writes its run folder (epoch checkpoints, its artifacts, then results.json)
@@ -222,7 +222,7 @@ def warm_search_model(source: PreparedData, search_config: RunConfig, dnis: DNIS
 
 def fine_tune_start(data: PreparedData, config: RunConfig, dnis: DNISConfig, search_model: Recommender, full_model: Recommender) -> Recommender:
     """The model whose weights, under the searched mask, the retrain starts from: the searched one (e * alpha and
-    the network trained with alpha) or, with `fine_tune_from="full"`, the full model the search started from
+    the network trained with alpha) or, where `retrain_source` says "full", the full model the search started from
     (aligned as the search was, alpha at 1), so values fitted beside alpha's shrinkage are not carried over."""
     if retrain_source(dnis, full_model) == "search":
         return search_model
