@@ -53,8 +53,9 @@ def pep_mask_step(repeats: int) -> dict:
     emb = create_embedding(criteo_fields(), EmbeddingConfig("pep", DIM))
 
     def whole_table() -> int:
-        for mask, soft in zip(emb.masks(), emb.soft_masks()):
-            mask.copy_(soft)
+        thr = emb.thresholds()
+        for i, (table, mask) in enumerate(zip(emb.tables, emb.masks())):
+            mask.copy_(table.detach().abs() > thr[i])
         return sum(cheapest_form(m.shape[0], m.shape[1], int(m.sum()), int(m.any(dim=0).sum()))[1] for m in emb.masks())
 
     def embslim() -> int:

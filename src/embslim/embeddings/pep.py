@@ -141,17 +141,19 @@ class PEPEmbedding(MaskedEmbedding):
         return 0.5 * self.settings.decay * s.pow(2).sum()
 
     @torch.no_grad()
-    def soft_masks(self) -> list[torch.Tensor]:
-        """The entries the thresholds keep now: |v| > sigmoid(s)."""
+    def soft_masks(self, out: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """The entries the thresholds keep now, |v| > sigmoid(s): written into `out` (one bool tensor per table)
+        or into new tensors."""
         thr = self.thresholds()
-        return [t.detach().abs() > thr[i] for i, t in enumerate(self.tables)]
+        out = out if out is not None else [torch.empty(t.shape, dtype=torch.bool) for t in self.tables]
+        for i, (table, mask) in enumerate(zip(self.tables, out)):
+            above_threshold(table.detach(), thr[i], mask)
+        return out
 
     @torch.no_grad()
     def refresh_masks(self) -> None:
         """Make the mask buffers the thresholds' current mask (the table itself is not touched while searching)."""
-        thr = self.thresholds()
-        for i, (table, mask) in enumerate(zip(self.tables, self.masks())):
-            above_threshold(table.detach(), thr[i], mask)
+        self.soft_masks(self.masks())
 
     # -- phases -------------------------------------------------------------------------
     def size_is_final(self) -> bool:
