@@ -129,3 +129,16 @@ def test_a_cell_with_fewer_seeds_than_the_grid_says_so_instead_of_a_spread():
     assert cell_text(full, 3) == "0.8000 ± 0.0010 (100 B)"
     assert cell_text({**full, "seeds": 1, "std": 0.0}, 3) == "0.8000 (1 seed; 100 B)"
     assert cell_text({**full, "seeds": 2}, 3) == "0.8000 ± 0.0010 (2 seeds; 100 B)"
+
+
+def test_bench_seeds_as_a_list_runs_exactly_those_seeds(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", "--synthetic-rows", "300", "--methods", "full", "--seeds", "2,5", "--epochs", "1", "--workers", "1",
+                 "--quiet", "--out", str(out)]) == 0
+    assert sorted(int(r["seed"]) for r in csv.DictReader(open(out / "results.csv"))) == [2, 5]
+
+
+def test_bench_seeds_as_a_count_runs_seeds_from_zero():
+    from embslim.cli_types import seed_set
+
+    assert seed_set("3") == (0, 1, 2) and seed_set("4,") == (4,)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from embslim.budget import parse_budget
 from embslim.cli_types import (blocks_spec, budget_fractions, budget_text, dnis_options, dropout_rate, field_dims, fine_tune_source, int_list,
-                               holdout_fraction, learning_rate, non_negative_float, non_negative_int, positive_float, positive_int, seed_int)
+                               holdout_fraction, learning_rate, non_negative_float, non_negative_int, positive_float, positive_int, seed_int,
+                               seed_set)
 from embslim.data import DATASETS, PrepareConfig, load_dataset
 from embslim.data.fetch import Archive, fetch_archive
 from embslim.data.registry import data_dirs, get_source, resolve_path
@@ -394,7 +395,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.budgets:
         overrides["budgets"] = args.budgets
     if args.seeds:
-        overrides["seeds"] = tuple(range(args.seeds))
+        overrides["seeds"] = args.seeds
     if args.dnis:
         overrides["dnis"] = {**spec.dnis, **args.dnis}
     if args.method_opt:
@@ -572,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", type=positive_int)
     p.add_argument("--methods", help="comma-separated, or 'all' (full, uniform, dnis and every budgeted method in the registry)")
     p.add_argument("--budgets", type=budget_fractions, help="fractions of the full table, e.g. 1,0.5,0.2,0.1,0.05,0.01")
-    p.add_argument("--seeds", type=positive_int, help="number of seeds (0..N-1)")
+    p.add_argument("--seeds", type=seed_set, help="N: seeds 0..N-1; or a comma-separated list of seeds, e.g. 3,4")
     p.add_argument("--epochs", type=positive_int)
     p.add_argument("--synthetic-rows", type=positive_int)
     p.add_argument("--dnis", type=dnis_options, help="DNIS settings for the dnis cells, e.g. fine_tune=false,search_epochs=1 (see DNISConfig)")

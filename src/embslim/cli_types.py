@@ -113,6 +113,17 @@ def int_list(text: str) -> tuple[int, ...]:
     return tuple(positive_int(t) for t in text.split(","))
 
 
+def seed_set(text: str) -> tuple[int, ...]:
+    """`3`: seeds 0, 1, 2; `3,4` (a comma-separated list): exactly those seeds, so a grid can be extended by
+    seeds without rerunning the ones it has."""
+    if "," not in text:
+        return tuple(range(positive_int(text)))
+    seeds = tuple(seed_int(t) for t in text.split(",") if t.strip())
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct seeds, got {text!r}")
+    return seeds
+
+
 def field_dims(text: str) -> dict[str, int]:
     """`user_id=32,zip=4`: a dimension >= 0 per field name."""
     out = {}
