@@ -409,7 +409,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     summary = summarise(rows, metric)
     title = f"{spec.dataset} {data_task} {spec.model}: test {metric} against embedding bytes"
     plot_pareto(summary, metric, out, title)
-    command = "embslim " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("embslim") else "embslim bench (library call)"
+    from_command_line = sys.argv[0].endswith("embslim") or Path(sys.argv[0]).parts[-2:] == ("embslim", "cli.py")  # or python -m embslim.cli
+    command = "embslim " + " ".join(sys.argv[1:]) if from_command_line else "embslim bench (library call)"
     header = [f"# {title}", "", f"Command: `{command}`", "", machine_line(), "", f"Spec: `{json.dumps(spec_dict(spec))}`"]
     write_markdown(summary, metric, out, header, spec.budgets)
     (out / "spec.json").write_text(json.dumps(spec_dict(spec), indent=1))
