@@ -112,3 +112,56 @@ def test_svd_rank_is_the_largest_that_fits_the_budget():
 def test_lowrank_starts_at_the_full_tables_scale():
     emb = create_embedding(fields_of(5000), EmbeddingConfig("lowrank", dim=16, budget_bytes=80_000, init_std=0.01))
     assert 0.007 < emb.field_table(0).std().item() < 0.013
+
+
+@pytest.mark.parametrize("bits", [4, 2])
+@pytest.mark.parametrize("dim", [1, 7, 16])
+def test_pytorchs_fused_kernel_decodes_rows_exactly_as_the_tensor_path(bits, dim):
+    from embslim.embeddings.quantized import fuse_rows, fused_kernel, read_fused_rows, unfuse_rows
+
+    if fused_kernel(bits, torch.float16, torch.device("cpu")) is None:
+        pytest.skip("this PyTorch build has no quantized embedding-bag kernels")
+    table = fuse_rows(*quantize_rows(torch.randn(300, dim), bits, torch.float16))
+    rows = torch.randint(0, 300, (64, 3))
+    codes, scale_bias = unfuse_rows(table[rows])
+    expected = dequantize_rows(codes, scale_bias.contiguous().view(torch.float16), dim, bits)
+    assert torch.equal(read_fused_rows(table, rows, dim, bits, torch.float16), expected)
+
+
+def test_quantized_rows_are_fbgemms_fused_layout_codes_then_scale_then_bias():
+    from embslim.embeddings.quantized import fuse_rows
+
+    codes, scale_bias = quantize_rows(torch.randn(5, 16), 4, torch.float16)
+    fused = fuse_rows(codes, scale_bias)
+    assert fused.shape == (5, row_bytes(16, "int4")) and torch.equal(fused[:, :8], codes)
+    assert torch.equal(fused[:, 8:].contiguous().view(torch.float16), scale_bias)
+
+
+def test_an_int8_artifact_with_codes_and_scales_in_separate_tensors_still_loads():
+    full = FullEmbedding(fields_of(30, 4), [5, 5])
+    q = convert_embedding(full, EmbeddingConfig("int8", dim=5))
+    codes, scale_bias = quantize_rows(full.tables[0].detach(), 8, torch.float16)
+    again = type(q)(q.fields, q.dims, q.settings)
+    again.load_artifact_tensors({"offsets_5": q.offsets_5, "codes_5": codes, "scale_bias_5": scale_bias})
+    ids = torch.tensor([[0, 1], [29, 3]])
+    assert all(torch.equal(a, b) for a, b in zip(again.lookup_fields(ids, [0, 1]), q.lookup_fields(ids, [0, 1])))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_two_byte_floats_read_by_arithmetic_equal_the_dtype_view(dtype):
+    from embslim.embeddings.quantized import two_byte_floats
+
+    values = torch.cat([torch.randn(500) * 10.0 ** torch.randint(-6, 4, (500,)), torch.tensor([0.0, -0.0, 6e-8, -1e-7])]).to(dtype)
+    raw = values.view(torch.uint8).view(-1, 4)  # two values per row, as a row's scale and bias
+    assert torch.equal(two_byte_floats(raw, dtype), values.float().view(-1, 2))
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_fbgemms_decoder_reads_gathered_rows_exactly_as_the_tensor_path(bits):
+    from embslim.embeddings.quantized import fbgemm_decoder, fuse_rows, unfuse_rows
+
+    if fbgemm_decoder() is None:
+        pytest.skip("fbgemm-gpu-cpu is not installed")
+    rows = fuse_rows(*quantize_rows(torch.randn(64, 16), bits, torch.float16))
+    codes, raw = unfuse_rows(rows)
+    assert torch.equal(fbgemm_decoder()(rows, bits)[:, :16], dequantize_rows(codes, raw.contiguous().view(torch.float16), 16, bits))

@@ -195,3 +195,26 @@ def test_torchrec_example_trains_sharded_on_two_gloo_ranks_and_refuses_a_method_
     assert float(percent) <= 10.0 and float(last) < 0.95 * float(first)
     with pytest.raises(SystemExit, match="'robe' .* cannot be sharded by table"):
         load_example().main(["--method", "robe", "--budget", "0.1", "--ranks", "2"])
+
+
+def test_byte_storage_read_by_two_fields_is_found_without_gradients():
+    from embslim.data.fields import FieldSpec
+    from embslim.embeddings.base import FeatureEmbedding
+    from embslim.nn.shard import shared_storage
+
+    class SharedCodes(FeatureEmbedding):
+        def __init__(self, shared: bool) -> None:
+            super().__init__()
+            self.fields = [FieldSpec("a", 4, np.ones(4)), FieldSpec("b", 4, np.ones(4))]
+            self.shared = shared
+            self.register_buffer("codes", torch.arange(16, dtype=torch.uint8).view(8, 2))
+
+        @property
+        def dims(self) -> list[int]:
+            return [2, 2]
+
+        def lookup(self, field: int, ids: torch.Tensor) -> torch.Tensor:
+            return self.codes[ids + (0 if self.shared else 4 * field)].float()
+
+    assert shared_storage(SharedCodes(shared=True)) == ["codes"]
+    assert shared_storage(SharedCodes(shared=False)) == []

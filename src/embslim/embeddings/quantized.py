@@ -4,7 +4,10 @@ int8/int4/int2 (Guan et al. 2019, "Post-Training 4-bit Quantization on Embedding
 arXiv 1911.02079; FBGEMM's fused row-wise layout, pytorch/FBGEMM #616/#619): each row is
 stored as b-bit codes plus a per-row scale and bias in fp16 (bf16 as a setting, FBGEMM
 #5595), min/max uniform quantisation; 8/b codes share a byte, so a row costs
-ceil(d*b/8) + 4 bytes. fp16/bf16 cast every value (2 bytes). These are converters:
+ceil(d*b/8) + 4 bytes. A row is stored as FBGEMM's fused row-wise layout (codes, then
+scale, then bias, as bytes of one uint8 row), which PyTorch's own quantized embedding-bag
+kernels read: int4 and int2 rows with fp16 scales are gathered and decoded in one fused
+pass (faster than a float32 row gather: fewer bytes), the rest in a few tensor passes. fp16/bf16 cast every value (2 bytes). These are converters:
 `from_trained` quantises the full model trained in the same run; they are not trained
 further (no gradients through integer codes).
 
@@ -16,8 +19,9 @@ d'-dim model). `note` says which case applied.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -76,6 +80,75 @@ def take_rows(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return table.index_select(0, rows.reshape(-1)).view(*rows.shape, *table.shape[1:])
 
 
+def fuse_rows(codes: torch.Tensor, scale_bias: torch.Tensor) -> torch.Tensor:
+    """Codes [n, c] and (scale, bias) [n, 2] (2-byte floats) -> FBGEMM's fused rows [n, c + 4] of bytes."""
+    return torch.cat([codes, scale_bias.contiguous().view(torch.uint8).view(len(codes), 4)], dim=1)
+
+
+def unfuse_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of `fuse_rows` (views where the layout allows): codes [..., c] and the raw scale/bias bytes [..., 4]."""
+    return rows[..., :-4], rows[..., -4:]
+
+
+# PyTorch's fused gather-and-decode kernels for FBGEMM rows with fp16 scale and bias (bits -> op)
+FUSED_KERNELS = {4: "embedding_bag_4bit_rowwise_offsets", 2: "embedding_bag_2bit_rowwise_offsets"}
+
+
+def fused_kernel(bits: int, scale_dtype: torch.dtype, device: torch.device) -> Callable | None:
+    """The quantized embedding-bag op that decodes these rows, where this build of PyTorch has it (CPU)."""
+    if bits not in FUSED_KERNELS or scale_dtype != torch.float16 or device.type != "cpu":
+        return None
+    return getattr(torch.ops.quantized, FUSED_KERNELS[bits], None)
+
+
+@functools.cache
+def fbgemm_decoder() -> Callable | None:
+    """FBGEMM's decoding of gathered fused rows with fp16 scale and bias, where fbgemm-gpu-cpu is installed
+    (the `fbgemm` extra): int8 has no fused gather kernel in PyTorch (its 8-bit one wants fp32 scales)."""
+    try:
+        import fbgemm_gpu  # noqa: F401  (registers torch.ops.fbgemm)
+    except (ImportError, OSError):
+        return None
+    return getattr(torch.ops.fbgemm, "FusedNBitRowwiseQuantizedSBHalfToFloat", None)
+
+
+def read_fused_rows(table: torch.Tensor, rows: torch.Tensor, dim: int, bits: int, scale_dtype: torch.dtype) -> torch.Tensor:
+    """Rows (any shape) of a fused row-wise table decoded to float32 [..., dim]: one fused kernel call where
+    PyTorch has one for the layout (every bag one id), else a 4-byte-word gather decoded by FBGEMM where it is
+    installed, or in a few tensor passes."""
+    flat = rows.reshape(-1)
+    tracing = torch.jit.is_tracing()  # a traced program keeps no dtype views and no Python-int lengths
+    kernel = fused_kernel(bits, scale_dtype, table.device)
+    if kernel is not None:
+        offsets = (torch.ones_like(flat).cumsum(0) - 1 if tracing else
+                   torch.arange(len(flat), dtype=flat.dtype, device=flat.device))  # one id per bag
+        out = kernel(table, flat, offsets, False, 0, False, None, None, False)
+        return out[:, :dim].reshape(*rows.shape, dim)
+    if table.shape[1] % 4 == 0 and not tracing:  # gathering 4-byte words copies rows several times faster than bytes
+        gathered = table.view(torch.int32).index_select(0, flat).view(torch.uint8)
+    else:
+        gathered = table.index_select(0, flat)
+    decoder = None if tracing or scale_dtype != torch.float16 or table.device.type != "cpu" else fbgemm_decoder()
+    if decoder is not None:
+        return decoder(gathered, bits)[:, :dim].reshape(*rows.shape, dim)
+    codes, raw = unfuse_rows(gathered)
+    scale_bias = two_byte_floats(raw, scale_dtype) if tracing else raw.contiguous().view(scale_dtype)
+    return dequantize_rows(codes, scale_bias, dim, bits).reshape(*rows.shape, dim)
+
+
+def two_byte_floats(raw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Little-endian fp16 or bf16 bytes [..., 2k] -> their values as float32 [..., k], by integer arithmetic:
+    what `raw.view(dtype)` gives, in operations TorchScript can trace (it cannot trace a dtype view)."""
+    bits = raw[..., 0::2].int() + (raw[..., 1::2].int() << 8)
+    exp_bits, mant_bits, bias = (5, 10, 15) if dtype == torch.float16 else (8, 7, 127)
+    exponent = (bits >> mant_bits) & ((1 << exp_bits) - 1)
+    mantissa = bits & ((1 << mant_bits) - 1)
+    normal = exponent > 0
+    significand = torch.where(normal, mantissa + (1 << mant_bits), mantissa).float()
+    scale = torch.where(normal, exponent, torch.ones_like(exponent)) - bias - mant_bits
+    return (1 - 2 * (bits >> 15)).float() * torch.ldexp(significand, scale.float())
+
+
 def dequantize_rows(packed: torch.Tensor, scale_bias: torch.Tensor, dim: int, bits: int) -> torch.Tensor:
     """Inverse of `quantize_rows` for gathered rows of any leading shape -> [..., dim] float32."""
     if bits == 8:
@@ -83,8 +156,8 @@ def dequantize_rows(packed: torch.Tensor, scale_bias: torch.Tensor, dim: int, bi
     else:  # shifts on the uint8 codes themselves (a widening to int64 first cost a pass at 8x the bytes)
         shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
         codes = ((packed.unsqueeze(-1) >> shifts) & (2**bits - 1)).flatten(-2)[..., :dim].float()
-    scale, bias = scale_bias.float().unbind(-1)
-    return codes * scale.unsqueeze(-1) + bias.unsqueeze(-1)
+    scale_bias = scale_bias.float()
+    return codes.mul_(scale_bias[..., :1]).add_(scale_bias[..., 1:])  # in place: codes is a fresh float tensor
 
 
 def stored_values(weight: torch.Tensor, kind: str, scale_bias: str = "fp16") -> torch.Tensor:
@@ -113,9 +186,8 @@ class ReducedPrecisionEmbedding(FeatureEmbedding):
             members = [i for i, dd in enumerate(self._dims) if dd == d]
             rows = [fields[i].cardinality for i in members]
             self.register_buffer(f"offsets_{d}", torch.tensor(np.r_[0, np.cumsum(rows)[:-1]], dtype=torch.int64))
-            if quantized:
-                self.register_buffer(f"codes_{d}", torch.zeros(sum(rows), storage_bytes(d, self.KIND), dtype=torch.uint8))
-                self.register_buffer(f"scale_bias_{d}", torch.zeros(sum(rows), 2, dtype=TORCH_DTYPES[settings.scale_bias]))
+            if quantized:  # FBGEMM's fused rows: codes, scale, bias
+                self.register_buffer(f"rows_{d}", torch.zeros(sum(rows), row_bytes(d, self.KIND, settings.scale_bias), dtype=torch.uint8))
             else:
                 self.register_buffer(f"values_{d}", torch.zeros(sum(rows), d, dtype=TORCH_DTYPES[self.KIND]))
             self._place.update({i: (g, k) for k, i in enumerate(members)})
@@ -150,9 +222,7 @@ class ReducedPrecisionEmbedding(FeatureEmbedding):
         for g, d in enumerate(full.group_dims):
             weight = full.tables[g].detach().float()
             if cls.KIND.startswith("int"):
-                codes, scale_bias = quantize_rows(weight, BITS[cls.KIND], TORCH_DTYPES[settings.scale_bias])
-                getattr(module, f"codes_{d}").copy_(codes)
-                getattr(module, f"scale_bias_{d}").copy_(scale_bias)
+                getattr(module, f"rows_{d}").copy_(fuse_rows(*quantize_rows(weight, BITS[cls.KIND], TORCH_DTYPES[settings.scale_bias])))
             else:
                 getattr(module, f"values_{d}").copy_(weight)
         used = module.memory_bytes()
@@ -181,8 +251,7 @@ class ReducedPrecisionEmbedding(FeatureEmbedding):
     def read_rows(self, d: int, rows: torch.Tensor) -> torch.Tensor:
         """Rows (any shape) of the width-d table as float32 vectors [..., d]."""
         if self.KIND.startswith("int"):
-            return dequantize_rows(take_rows(getattr(self, f"codes_{d}"), rows), take_rows(getattr(self, f"scale_bias_{d}"), rows), d,
-                                   BITS[self.KIND])
+            return read_fused_rows(getattr(self, f"rows_{d}"), rows, d, BITS[self.KIND], TORCH_DTYPES[self.settings.scale_bias])
         return take_rows(getattr(self, f"values_{d}"), rows).float()
 
     def lookup_fields(self, ids: torch.Tensor, fields: list[int]) -> list[torch.Tensor]:
@@ -191,6 +260,14 @@ class ReducedPrecisionEmbedding(FeatureEmbedding):
 
     def artifact_meta(self) -> dict:
         return {"dims": self._dims}
+
+    def load_artifact_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Also reads artifacts written before the fused layout (codes and scale/bias as two tensors per width)."""
+        tensors = dict(tensors)
+        for d in self.group_dims:
+            if f"codes_{d}" in tensors and f"rows_{d}" not in tensors:
+                tensors[f"rows_{d}"] = fuse_rows(tensors.pop(f"codes_{d}"), tensors.pop(f"scale_bias_{d}"))
+        super().load_artifact_tensors(tensors)
 
 
 def _register(kind: str, settings: type) -> type[ReducedPrecisionEmbedding]:

@@ -49,7 +49,9 @@ def shared_storage(embedding: FeatureEmbedding) -> list[str]:
 
     Probed on a copy: float parameters redrawn away from zero, every float tensor (parameters and
     buffers such as scales) made to require grad, and each field's whole table looked up in eval mode
-    (what is served); a tensor element whose gradient is non-zero for two fields is shared.
+    (what is served); a tensor element whose gradient is non-zero for two fields is shared. Byte storage
+    (uint8 codes, fused quantised rows), which no gradient reaches, is probed row by row: a row whose
+    change alters the output of two fields is shared.
     """
     probe = copy.deepcopy(embedding).eval()
     with torch.no_grad():
@@ -66,7 +68,8 @@ def shared_storage(embedding: FeatureEmbedding) -> list[str]:
         for _, t in tensors:
             t.grad = None
         out = probe.lookup(i, torch.arange(f.cardinality))
-        (out * torch.randn(out.shape, generator=gen)).sum().backward()
+        if out.requires_grad:
+            (out * torch.randn(out.shape, generator=gen)).sum().backward()
         for name, t in tensors:
             if t.grad is None:
                 continue
@@ -77,7 +80,27 @@ def shared_storage(embedding: FeatureEmbedding) -> list[str]:
                 seen[name] |= touched
             else:
                 seen[name] = touched
-    return sorted(shared)
+    return sorted(shared | set(shared_byte_rows(probe)))
+
+
+@torch.no_grad()
+def shared_byte_rows(embedding: FeatureEmbedding) -> list[str]:
+    """Names of the uint8 buffers of which some row is read by more than one field: each row's bytes
+    inverted in turn, every field's whole table looked up again and compared."""
+    lookups = [torch.arange(f.cardinality) for f in embedding.fields]
+    before = [embedding.lookup(i, ids) for i, ids in enumerate(lookups)]
+    shared = []
+    for name, buffer in embedding.named_buffers():
+        if buffer.dtype != torch.uint8 or buffer.dim() == 0:
+            continue
+        for row in range(len(buffer)):
+            buffer[row] ^= 0xFF
+            readers = sum(not torch.equal(embedding.lookup(i, ids), b) for i, (ids, b) in enumerate(zip(lookups, before)))
+            buffer[row] ^= 0xFF
+            if readers > 1:
+                shared.append(name)
+                break
+    return shared
 
 
 def collection_shared_storage(ebc: EmbeddingBagCollection) -> list[str]:
