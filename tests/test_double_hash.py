@@ -62,3 +62,12 @@ def test_double_hash_cold_sums_start_at_the_hot_rows_scale():
 def test_double_hash_hot_fraction_outside_zero_one_is_a_config_error():
     with pytest.raises(ConfigError, match="hot_fraction"):
         build((1000,), 10_000, hot_fraction=1.5)
+
+
+def test_double_hash_serves_without_gradients_exactly_what_it_trains_with():
+    emb = build((1000, 50), 4 * 8 * 300 + 80)
+    ids = torch.stack([torch.randint(0, 1000, (64,)), torch.randint(0, 50, (64,))], dim=1)
+    with torch.no_grad():
+        served = emb.lookup_fields(ids, [0, 1])
+    trained = emb.lookup_fields(ids, [0, 1])
+    assert trained[0].requires_grad and all(torch.equal(a, b.detach()) for a, b in zip(served, trained))
