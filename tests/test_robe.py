@@ -81,3 +81,14 @@ def test_robe_budget_below_one_value_is_a_budget_error():
 def test_robe_starts_at_the_full_tables_scale():
     emb = build(fields_of(50_000), budget=400_000)
     assert abs(emb.lookup(0, torch.arange(50_000)).std().item() - 0.01) < 0.001
+
+
+@pytest.mark.parametrize("dim,chunk,budget", [(16, 32, 4000), (16, 4, 4000), (40, 32, 4000), (7, 3, 3000), (16, 32, 40)])
+def test_robe_serves_by_blocks_exactly_what_it_trains_with_wrapping_blocks_included(dim, chunk, budget):
+    fields = [FieldSpec(f"f{i}", c, np.ones(c, dtype=np.int64)) for i, c in enumerate([300, 20, 1000])]
+    emb = create_embedding(fields, EmbeddingConfig("robe", dim=dim, budget_bytes=budget, options={"chunk": chunk}))
+    ids = torch.stack([torch.randint(0, f.cardinality, (500,)) for f in fields], dim=1)
+    with torch.no_grad():
+        served = emb.lookup_fields(ids, [0, 1, 2])
+    trained = emb.lookup_fields(ids, [0, 1, 2])
+    assert all(torch.equal(a, b.detach()) for a, b in zip(served, trained))

@@ -30,6 +30,12 @@ from embslim.errors import ConfigError
 SIGN_BITS = 64
 
 
+def _byte_signs(device: torch.device) -> torch.Tensor:
+    """[256, 8]: row b holds the signs 1 - 2 * bit i of b, the signs of eight consecutive elements."""
+    bits = (torch.arange(256, device=device).unsqueeze(1) >> torch.arange(8, device=device)) & 1
+    return (1 - 2 * bits).to(torch.float32)
+
+
 @dataclass(frozen=True)
 class RobeSettings:
     """chunk: Z, the elements read contiguously from one hashed offset (paper: 32; 1 hashes every element); seed: salts the hashes."""
@@ -86,8 +92,34 @@ class RobeEmbedding(FeatureEmbedding):
         return positions.flatten(-2)[..., :d], 1 - 2 * bits.flatten(-2)[..., :d].to(torch.float32)
 
     def read(self, ids: torch.Tensor, fields: list[int]) -> torch.Tensor:
+        if not (torch.is_grad_enabled() and self.array.requires_grad or torch.jit.is_tracing()):  # a trace keeps no branch on data
+            return self.read_blocks(ids, fields)
         positions, signs = self.offsets_and_signs(ids, fields)
         return F.embedding(positions, self.array, sparse=True).squeeze(-1) * signs
+
+    def read_blocks(self, ids: torch.Tensor, fields: list[int]) -> torch.Tensor:
+        """`read` without gradients, by blocks: each block of w = min(Z, d) elements is one row of a strided
+        view of the array (row r = elements r..r+w-1), gathered like a table row, and its signs are looked up
+        a byte of sign bits at a time; the rare block that wraps past the array's end is read element-wise."""
+        z, d = self.settings.chunk, self._dims[fields[0]]
+        w, size = min(z, d), self.array.shape[0]
+        if size < w:
+            positions, signs = self.offsets_and_signs(ids, fields)
+            return F.embedding(positions, self.array).squeeze(-1) * signs
+        keys = torch.tensor([[self.starts[f] + b for b in range(math.ceil(d / z))] for f in fields], device=ids.device)
+        salts = lookup_salts(self.seed, keys)
+        block_hash = mix(ids.unsqueeze(-1), salts)  # [..., n, blocks]
+        starts = block_hash.remainder(size)
+        rows = self.array.view(-1).as_strided((size - w + 1, w), (1, 1))
+        values = F.embedding(starts.clamp(max=size - w), rows)  # [..., n, blocks, w]
+        wraps = (starts > size - w).nonzero(as_tuple=True)
+        if len(wraps[0]):
+            within = torch.arange(w, device=ids.device)
+            values[wraps] = self.array.view(-1)[(starts[wraps].unsqueeze(-1) + within).remainder(size)]
+        sign_bits = mix(block_hash, salts)
+        sign_bytes = (sign_bits.unsqueeze(-1) >> torch.arange(0, w, 8, device=ids.device)) & 0xFF  # [..., n, blocks, ceil(w/8)]
+        signs = F.embedding(sign_bytes, _byte_signs(ids.device)).flatten(-2)[..., :w]
+        return (values * signs).flatten(-2)[..., :d]
 
     def lookup(self, field: int, ids: torch.Tensor) -> torch.Tensor:
         return self.read(ids.unsqueeze(-1), [field]).squeeze(-2)
