@@ -1,6 +1,7 @@
 """`embslim bench`: the grid from the registry, files a user can read and plot, restart after a kill."""
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -96,7 +97,6 @@ def test_the_same_grid_runs_as_ray_tasks_on_a_local_cluster(tmp_path, monkeypatc
 
 def test_peak_memory_is_measured_per_cell_not_per_worker_lifetime():
     import numpy as np
-    from pathlib import Path
 
     from embslim.bench.grid import peak_rss_mb, reset_peak_rss
 
@@ -142,3 +142,20 @@ def test_bench_seeds_as_a_count_runs_seeds_from_zero():
     from embslim.cli_types import seed_set
 
     assert seed_set("3") == (0, 1, 2) and seed_set("4,") == (4,)
+
+
+def test_merging_grids_keeps_each_cell_from_the_first_source_that_has_it(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("merge_grids", Path(__file__).resolve().parents[1] / "bench" / "merge_grids.py")
+    merge_grids = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(merge_grids)
+    first, running = tmp_path / "first", tmp_path / "running"
+    first.mkdir()
+    (first / "results.json").write_text(json.dumps([{"method": "full", "budget": 1.0, "seed": 0, "test_auc": 0.8}]))
+    for seed, auc in ((0, 0.7), (1, 0.75)):
+        cell = running / "runs" / f"full-b1-s{seed}"
+        cell.mkdir(parents=True)
+        (cell / "row.json").write_text(json.dumps({"method": "full", "budget": 1.0, "seed": seed, "test_auc": auc}))
+    rows = merge_grids.merge([first, running])
+    assert [(r["seed"], r["test_auc"]) for r in rows] == [(0, 0.8), (1, 0.75)]
