@@ -21,3 +21,13 @@ def require(module: str, purpose: str) -> None:
     except ImportError:
         cpu = f" (on a machine without CUDA: {CPU_RECIPE[module]})" if module in CPU_RECIPE else ""
         raise ConfigError(f'{purpose} needs {module}: pip install "embslim[{OPTIONAL[module]}]"{cpu}') from None
+
+
+def available(module: str) -> bool:
+    """Whether optional `module` imports (importing it): for a speed-up that has a pure-PyTorch fallback,
+    where its absence is no error."""
+    try:
+        importlib.import_module(module)
+    except (ImportError, OSError):
+        return False
+    return True

@@ -31,6 +31,7 @@ from embslim.embeddings.base import BITS, DTYPE_NAMES, EmbeddingConfig, FeatureE
 from embslim.embeddings.full import OFFSET_BYTES, FullEmbedding, dims_from_config, lookup_by_width_group
 from embslim.embeddings.registry import register_embedding
 from embslim.errors import BudgetError, ConfigError
+from embslim.extras import available
 
 TORCH_DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 
@@ -105,9 +106,7 @@ def fused_kernel(bits: int, scale_dtype: torch.dtype, device: torch.device) -> C
 def fbgemm_decoder() -> Callable | None:
     """FBGEMM's decoding of gathered fused rows with fp16 scale and bias, where fbgemm-gpu-cpu is installed
     (the `fbgemm` extra): int8 has no fused gather kernel in PyTorch (its 8-bit one wants fp32 scales)."""
-    try:
-        import fbgemm_gpu  # noqa: F401  (registers torch.ops.fbgemm)
-    except (ImportError, OSError):
+    if not available("fbgemm_gpu"):  # importing it registers torch.ops.fbgemm
         return None
     return getattr(torch.ops.fbgemm, "FusedNBitRowwiseQuantizedSBHalfToFloat", None)
 
