@@ -59,7 +59,9 @@ def main() -> None:
     command = "python bench/merge_grids.py " + " ".join(str(s) for s in args.sources) + f" --out {args.out}"
     header = [f"# {title}", "", f"Merged: `{command}`" + (f". {args.note}" if args.note else ""), "", f"Merged on: {machine_line()}",
               "", f"Spec: `{json.dumps(spec)}`"]
-    write_markdown(summary, metric, args.out, header, tuple(spec["budgets"]))
+    ran = {(r["method"], float(r["budget"])) for r in rows}
+    not_run = {(m, float(b)) for m in methods if m != "full" for b in spec["budgets"]} - ran
+    write_markdown(summary, metric, args.out, header, tuple(spec["budgets"]), not_run)
     (args.out / "spec.json").write_text(json.dumps(spec, indent=1))
     print(f"{len(rows)} cells from {len(args.sources)} sources -> {args.out}")
 

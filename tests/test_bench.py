@@ -159,3 +159,13 @@ def test_merging_grids_keeps_each_cell_from_the_first_source_that_has_it(tmp_pat
         (cell / "row.json").write_text(json.dumps({"method": "full", "budget": 1.0, "seed": seed, "test_auc": auc}))
     rows = merge_grids.merge([first, running])
     assert [(r["seed"], r["test_auc"]) for r in rows] == [(0, 0.8), (1, 0.75)]
+
+
+def test_a_cell_a_merged_grid_has_not_run_yet_says_so_instead_of_infeasible(tmp_path):
+    from embslim.bench.report import write_markdown
+
+    summary = {"full": {1.0: {"mean": 0.8, "std": 0.0, "bytes": 100.0, "seeds": 1}},
+               "pep": {0.5: {"mean": 0.79, "std": 0.0, "bytes": 50.0, "seeds": 1}}}
+    write_markdown(summary, "auc", tmp_path, ["# t"], (0.5, 0.2, 0.1), not_run={("pep", 0.2)})
+    pep = next(line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| pep"))
+    assert pep.split(" | ")[2:] == ["not run", "n/a |"]

@@ -115,14 +115,16 @@ def cell_text(point: dict, most: int) -> str:
     return f"{point['mean']:.4f} ± {point['std']:.4f} ({seeds}{point['bytes']:,.0f} B)"
 
 
-def write_markdown(summary: dict, metric: str, out: Path, header: list[str], asked: tuple[float, ...] = ()) -> None:
-    """Table of mean ± std per method and budget (every budget asked, n/a where infeasible) and the winners."""
+def write_markdown(summary: dict, metric: str, out: Path, header: list[str], asked: tuple[float, ...] = (),
+                   not_run: set[tuple[str, float]] = frozenset()) -> None:
+    """Table of mean ± std per method and budget (every budget asked, n/a where infeasible, "not run" for the
+    (method, budget) cells in `not_run`, e.g. of a grid merged while still running) and the winners."""
     budgets = sorted({b for by in summary.values() for b in by if b != 1.0 or len(by) > 1} | set(asked), reverse=True)
     lines = [*header, "", "![Pareto chart](pareto.png)", "", f"Test {metric}, mean ± std over seeds (embedding bytes).", "",
              "| method | " + " | ".join(f"budget {b:g}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
     most = max((p["seeds"] for by in summary.values() for p in by.values()), default=1)
     for method, by in summary.items():
-        cells = [cell_text(by[b], most) if b in by else "n/a" for b in budgets]
+        cells = [cell_text(by[b], most) if b in by else "not run" if (method, b) in not_run else "n/a" for b in budgets]
         if method == "full":
             cells = [cell_text(next(iter(by.values())), most) + " reference"] + [""] * (len(budgets) - 1)
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
