@@ -57,8 +57,8 @@ def main() -> None:
     title = f"{spec['dataset']} {spec['task']} {spec['model']}: test {metric} against embedding bytes"
     plot_pareto(summary, metric, args.out, title)
     command = "python bench/merge_grids.py " + " ".join(str(s) for s in args.sources) + f" --out {args.out}"
-    header = [f"# {title}", "", f"Merged: `{command}`" + (f". {args.note}" if args.note else ""), "", f"Merged on: {machine_line()}",
-              "", f"Spec: `{json.dumps(spec)}`"]
+    header = [f"# {title}", "", f"Merged: `{command}`" + (f". {args.note}" if args.note else ""), "",
+              f"{machine_line()} (where the merge ran; each cell ran where the note says)", "", f"Spec: `{json.dumps(spec)}`"]
     ran = {(r["method"], float(r["budget"])) for r in rows}
     not_run = {(m, float(b)) for m in methods if m != "full" for b in spec["budgets"]} - ran
     write_markdown(summary, metric, args.out, header, tuple(spec["budgets"]), not_run)
