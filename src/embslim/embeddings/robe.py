@@ -12,6 +12,7 @@ are sparse. Serving bytes: 4·M plus one int64 seed, from which every salt is de
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ from embslim.errors import ConfigError
 SIGN_BITS = 64
 
 
+@functools.cache
 def _byte_signs(device: torch.device) -> torch.Tensor:
     """[256, 8]: row b holds the signs 1 - 2 * bit i of b, the signs of eight consecutive elements."""
     bits = (torch.arange(256, device=device).unsqueeze(1) >> torch.arange(8, device=device)) & 1
@@ -92,7 +94,9 @@ class RobeEmbedding(FeatureEmbedding):
         return positions.flatten(-2)[..., :d], 1 - 2 * bits.flatten(-2)[..., :d].to(torch.float32)
 
     def read(self, ids: torch.Tensor, fields: list[int]) -> torch.Tensor:
-        if not (torch.is_grad_enabled() and self.array.requires_grad or torch.jit.is_tracing()):  # a trace keeps no branch on data
+        block = min(self.settings.chunk, self._dims[fields[0]])
+        served = not (torch.is_grad_enabled() and self.array.requires_grad or torch.jit.is_tracing())  # a trace keeps no branch on data
+        if served and self.array.shape[0] >= block:
             return self.read_blocks(ids, fields)
         positions, signs = self.offsets_and_signs(ids, fields)
         return F.embedding(positions, self.array, sparse=True).squeeze(-1) * signs
@@ -102,10 +106,7 @@ class RobeEmbedding(FeatureEmbedding):
         view of the array (row r = elements r..r+w-1), gathered like a table row, and its signs are looked up
         a byte of sign bits at a time; the rare block that wraps past the array's end is read element-wise."""
         z, d = self.settings.chunk, self._dims[fields[0]]
-        w, size = min(z, d), self.array.shape[0]
-        if size < w:
-            positions, signs = self.offsets_and_signs(ids, fields)
-            return F.embedding(positions, self.array).squeeze(-1) * signs
+        w, size = min(z, d), self.array.shape[0]  # size >= w: `read` takes the element path otherwise
         keys = torch.tensor([[self.starts[f] + b for b in range(math.ceil(d / z))] for f in fields], device=ids.device)
         salts = lookup_salts(self.seed, keys)
         block_hash = mix(ids.unsqueeze(-1), salts)  # [..., n, blocks]
