@@ -21,6 +21,7 @@ machine; under torchrun (RANK and WORLD_SIZE set) `init_from_env` joins the laun
 from __future__ import annotations
 
 import datetime
+import gc
 import hashlib
 import os
 import socket
@@ -192,6 +193,8 @@ def _worker(rank: int, world: int, port: int, threads: int, fn: Callable[..., An
     dist.init_process_group(BACKEND, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=TIMEOUT)
     try:
         fn(*args)
+        gc.collect()  # free DDP reducers and groups held in reference cycles while every rank is still here,
+        dist.barrier()  # then leave together: a rank tearing down after its peers exited aborted ("terminate called ...")
     except EmbslimError as exc:
         failures.put((type(exc).__name__, str(exc)))
         raise SystemExit(2) from None
