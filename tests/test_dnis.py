@@ -354,3 +354,16 @@ def test_fill_ranks_evidence_backed_dimensions_first_and_never_revives_alpha_pru
     scores = ranking(lower, starts, frequency_fill(starts, counts, magnitude, lower))["a"]
     assert scores[0, 3] > 0 > scores[0, 0] > scores[0, 1]
     assert scores[0, 2] == -np.inf
+
+
+def test_an_int8_search_keeps_more_dimensions_in_the_same_budget_and_serves_what_it_counted(tmp_path):
+    data = load_tiny()
+    config = RunConfig("deepfm", EmbeddingConfig("full", 4), train=FAST)
+    budget = full_bytes(data.table.fields, [4] * len(data.table.fields)) // 3
+    reports = {p: run_search(data, config, budget, DNISConfig(blocks=3, search_epochs=1, precision=p), tmp_path / p, baselines=())
+               for p in ("fp32", "int8")}
+    kept = {p: sum(f["per_row"] for f in r["dims_per_field"].values()) for p, r in reports.items()}
+    served = load_artifact(tmp_path / "int8" / "dnis" / "embedding.safetensors")
+    assert json.loads((tmp_path / "int8" / "layout.json").read_text())["precision"] == "int8"
+    assert served.memory_bytes() == reports["int8"]["budget_bytes"] <= budget
+    assert kept["int8"] > kept["fp32"]

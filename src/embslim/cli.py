@@ -16,6 +16,7 @@ from embslim.data.fetch import Archive, fetch_archive
 from embslim.data.registry import data_dirs, get_source, resolve_path
 from embslim.data.synthetic import SYNTHETIC_SHAPES, synthetic_config
 from embslim.embeddings import EmbeddingConfig, list_embeddings, method_info, split_key_values
+from embslim.embeddings.blockwise import PRECISIONS
 from embslim.embeddings.full import full_bytes
 from embslim.errors import ConfigError, EmbslimError
 from embslim.extras import require
@@ -331,7 +332,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                       fine_tune_from=args.fine_tune_from,
                       prune_during_search=args.prune_during_search, threshold=args.threshold, score=args.score, fill=args.fill,
                       fill_temperature=args.fill_temperature, search_holdout=args.search_holdout,
-                      search_trains_weights=args.search_trains_weights, retrain=args.retrain, **tuned)
+                      search_trains_weights=args.search_trains_weights, retrain=args.retrain, precision=args.precision, **tuned)
     out = args.out or Path("runs") / f"search-{args.dataset}-{data.task}-{args.model}-b{budget_flag}-seed{args.seed}"
     write_data_args(args, data.task, out)
     baselines = tuple(b for b in args.baselines.split(",") if b)
@@ -538,6 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rating/CTR: fit alpha and the pruning scores on this share of the training rows, held out from the "
                         "search's training, instead of the validation split that selects the retrained model (0: validation; "
                         f"default {SEARCH_HOLDOUT:g})")
+    s.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="how the pruned table stores its values: fp32 (default), fp16, or int8 (row-wise codes with an fp16 "
+                        "scale and bias per row); the budget counts those bytes, so more dimensions fit, and the retrain "
+                        "trains through the rounding")
     s.add_argument("--threshold", type=non_negative_float,
                    help="prune by a fixed importance threshold (keep block dimensions with E|e*alpha| >= it) instead of "
                         "--budget; the baselines get the bytes it reached")

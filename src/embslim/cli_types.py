@@ -170,6 +170,15 @@ def fine_tune_source(text: str) -> str:
     return text
 
 
+def blockwise_precision(text: str) -> str:
+    """`fp32`, `fp16` or `int8`: how a pruned blockwise table stores its values."""
+    from embslim.embeddings.blockwise import PRECISIONS
+
+    if text not in PRECISIONS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(PRECISIONS)}, got {text!r}")
+    return text
+
+
 DNIS_VALUES: dict[str, Callable[[str], object]] = {
     "blocks": positive_int, "l1": non_negative_float, "alpha_lr": learning_rate, "search_epochs": positive_int,
     "frequency_exponent": non_negative_float, "min_dims": non_negative_int, "fine_tune": boolean,
@@ -177,7 +186,7 @@ DNIS_VALUES: dict[str, Callable[[str], object]] = {
     "prune_during_search": boolean, "align": boolean, "threshold": non_negative_float,
     "score": dnis_score, "noise_z": non_negative_float, "importance_rows": positive_int, "fill": boolean,
     "fill_temperature": non_negative_float, "search_holdout": holdout_fraction, "search_trains_weights": boolean,
-    "retrain": boolean,
+    "retrain": boolean, "precision": blockwise_precision,
 }  # one check per DNISConfig field, the same as the `embslim search` flags
 
 

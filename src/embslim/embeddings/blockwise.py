@@ -12,6 +12,13 @@ Serving bytes = kept values + per field its block starts and first block, + per 
 its row shift into its width table, kept count and int16 column positions: everything
 `forward` reads. The index depends on the blocks alone, so keeping one more (block,
 dimension) pair always costs rows * 4 bytes.
+
+The values may be stored at reduced precision (the layout's "precision"): fp16, or row-wise int8
+codes with an fp16 scale and bias per stored row (FBGEMM's fused rows, as the `int8` converter
+stores them), so a (block, dimension) pair costs rows * 2 or rows * 1 bytes and an int8 block its
+rows * 4 bytes of scales once. Training keeps float32 values and reads them through the storage's
+rounding (gradients passed straight through), so the trained model is the one served; an artifact
+holds the stored form only.
 """
 from __future__ import annotations
 
@@ -23,11 +30,30 @@ import torch.nn.functional as F
 from torch import nn
 
 from embslim.data.fields import FieldSpec
-from embslim.embeddings.base import EmbeddingConfig, FeatureEmbedding, storage_bytes
+from embslim.embeddings.base import ADAM_STATE_COPIES, EmbeddingConfig, FeatureEmbedding, storage_bytes, tensor_bytes
+from embslim.embeddings.quantized import as_stored, fuse_rows, quantize_rows, read_fused_rows
 from embslim.embeddings.registry import register_embedding
 from embslim.errors import ConfigError
 
 VALUE_BYTES, INDEX_BYTES, COLUMN_BYTES = storage_bytes(1, "fp32"), storage_bytes(1, "int64"), storage_bytes(1, "int16")
+PRECISIONS = ("fp32", "fp16", "int8")  # how a blockwise table may store its values
+
+
+def value_bytes(precision: str = "fp32") -> int:
+    """Bytes of one stored value at `precision`."""
+    return storage_bytes(1, precision)
+
+
+def row_overhead_bytes(precision: str = "fp32") -> int:
+    """Bytes each stored row pays once at `precision`: int8's fp16 scale and bias, nothing for float storage."""
+    return storage_bytes(2, "fp16") if precision == "int8" else 0
+
+
+def check_precision(precision: str) -> str:
+    """`precision` if a blockwise table can store its values so, else a one-line ConfigError."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"blockwise precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
 
 
 @dataclass(frozen=True)
@@ -51,10 +77,12 @@ class FieldLayout:
         return sum(r * len(c) for r, c in zip(self.rows(), self.cols))
 
 
-def layout_bytes(layouts: dict[str, FieldLayout], width: int) -> int:
-    """Serving bytes of a blockwise embedding, from its layout alone."""
+def layout_bytes(layouts: dict[str, FieldLayout], width: int, precision: str = "fp32") -> int:
+    """Serving bytes of a blockwise embedding storing its values at `precision`, from its layout alone."""
     values = sum(lay.value_count() for lay in layouts.values())
-    return values * VALUE_BYTES + index_bytes_for([len(lay.cols) for lay in layouts.values()], width)
+    rows = sum(r for lay in layouts.values() for r, c in zip(lay.rows(), lay.cols) if c)
+    return (values * value_bytes(precision) + rows * row_overhead_bytes(precision)
+            + index_bytes_for([len(lay.cols) for lay in layouts.values()], width))
 
 
 def index_bytes_for(blocks_per_field: list[int], width: int) -> int:
@@ -64,10 +92,17 @@ def index_bytes_for(blocks_per_field: list[int], width: int) -> int:
     return len(blocks_per_field) * (most + 1) * INDEX_BYTES + 2 * total * INDEX_BYTES + total * width * COLUMN_BYTES
 
 
-def layout_to_json(layouts: dict[str, FieldLayout], width: int) -> dict:
-    return {"width": width, "fields": {name: {"blocks": [{"rows": [a, b], "dims": cols}
+def layout_to_json(layouts: dict[str, FieldLayout], width: int, precision: str = "fp32") -> dict:
+    """The layout as JSON; "precision" is written where the values are not stored as fp32."""
+    spec = {"width": width, "fields": {name: {"blocks": [{"rows": [a, b], "dims": cols}
                                                          for a, b, cols in zip(l.starts[:-1], l.starts[1:], l.cols)]}
                                        for name, l in layouts.items()}}
+    return {**spec, "precision": precision} if precision != "fp32" else spec
+
+
+def layout_precision(spec: dict) -> str:
+    """How a JSON layout stores its values (fp32 where it does not say)."""
+    return check_precision(spec.get("precision", "fp32"))
 
 
 def layout_from_json(spec: dict) -> tuple[dict[str, FieldLayout], int]:
@@ -126,9 +161,12 @@ class BlockwiseEmbedding(FeatureEmbedding):
     index; otherwise (DNIS) each row gathers its block's column positions.
     """
 
-    def __init__(self, fields: list[FieldSpec], layouts: dict[str, FieldLayout], width: int, init_std: float = 0.01) -> None:
+    def __init__(self, fields: list[FieldSpec], layouts: dict[str, FieldLayout], width: int, init_std: float = 0.01,
+                 precision: str = "fp32") -> None:
         super().__init__()
         self.fields, self.width, self.layouts = list(fields), width, layouts
+        self.precision = check_precision(precision)
+        self._served_codes = False  # True once loaded from an int8 artifact: rows are read from its fused codes
         kept, shift, colpos = [], [], []
         group_rows = [0] * (width + 1)
         group_cols: dict[int, dict[tuple[int, ...], int]] = {}  # width -> {kept columns: first block keeping them}
@@ -173,7 +211,7 @@ class BlockwiseEmbedding(FeatureEmbedding):
     @classmethod
     def from_config(cls, fields: list[FieldSpec], config: EmbeddingConfig, settings: BlockwiseSettings) -> "BlockwiseEmbedding":
         layouts, width = layout_from_json(settings.layout)
-        module = cls(fields, layouts, width, config.init_std)
+        module = cls(fields, layouts, width, config.init_std, layout_precision(settings.layout))
         module.settings = settings
         return module
 
@@ -181,12 +219,30 @@ class BlockwiseEmbedding(FeatureEmbedding):
     def from_artifact_meta(cls, fields: list[FieldSpec], settings: object, meta: dict) -> "BlockwiseEmbedding":
         """Served form of every blockwise method (blockwise, mde): the layout in the metadata."""
         layouts, width = layout_from_json(meta["layout"])
-        module = cls(fields, layouts, width)
+        module = cls(fields, layouts, width, precision=layout_precision(meta["layout"]))
         module.settings = settings
         return module
 
     def artifact_meta(self) -> dict:
         return {"layout": self.layout_json()}
+
+    def memory_bytes(self, stage: str = "serve") -> int:
+        """Serving: the values at the layout's precision (int8: codes plus each row's fp16 scale and bias) and the
+        index; training: the float32 values trained through that storage, Adam's moments of them, and the index."""
+        if self.precision == "fp32" or self._served_codes:
+            return super().memory_bytes(stage)
+        masters = sum(tensor_bytes(t) for t in self.tables)
+        if stage == "train":
+            return masters * (1 + ADAM_STATE_COPIES) + self.index_bytes()
+        rows, values = sum(len(t) for t in self.tables), sum(t.numel() for t in self.tables)
+        return values * value_bytes(self.precision) + rows * row_overhead_bytes(self.precision) + self.index_bytes()
+
+    def _rows(self, w: int, local: torch.Tensor, sparse: bool = True) -> torch.Tensor:
+        """Rows `local` of the width-w table as stored: the int8 artifact's codes decoded, or the trained float32
+        values read through the storage's rounding (gradient straight through)."""
+        if self._served_codes:
+            return read_fused_rows(getattr(self, f"rows_{w}"), local, w, 8, torch.float16)
+        return as_stored(F.embedding(local, self.tables[self._table_of[w]], sparse=sparse), self.precision)
 
     @property
     def dims(self) -> list[int]:
@@ -213,7 +269,7 @@ class BlockwiseEmbedding(FeatureEmbedding):
         spans, vals, at = [], [], 0
         for w, n in enumerate(torch.bincount(kept, minlength=self.width + 1).tolist()):
             if w and (n or (w in self._table_of and torch.is_grad_enabled())):  # an untouched table still steps (Adam's step count)
-                vals.append(F.embedding(local[at:at + n], self.tables[self._table_of[w]], sparse=True))
+                vals.append(self._rows(w, local[at:at + n]))
                 spans.append((at, w, self._columns(w, block[at:at + n])))
             at += n
         back = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=order.device))
@@ -227,7 +283,7 @@ class BlockwiseEmbedding(FeatureEmbedding):
                           device=local.device)
         for w in self.group_widths:
             rows = (kept == w).nonzero().squeeze(1)
-            padded = F.pad(F.embedding(local.index_select(0, rows), self.tables[self._table_of[w]]), (0, 1))
+            padded = F.pad(self._rows(w, local.index_select(0, rows), sparse=False), (0, 1))
             how = self._spread[w]
             if how == "prefix":
                 cols = torch.arange(self.width, device=local.device).clamp(max=w)
@@ -239,7 +295,7 @@ class BlockwiseEmbedding(FeatureEmbedding):
 
     def _spread_rows(self, w: int, local: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
         """Rows `local` of the width-w table, spread to their K columns (zeros elsewhere)."""
-        vals = F.embedding(local, self.tables[self._table_of[w]], sparse=True)
+        vals = self._rows(w, local)
         return _Place.apply(None, None, self.width, [(0, w, self._columns(w, block))], vals)
 
     def _columns(self, w: int, block: torch.Tensor) -> torch.Tensor | None:
@@ -261,7 +317,7 @@ class BlockwiseEmbedding(FeatureEmbedding):
         return list(self.tables)
 
     def layout_json(self) -> dict:
-        return layout_to_json(self.layouts, self.width)
+        return layout_to_json(self.layouts, self.width, self.precision)
 
     def block_rows(self) -> list[tuple[int, int, int]]:
         """(kept width, first row in that width's table, rows) of every block, in field and block order."""
@@ -282,12 +338,31 @@ class BlockwiseEmbedding(FeatureEmbedding):
             if w and n:
                 self.tables[self._table_of[w]][first:first + n].copy_(vals.reshape(n, w))
 
+    def artifact_tensors(self) -> dict[str, torch.Tensor]:
+        """The index and the values as stored: float32 or fp16 width tables, or int8 fused rows `rows_{w}`."""
+        if self.precision == "fp32" or self._served_codes:
+            return super().artifact_tensors()
+        out = {k: v.detach().contiguous() for k, v in self.state_dict().items() if not k.startswith("tables.")}
+        for w, table in zip(self.group_widths, self.tables):
+            if self.precision == "fp16":
+                out[f"tables.{self._table_of[w]}"] = table.detach().half().contiguous()
+            else:
+                out[f"rows_{w}"] = fuse_rows(*quantize_rows(table.detach().float().cpu(), 8, torch.float16))
+        return out
+
     def load_artifact_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Load an artifact; one written before width tables (a flat `values` and a column map) loads too."""
+        """Load an artifact; one written before width tables (a flat `values` and a column map) loads too. An int8
+        artifact is served from its codes (no float32 copy of the values is made)."""
         if "values" in tensors:
             self.load_flat_values(tensors["values"])
-        else:
+        elif self.precision == "int8":
+            for w in self.group_widths:
+                self.register_buffer(f"rows_{w}", tensors[f"rows_{w}"])
+            self.tables = nn.ParameterList()
+            self._served_codes = True
             self.load_state_dict(tensors)
+        else:
+            self.load_state_dict({k: v.float() if k.startswith("tables.") else v for k, v in tensors.items()})
 
     def load_flat_values(self, flat: torch.Tensor) -> None:
         """Set every block from one flat run of values, block after block, each [rows, kept] row-major."""

@@ -120,9 +120,9 @@ class DNISEmbedding(FullEmbedding):
         folder = context.options.get("search_folder")
         scores = pruning_scores(context.model, context.data, config, context.seed, Path(folder) if folder else None)
         layouts = layout_for_budget(self, budget_bytes, config, scores)
-        module = BlockwiseEmbedding(self.fields, layouts, self.width)
-        module.settings = BlockwiseSettings(layout_to_json(layouts, self.width))
+        module = BlockwiseEmbedding(self.fields, layouts, self.width, precision=config.precision)
+        module.settings = BlockwiseSettings(layout_to_json(layouts, self.width, config.precision))
         module.load_block_values(pruned_values(self, layouts))
         context.record.update({"rule": f"DNIS pruning scores ({config.score}) of the searched model, kept while they fit",
-                               "bytes": layout_bytes(layouts, self.width), "layout": layout_to_json(layouts, self.width)})
+                               "bytes": layout_bytes(layouts, self.width, config.precision), "layout": module.settings.layout})
         return module

@@ -159,6 +159,26 @@ def dequantize_rows(packed: torch.Tensor, scale_bias: torch.Tensor, dim: int, bi
     return codes.mul_(scale_bias[..., :1]).add_(scale_bias[..., 1:])  # in place: codes is a fresh float tensor
 
 
+def int8_round_trip(rows: torch.Tensor) -> torch.Tensor:
+    """[n, d] floats as row-wise int8 storage (fp16 scale and bias) serves them: the values `quantize_rows` then
+    `dequantize_rows` give, in the same float operations, on the rows' own device and without packing
+    (what a table trained through its int8 storage reads every step)."""
+    lo, hi = rows.amin(dim=1), rows.amax(dim=1)
+    scale, bias = torch.stack([(hi - lo) / 255, lo], dim=1).to(torch.float16).float().unbind(1)
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    codes = torch.round((rows - bias[:, None]) / safe[:, None]).clamp_(0, 255)
+    return codes.mul_(scale[:, None]).add_(bias[:, None])
+
+
+def as_stored(rows: torch.Tensor, kind: str) -> torch.Tensor:
+    """[n, d] float32 rows as `kind` storage ("fp32", "fp16" or "int8" row-wise) serves them, with the gradient
+    passed straight through to the float32 values (quantisation-aware training of a table stored at `kind`)."""
+    if kind == "fp32" or rows.numel() == 0:
+        return rows
+    stored = int8_round_trip(rows.detach()) if kind == "int8" else rows.detach().to(TORCH_DTYPES[kind]).float()
+    return rows + (stored - rows).detach() if rows.requires_grad else stored
+
+
 def stored_values(weight: torch.Tensor, kind: str, scale_bias: str = "fp16") -> torch.Tensor:
     """[n, d] floats as a `kind` table serves them after storing: cast for fp16/bf16, row-wise codes for
     int8/int4/int2 read back (the same values `quantize_rows` then `dequantize_rows` give), unchanged for fp32."""

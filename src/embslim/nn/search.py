@@ -112,10 +112,10 @@ class DNISSearch:
             raise ConfigError("prune() ranks dimensions by validation loss: pass the validation batches (or a per-row loss callable)")
         lower = self._measure(val) if self.config.score == "loss" else None
         layouts = layout_for_budget(emb, budget, self.config, rank_pairs(emb, self.config, lower))
-        slim = BlockwiseEmbedding(emb.fields, layouts, width, self.tables.config.init_std).to(emb.alpha.device)
+        slim = BlockwiseEmbedding(emb.fields, layouts, width, self.tables.config.init_std, self.config.precision).to(emb.alpha.device)
         if self.config.fine_tune:
             slim.load_block_values(pruned_values(emb, layouts))
-        self.layout, self.budget_bytes = layout_to_json(layouts, width), budget
+        self.layout, self.budget_bytes = layout_to_json(layouts, width, self.config.precision), budget
         slim.settings = BlockwiseSettings(self.layout)
         self.tables.convert(slim, EmbeddingConfig("blockwise", width, None, None, self.tables.config.init_std, {"layout": self.layout}))
         return self.layout

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from embslim.data.fields import PreparedData
-from embslim.embeddings.blockwise import layout_bytes
+from embslim.embeddings.blockwise import check_precision, layout_bytes
 from embslim.embeddings.dnis import DNISEmbedding
 from embslim.errors import ConfigError
 from embslim.models.base import Recommender
@@ -53,6 +53,7 @@ class DNISConfig:
     search_trains_weights: bool = True  # False: only alpha moves during the search (one-pass data, where a second pass memorises)
     search_holdout: float = 0.0  # rating/CTR: fit alpha and the scores on this share of training rows, not validation (0: validation)
     retrain: bool = True  # False: serve the pruned start (fine_tune_from's) as it is, no retrain (one-pass data, with search_trains_weights=False)
+    precision: str = "fp32"  # how the pruned table stores its values: fp32, fp16 or int8 (row-wise, fp16 scale and bias); pruning counts those bytes and the retrain trains through the rounding
 
     def __post_init__(self) -> None:
         if self.score not in SCORES:
@@ -63,6 +64,7 @@ class DNISConfig:
             raise ConfigError("DNIS retrain=false serves the pruned searched model: it needs fine_tune=true (a fresh initialisation is untrained)")
         if not 0 <= self.search_holdout < 1:
             raise ConfigError(f"DNIS search_holdout must be in [0, 1), got {self.search_holdout}")
+        check_precision(self.precision)
 
 
 class AlphaUpdate:
@@ -162,7 +164,7 @@ class AlphaStep:
         """Global step -> budget of each pruning event."""
         steps = self.config.search_epochs * trainer.steps_per_epoch()
         everything = {f.name: np.ones((n, self.embedding.width)) for f, n in zip(self.embedding.fields, self.embedding.field_blocks)}
-        start = layout_bytes(layout_for_budget(self.embedding, 2**62, self.config, everything), self.embedding.width)
+        start = layout_bytes(layout_for_budget(self.embedding, 2**62, self.config, everything), self.embedding.width, self.config.precision)
         n = self.PRUNE_EVENTS
         return {max(1, round(j / n * self.PRUNE_SPAN * steps)): int(self.budget_bytes + (start - self.budget_bytes) * (1 - j / n) ** 3)
                 for j in range(1, n + 1)}
@@ -203,7 +205,7 @@ def layout_for_budget(embedding: DNISEmbedding, budget_bytes: int, config: DNISC
     per-field block layouts for `BlockwiseEmbedding`."""
     from embslim.search.prune import prune_to_budget
 
-    return prune_to_budget(scores, embedding.field_block_starts(), embedding.width, budget_bytes, config.min_dims)
+    return prune_to_budget(scores, embedding.field_block_starts(), embedding.width, budget_bytes, config.min_dims, config.precision)
 
 
 def layout_for_threshold(embedding: DNISEmbedding, threshold: float) -> dict:

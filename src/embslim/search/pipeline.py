@@ -114,8 +114,8 @@ def run_search(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: D
     full_bytes = runs["full"]["embedding"]["bytes"]
     emb = search_model.embedding
     asked = budget_bytes
-    budget_bytes = layout_bytes(layouts, width)  # the baselines get the bytes DNIS kept (at most the budget asked)
-    layout = layout_to_json(layouts, width)
+    budget_bytes = layout_bytes(layouts, width, dnis.precision)  # the baselines get the bytes DNIS kept (at most the budget asked)
+    layout = layout_to_json(layouts, width, dnis.precision)
     out.mkdir(parents=True, exist_ok=True)
     (out / "layout.json").write_text(json.dumps(layout, indent=1))
 

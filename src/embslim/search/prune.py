@@ -1,6 +1,7 @@
 """Pruning a searched embedding to a byte budget: which (block, dimension) pairs to keep.
 
-Every (field, block, dimension) costs rows_in_block * 4 bytes. Pairs are taken in
+Every (field, block, dimension) costs rows_in_block * 4 bytes (2 or 1 where the values are stored as fp16 or
+int8, whose first kept dimension of a block also pays the block's per-row scales). Pairs are taken in
 order of importance while they fit; smaller pairs further down fill what the large
 ones leave, so the result lands just under the budget and never over it. The block
 index (starts, offsets, column maps) is paid first. A fixed threshold on importance
@@ -10,13 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from embslim.embeddings.blockwise import VALUE_BYTES, FieldLayout, index_bytes_for, layout_bytes
+from embslim.embeddings.blockwise import FieldLayout, index_bytes_for, layout_bytes, row_overhead_bytes, value_bytes
 from embslim.errors import BudgetError
 
 
 def prune_to_budget(importance: dict[str, np.ndarray], starts: dict[str, list[int]], width: int, budget_bytes: int,
-                    min_dims: int = 0) -> dict[str, FieldLayout]:
-    """Keep the most important (block, dim) pairs whose total serving bytes fit `budget_bytes`.
+                    min_dims: int = 0, precision: str = "fp32") -> dict[str, FieldLayout]:
+    """Keep the most important (block, dim) pairs whose total serving bytes, values stored at `precision`,
+    fit `budget_bytes`.
 
     `min_dims` first gives every block its most important dimensions up to that count
     (while they fit), so no value is left without a vector. Beyond that floor, pairs scored
@@ -36,12 +38,13 @@ def prune_to_budget(importance: dict[str, np.ndarray], starts: dict[str, list[in
     for score, n, b, k in order:
         if score == -np.inf and (n, b, k) not in floor_keys:
             continue
-        cost = (starts[n][b + 1] - starts[n][b]) * VALUE_BYTES
+        rows = starts[n][b + 1] - starts[n][b]
+        cost = rows * (value_bytes(precision) + (0 if kept[n][b] else row_overhead_bytes(precision)))
         if cost <= remaining:
             kept[n][b].append(k)
             remaining -= cost
     layouts = {n: FieldLayout(list(starts[n]), [sorted(c) for c in kept[n]]) for n in names}
-    assert layout_bytes(layouts, width) <= budget_bytes
+    assert layout_bytes(layouts, width, precision) <= budget_bytes
     return layouts
 
 
