@@ -82,6 +82,16 @@ def test_dnis_cells_of_one_seed_share_one_search(tmp_path):
     assert first["search_seconds"] == second["search_seconds"] > 0
 
 
+def test_a_dnis_cell_stored_as_int8_prunes_the_same_search_at_one_byte_per_value(tmp_path):
+    spec = BenchSpec(dataset="synthetic", synthetic_rows=3000, dim=4, methods=("full", "dnis", "dnis-int8"), budgets=(0.3,), seeds=(0,),
+                     epochs=1, search_epochs=1)
+    rows = {r["method"]: r for r in runner.run_grid(spec, tmp_path, workers=1, progress=False)}
+    assert [p.name for p in (tmp_path / "runs").glob("*-search-s0")] == ["dnis-search-s0"]
+    layout = json.loads((tmp_path / "runs" / "dnis-int8-b0.3-s0" / "layout.json").read_text())
+    assert layout["precision"] == "int8" and "precision" not in json.loads((tmp_path / "runs" / "dnis-b0.3-s0" / "layout.json").read_text())
+    assert rows["dnis-int8"]["bytes"] <= rows["dnis-int8"]["budget_bytes"] and rows["dnis-int8"]["search_seconds"] == rows["dnis"]["search_seconds"]
+
+
 def test_the_same_grid_runs_as_ray_tasks_on_a_local_cluster(tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
     monkeypatch.setenv("HOME", str(tmp_path))

@@ -33,6 +33,7 @@ REFERENCE = "full"
 
 
 SLICED = "-sliced"
+STORED_AS = ("fp16", "int8")  # `M-int8`: a search method whose pruned table stores its values so (DNISConfig.precision)
 
 
 def benchmark_methods() -> list[str]:
@@ -41,12 +42,23 @@ def benchmark_methods() -> list[str]:
     `embslim slice` can cut: one run per seed at full size, sliced to each budget (train once, serve at any budget)."""
     infos = [method_info(m) for m in list_embeddings() if m != REFERENCE]
     sliced = [f"{m}{SLICED}" for m in sliceable_methods() if method_info(m).source == "scratch"]
-    return [REFERENCE, "uniform"] + [i.name for i in infos if i.budgeted or i.source == "search"] + sliced
+    stored = [f"{i.name}-{p}" for i in infos if i.source == "search" for p in STORED_AS]
+    return [REFERENCE, "uniform"] + [i.name for i in infos if i.budgeted or i.source == "search"] + sliced + stored
 
 
 def registry_name(method: str) -> str:
-    """The registered method behind a benchmark method (`uniform` is the reference at a budget, `M-sliced` is M)."""
-    return REFERENCE if method == "uniform" else method.removesuffix(SLICED)
+    """The registered method behind a benchmark method (`uniform` is the reference at a budget, `M-sliced` is M,
+    `M-int8` is search method M storing its pruned values as int8)."""
+    if method == "uniform":
+        return REFERENCE
+    base, _, suffix = method.rpartition("-")
+    return base if base and suffix in STORED_AS else method.removesuffix(SLICED)
+
+
+def stored_precision(method: str) -> dict:
+    """The DNIS setting a search benchmark method's `-fp16`/`-int8` suffix names ({} without one: --dnis decides)."""
+    base, _, suffix = method.rpartition("-")
+    return {"precision": suffix} if base and suffix in STORED_AS else {}
 
 
 @dataclass(frozen=True)
@@ -142,14 +154,15 @@ def _train(spec: BenchSpec, cell: Cell, data, base: RunConfig, budget: int, fold
     if method_info(registry_name(cell.method)).source == "search":
         from embslim.search.pipeline import locked, run_search
 
-        shared = out / "runs" / f"{cell.method}-search-s{cell.seed}"
+        shared = out / "runs" / f"{registry_name(cell.method)}-search-s{cell.seed}"  # every precision prunes one search
         full_cell = out / "runs" / Cell(REFERENCE, 1.0, cell.seed).name
         with locked(shared):
             if (full_cell / "row.json").exists() and not (shared / "full" / "model.pt").exists():
                 (shared / "full").mkdir(parents=True, exist_ok=True)
                 for name in ("model.pt", "results.json"):
                     shutil.copyfile(full_cell / name, shared / "full" / name)
-        report = run_search(data, base, budget, DNISConfig(**{"search_epochs": spec.search_epochs, **spec.dnis}), folder, resume=True, baselines=(),
+        settings = {"search_epochs": spec.search_epochs, **spec.dnis, **stored_precision(cell.method)}
+        report = run_search(data, base, budget, DNISConfig(**settings), folder, resume=True, baselines=(),
                             search_dir=shared)
         results = report["runs"]["dnis"]
         results["timing"]["search_seconds"] = report["timing"]["search_seconds"]
