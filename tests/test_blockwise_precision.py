@@ -83,3 +83,14 @@ def test_an_unknown_precision_is_a_one_line_error():
         DNISConfig(precision="int3")
     with pytest.raises(ConfigError, match="precision"):
         BlockwiseEmbedding(fields(), LAYOUTS, 8, precision="bf8")
+
+
+def test_mde_stored_as_int8_fits_its_budget_with_more_dimensions_and_exports_what_it_counted(tmp_path):
+    from embslim.embeddings import EmbeddingConfig, create_embedding
+
+    many = [FieldSpec("a", 2000, np.floor(1e5 / np.arange(1, 2001)).astype(np.int64)), FieldSpec("b", 300, np.arange(300, 0, -1))]
+    built = {p: create_embedding(many, EmbeddingConfig("mde", dim=16, budget_bytes=30_000, options={"precision": p})) for p in ("fp32", "int8")}
+    kept = {p: sum(lay.value_count() for lay in emb.layouts.values()) for p, emb in built.items()}
+    assert built["int8"].memory_bytes() <= 30_000 and kept["int8"] > 2 * kept["fp32"]
+    built["int8"].export(tmp_path / "m.safetensors")
+    assert load_artifact(tmp_path / "m.safetensors").memory_bytes() == built["int8"].memory_bytes()
