@@ -1,15 +1,17 @@
 """DNIS against full, uniform and MDE over several seeds: mean and spread per method, written as JSON and Markdown.
 
     python bench/dnis_seeds.py --dataset movielens-100k --task ctr --model deepfm --budget 0.2 --seeds 0,1,2 \\
-        --out benchmarks/results/dnis-movielens-100k-ctr-deepfm
+        --out runs/dnis-movielens-100k-ctr-deepfm --results benchmarks/results/dnis-movielens-100k-ctr-deepfm
 
-Each seed is one `embslim search` run in OUT/seedN (resumable: finished seeds and stages are reused).
-Needs the dataset under $EMBSLIM_DATA_DIR or --data-path.
+Each seed is one `embslim search` run in OUT/seedN (resumable: finished seeds and stages are reused); arguments
+after `--` go to every `embslim search` (e.g. `-- --precision int8 --baselines=`). The summary (JSON and
+Markdown) goes to --results (default OUT). Needs the dataset under $EMBSLIM_DATA_DIR or --data-path.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,8 @@ def aggregate(reports: list[dict], metric: str) -> dict:
 
 def markdown(summary: dict, args: argparse.Namespace, metric: str, budget_bytes: int, full_bytes: int) -> str:
     lines = [f"# DNIS on {args.dataset} {args.task} {args.model}, budget {args.budget} ({budget_bytes:,} of {full_bytes:,} bytes)", "",
-             f"Command: `python bench/dnis_seeds.py --dataset {args.dataset} --task {args.task} --model {args.model} --budget {args.budget} --seeds {args.seeds}`",
+             f"Command: `python bench/dnis_seeds.py --dataset {args.dataset} --task {args.task} --model {args.model} --budget {args.budget} --seeds {args.seeds}"
+             f" --out OUT{' -- ' + ' '.join(args.search_args) if args.search_args else ''}`",
              machine_line(), "",
              f"| method | test {metric} mean | std | per seed | embedding bytes |", "|---|---|---|---|---|"]
     for m, s in summary.items():
@@ -53,21 +56,27 @@ def run() -> None:
     p.add_argument("--budget", default="0.2")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--data-path")
-    p.add_argument("--out", type=Path, required=True)
-    args = p.parse_args()
+    p.add_argument("--out", type=Path, required=True, help="the search runs, one folder per seed (checkpoints: not for the repository)")
+    p.add_argument("--results", type=Path, help="where summary.json and summary.md go (default --out)")
+    argv_in = sys.argv[1:]
+    extra = argv_in[argv_in.index("--") + 1:] if "--" in argv_in else []
+    args = p.parse_args(argv_in[:len(argv_in) - len(extra) - (1 if "--" in argv_in else 0)])
+    args.search_args = extra
     reports = []
     for seed in args.seeds.split(","):
         out = args.out / f"seed{seed}"
         argv = ["search", "--dataset", args.dataset, "--task", args.task, "--model", args.model, "--budget", args.budget,
-                "--seed", seed, "--out", str(out), "--quiet", "--resume"] + (["--data-path", args.data_path] if args.data_path else [])
+                "--seed", seed, "--out", str(out), "--quiet", "--resume"] + (["--data-path", args.data_path] if args.data_path else []) + extra
         if cli(argv) != 0:
             raise SystemExit(f"seed {seed} failed")
         reports.append(json.loads((out / "report.json").read_text()))
     metric = {"ctr": "auc", "rating": "rmse", "topk": "ndcg@10"}[args.task]
     summary = aggregate(reports, metric)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    results = args.results or args.out
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "summary.json").write_text(json.dumps(summary, indent=2))
     text = markdown(summary, args, metric, reports[0]["budget_bytes"], reports[0]["full_bytes"])
-    (args.out / "summary.md").write_text(text)
+    (results / "summary.md").write_text(text)
     print(text)
 
 
