@@ -28,11 +28,16 @@ TINY_LAYOUT = {"width": 4, "fields": {
     "field3": {"blocks": [{"rows": [0, 21], "dims": [0, 1, 2]}]}}}
 
 
+# every registered method, and the blockwise layout with its values stored as int8 codes or fp16
+EXPORTED = list_embeddings() + ["blockwise-int8", "blockwise-fp16"]
+
+
 def tiny_config(method: str) -> EmbeddingConfig:
     if method == "full":
         return EmbeddingConfig(dim=5)
-    if method == "blockwise":
-        return EmbeddingConfig("blockwise", dim=4, options={"layout": TINY_LAYOUT})
+    if method.startswith("blockwise"):
+        precision = method.partition("-")[2]
+        return EmbeddingConfig("blockwise", dim=4, options={"layout": {**TINY_LAYOUT, **({"precision": precision} if precision else {})}})
     return example(method)
 
 
@@ -72,7 +77,7 @@ def exported(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("method", list_embeddings())
+@pytest.mark.parametrize("method", EXPORTED)
 def test_reloaded_artifact_gives_the_trained_models_outputs(method, exported):
     model, data, folder, _ = exported(method)
     test = data.split("test")
@@ -83,7 +88,7 @@ def test_reloaded_artifact_gives_the_trained_models_outputs(method, exported):
     assert torch.allclose(served_from(folder)(torch.from_numpy(test.ids[:1])), expected[:1], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", list_embeddings())
+@pytest.mark.parametrize("method", EXPORTED)
 def test_embedding_file_is_the_counted_bytes_plus_the_safetensors_header(method, exported):
     model, _, folder, manifest = exported(method)
     size = (folder / "embedding.safetensors").stat().st_size
@@ -93,7 +98,7 @@ def test_embedding_file_is_the_counted_bytes_plus_the_safetensors_header(method,
     assert manifest["bytes"]["embedding_tensors"] == model.embedding.memory_bytes("serve")
 
 
-@pytest.mark.parametrize("method", list_embeddings())
+@pytest.mark.parametrize("method", EXPORTED)
 def test_program_stores_the_backbone_and_no_copy_of_the_tables(method, exported):
     model, _, _, manifest = exported(method)
     backbone = sum(t.numel() * t.element_size() for k, t in model.state_dict().items() if not k.startswith("embedding."))

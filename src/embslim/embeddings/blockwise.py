@@ -279,7 +279,8 @@ class BlockwiseEmbedding(FeatureEmbedding):
         """The lookup as tensor operations only (what `embslim export` traces): the fast path splits the
         batch by sizes read into Python, which a trace would freeze at the traced batch's counts."""
         kept = self.kept[block]
-        out = torch.zeros((local.shape[0], self.width), dtype=self.tables[0].dtype if len(self.tables) else torch.float32,
+        stored_floats = self.precision == "fp32" and len(self.tables)  # reduced precision is read back as float32
+        out = torch.zeros((local.shape[0], self.width), dtype=self.tables[0].dtype if stored_floats else torch.float32,
                           device=local.device)
         for w in self.group_widths:
             rows = (kept == w).nonzero().squeeze(1)
