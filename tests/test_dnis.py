@@ -367,3 +367,13 @@ def test_an_int8_search_keeps_more_dimensions_in_the_same_budget_and_serves_what
     assert json.loads((tmp_path / "int8" / "layout.json").read_text())["precision"] == "int8"
     assert served.memory_bytes() == reports["int8"]["budget_bytes"] <= budget
     assert kept["int8"] > kept["fp32"]
+
+
+def test_the_baselines_of_an_int8_search_store_their_values_as_int8_too(tmp_path):
+    data = load_tiny()
+    config = RunConfig("deepfm", EmbeddingConfig("full", 4), train=FAST)
+    budget = full_bytes(data.table.fields, [4] * len(data.table.fields)) // 3
+    report = run_search(data, config, budget, DNISConfig(blocks=3, search_epochs=1, precision="int8"), tmp_path)
+    uniform, mde = report["runs"]["uniform"]["embedding"], report["runs"]["mde"]["embedding"]
+    assert uniform["method"] == "int8" and mde["settings"]["precision"] == "int8"
+    assert uniform["bytes"] <= report["budget_bytes"] and mde["bytes"] <= report["budget_bytes"]

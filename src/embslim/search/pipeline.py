@@ -42,6 +42,7 @@ from embslim.search.importance import cached_loss_increase
 from embslim.search.report import dims_per_field, kept_dims_table, plot_kept_dims, summary_lines
 from embslim.train.checkpoint import save_checkpoint
 from embslim.train.run import RunConfig, build_model, describe_embedding, train_model, write_results
+from embslim.train.run import fit as train_or_convert
 from embslim.train.trainer import Trainer
 
 BASELINES = ("uniform", "mde")
@@ -132,10 +133,9 @@ def run_search(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: D
 
     runs["dnis"] = _stage(out / "dnis", resume, train_dnis)
     for name in baselines:
-        opts = {"blocks": emb.block_spec} if name == "mde" else {}
-        method = "full" if name == "uniform" else name
+        method, opts = baseline_method(name, emb.block_spec, dnis.precision)
         cfg = replace(config, embedding=EmbeddingConfig(method, width, budget_bytes=budget_bytes, init_std=config.embedding.init_std, options=opts))
-        runs[name] = _stage(out / name, resume, lambda path, resume_stage, cfg=cfg: train_model(*build_model(data, cfg), cfg, path, resume_stage))
+        runs[name] = _stage(out / name, resume, lambda path, resume_stage, cfg=cfg: train_or_convert(data, cfg, path, resume_stage)[2])
 
     kept = kept_dims_table(layouts, {f.name: f.counts for f in sdata.table.fields})
     plot_kept_dims(kept, width, out / "kept_dims.png", f"DNIS kept dimensions, {data.name} {data.task} {config.model}")
@@ -157,6 +157,17 @@ def run_search(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: D
     write_results(report, out / "report.json")
     (out / "report.txt").write_text("\n".join(summary_lines(report)) + "\n")
     return report
+
+
+def baseline_method(name: str, block_spec, precision: str) -> tuple[str, dict]:
+    """(registered method, settings) of a baseline at the bytes DNIS kept, storing its values as DNIS's pruned table
+    does: `uniform` is the full table at the widest width that fits (stored as int8/fp16: that converter), `mde` the
+    frequency rule on DNIS's blocks (at DNIS's precision)."""
+    if name == "uniform":
+        return ("full" if precision == "fp32" else precision), {}
+    if name == "mde":
+        return "mde", {"blocks": block_spec, **({"precision": precision} if precision != "fp32" else {})}
+    return name, {}
 
 
 def search_dims(data: PreparedData, config: RunConfig, budget_bytes: int, dnis: DNISConfig, full_model, out: Path | None = None,
