@@ -180,10 +180,6 @@ def test_torchrec_example_converted_to_full_trains_exactly_as_torchrec_and_qr_fi
     assert 0.5 < qr["auc"] <= 1 and qr["bytes"] <= 0.1 * qr["full_bytes"]
 
 
-@pytest.mark.skip(reason="the 2-rank run of the TorchRec example hung in one CI run of two: reproduced 2026-11-27 in 2 of ~34 runs "
-                         "with torch's default threads, a rank stuck tearing down its process groups after the other had "
-                         "exited; the example now frees them and meets its peer at a barrier first (59 of 59 runs finished), "
-                         "to be enabled once more runs back it; the sharded collection itself is tested above with dict inputs")
 def test_torchrec_example_trains_sharded_on_two_gloo_ranks_and_refuses_a_method_with_shared_storage():
     pytest.importorskip("torchrec")
     run = subprocess.run([sys.executable, str(EXAMPLE), "--method", "qr", "--budget", "0.1", "--ranks", "2", "--rows", "3000", "--epochs", "1", "--batch-size", "32"],
