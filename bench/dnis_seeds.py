@@ -58,10 +58,10 @@ def run() -> None:
     p.add_argument("--data-path")
     p.add_argument("--out", type=Path, required=True, help="the search runs, one folder per seed (checkpoints: not for the repository)")
     p.add_argument("--results", type=Path, help="where summary.json and summary.md go (default --out)")
-    argv_in = sys.argv[1:]
-    extra = argv_in[argv_in.index("--") + 1:] if "--" in argv_in else []
-    args = p.parse_args(argv_in[:len(argv_in) - len(extra) - (1 if "--" in argv_in else 0)])
-    args.search_args = extra
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = p.parse_args(argv[:split])
+    extra = args.search_args = argv[split + 1:]
     reports = []
     for seed in args.seeds.split(","):
         out = args.out / f"seed{seed}"
