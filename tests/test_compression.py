@@ -128,6 +128,17 @@ def test_pytorchs_fused_kernel_decodes_rows_exactly_as_the_tensor_path(bits, dim
     assert torch.equal(read_fused_rows(table, rows, dim, bits, torch.float16), expected)
 
 
+@pytest.mark.parametrize("ids", [[5], [5, 9, 5]])
+def test_int8_rows_of_odd_width_decode_without_fbgemm_one_row_or_many(ids, monkeypatch):
+    from embslim.embeddings import quantized
+
+    monkeypatch.setattr(quantized, "fbgemm_decoder", lambda: None)
+    weight = torch.randn(20, 3)
+    table = quantized.fuse_rows(*quantize_rows(weight, 8, torch.float16))
+    got = quantized.read_fused_rows(table, torch.tensor(ids), 3, 8, torch.float16)
+    assert torch.equal(got, quantized.stored_values(weight, "int8")[ids])
+
+
 def test_quantized_rows_are_fbgemms_fused_layout_codes_then_scale_then_bias():
     from embslim.embeddings.quantized import fuse_rows
 

@@ -131,7 +131,9 @@ def read_fused_rows(table: torch.Tensor, rows: torch.Tensor, dim: int, bits: int
     if decoder is not None:
         return decoder(gathered, bits)[:, :dim].reshape(*rows.shape, dim)
     codes, raw = unfuse_rows(gathered)
-    scale_bias = two_byte_floats(raw, scale_dtype) if tracing else raw.contiguous().view(scale_dtype)
+    # a fresh copy: a single row's scale bytes are contiguous already but may start at an odd offset, which a view
+    # as 2-byte floats refuses
+    scale_bias = two_byte_floats(raw, scale_dtype) if tracing else raw.clone(memory_format=torch.contiguous_format).view(scale_dtype)
     return dequantize_rows(codes, scale_bias, dim, bits).reshape(*rows.shape, dim)
 
 
