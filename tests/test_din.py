@@ -47,6 +47,24 @@ def with_history(release):
     return load_dataset("movielens-100k", "ctr", release[0], PrepareConfig(history=5), use_cache=False)
 
 
+def test_time_split_of_a_release_tests_on_its_latest_ratings_and_is_cached_apart_from_the_random_one(release, tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBSLIM_CACHE_DIR", str(tmp_path))
+    _, (_, _, stamps) = release
+    by_time = load_dataset("movielens-100k", "ctr", release[0], PrepareConfig(split="time"))
+    shuffled = load_dataset("movielens-100k", "ctr", release[0], PrepareConfig())
+    assert stamps[by_time.splits["train"]].max() <= stamps[by_time.splits["test"]].min()
+    assert stamps[shuffled.splits["train"]].max() > stamps[shuffled.splits["test"]].min()
+    assert load_dataset("movielens-100k", "ctr", release[0], PrepareConfig(split="time")).splits["test"].tolist() == by_time.splits["test"].tolist()
+
+
+def test_time_split_of_data_without_timestamps_is_a_one_line_error(capsys):
+    from embslim.cli import main
+
+    assert main(["train", "--dataset", "synthetic", "--synthetic-rows", "2000", "--split", "time", "--quiet"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--split time needs timestamps" in err[0]
+
+
 def test_history_is_the_latest_strictly_earlier_items_of_the_same_user_oldest_first(release, with_history):
     _, (users, items, stamps) = release
     table = with_history.table

@@ -1,7 +1,7 @@
 """Vocabularies rank by training frequency with an OOV bucket; splits are reproducible."""
 import numpy as np
 
-from embslim.data.splits import hold_out, leave_last_out, random_split
+from embslim.data.splits import hold_out, leave_last_out, random_split, time_split
 from embslim.data.vocab import fit_vocab, pad_bags
 
 
@@ -33,6 +33,19 @@ def test_random_split_is_disjoint_complete_and_seeded():
     assert all((a[k] == b[k]).all() for k in a)
     assert sorted(np.concatenate(list(a.values())).tolist()) == list(range(1000))
     assert [len(a[k]) for k in ("train", "val", "test")] == [800, 100, 100]
+
+
+def test_time_split_trains_on_the_oldest_rows_and_tests_on_the_newest():
+    times = np.random.default_rng(0).integers(0, 50, size=1000)
+    s = time_split(times)
+    assert [len(s[k]) for k in ("train", "val", "test")] == [800, 100, 100]
+    assert sorted(np.concatenate(list(s.values())).tolist()) == list(range(1000))
+    assert times[s["train"]].max() <= times[s["val"]].min() and times[s["val"]].max() <= times[s["test"]].min()
+
+
+def test_time_split_cuts_ties_in_time_in_file_order():
+    s = time_split(np.zeros(10, dtype=np.int64))
+    assert s["train"].tolist() == list(range(8)) and s["val"].tolist() == [8] and s["test"].tolist() == [9]
 
 
 def test_leave_last_out_holds_out_latest_then_second_latest():

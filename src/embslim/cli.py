@@ -41,6 +41,9 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--schema", type=Path, help="JSON schema for --dataset tabular")
     g.add_argument("--min-count", type=non_negative_int, help="values seen fewer times in training go to the OOV bucket (default per dataset)")
     g.add_argument("--max-bad-rows", type=non_negative_float, default=0, help="malformed rows tolerated: a count, or a fraction if < 1 (default 0)")
+    g.add_argument("--split", choices=["random", "time"], default="random",
+                   help="ctr/rating: train/val/test as a seeded shuffle (default) or by time, the newest 10%% as test (needs "
+                        "timestamps; top-k always leaves each user's last items out)")
     g.add_argument("--split-seed", type=seed_int, default=0, help="seed of the random train/val/test split (default 0)")
     g.add_argument("--synthetic-rows", type=positive_int, help="rows of a generated dataset (synthetic: 200000, synthetic-criteo: 2000000)")
     g.add_argument("--history", type=non_negative_int, default=0,
@@ -126,7 +129,7 @@ def add_stream_args(p: argparse.ArgumentParser) -> None:
 def load_from_args(args: argparse.Namespace):
     source = get_source(args.dataset)
     config = PrepareConfig(task=args.task or source.default_task, min_count=args.min_count if args.min_count is not None else source.min_count,
-                           split_seed=args.split_seed, history=args.history or 0)
+                           split_seed=args.split_seed, split=args.split or "random", history=args.history or 0)
     synthetic = synthetic_config(args.dataset, args.synthetic_rows) if args.synthetic_rows and args.dataset in SYNTHETIC_SHAPES else None
     return load_dataset(args.dataset, config.task, args.data_path, config, args.max_bad_rows, args.schema, synthetic)
 
@@ -183,7 +186,7 @@ def configs_from_args(args: argparse.Namespace, data) -> tuple:
 
 
 DATA_FLAGS = {"dataset": "synthetic", "task": None, "data_path": None, "schema": None, "min_count": None, "max_bad_rows": 0,
-              "split_seed": 0, "synthetic_rows": None, "history": 0}  # the data flags and their defaults
+              "split_seed": 0, "split": "random", "synthetic_rows": None, "history": 0}  # the data flags and their defaults
 
 
 def write_data_args(args: argparse.Namespace, task: str, out: Path) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from embslim.data.fields import FeatureTable, FieldSpec, PreparedData, Side
 from embslim.data.history import HISTORY, behaviour_history
-from embslim.data.splits import leave_last_out, random_split
+from embslim.data.splits import leave_last_out, random_split, time_split
 from embslim.data.vocab import fit_coded_vocab, fit_vocab, pad_bags
 from embslim.errors import ConfigError
 
@@ -72,6 +72,7 @@ class PrepareConfig:
     task: str = "ctr"
     min_count: int = 1
     split_seed: int = 0
+    split: str = "random"  # ctr/rating: "random" (seeded shuffle) or "time" (oldest rows train, newest test)
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     click_threshold: float = 4.0
     history: int = 0  # > 0: each row gets its user's last `history` earlier items (a sequence read through the item table)
@@ -88,8 +89,14 @@ def prepare(raw: RawColumns, config: PrepareConfig) -> PreparedData:
         if raw.timestamp is None or raw.user_field is None:
             raise ConfigError(f"dataset {raw.name!r} has no user/time order for a top-k split")
         splits = leave_last_out(raw.columns[raw.user_field], raw.timestamp)
-    else:
+    elif config.split == "time":
+        if raw.timestamp is None:
+            raise ConfigError(f"--split time needs timestamps; dataset {raw.name!r} has none")
+        splits = time_split(raw.timestamp, config.ratios)
+    elif config.split == "random":
         splits = random_split(n, config.ratios, config.split_seed)
+    else:
+        raise ConfigError(f"--split must be 'random' or 'time', not {config.split!r}")
     train = splits["train"]
 
     fields: list[FieldSpec] = []

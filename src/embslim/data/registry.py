@@ -124,7 +124,8 @@ def load_dataset(
 
 def _key_config(config: PrepareConfig) -> dict:
     """The config as a cache key; options at their off value are left out, so entries made before they existed stay valid."""
-    return {k: v for k, v in config.__dict__.items() if not (k == "history" and v == 0)}
+    off = {"history": 0, "split": "random"}
+    return {k: v for k, v in config.__dict__.items() if not (k in off and v == off[k])}
 
 
 def _cached(prefix: str, parts: dict, files: list[Path], use_cache: bool, build: Callable[[], PreparedData]) -> PreparedData:

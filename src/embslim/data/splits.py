@@ -16,6 +16,18 @@ def random_split(n: int, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), s
     return {"train": np.sort(perm[:a]), "val": np.sort(perm[a:b]), "test": np.sort(perm[b:])}
 
 
+def time_split(timestamps: np.ndarray, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> dict[str, np.ndarray]:
+    """The oldest rows train, the next validate, the newest test, cut by `ratios` (ties in time keep file order):
+    a model is scored on interactions later than any it learned from, as it would be served."""
+    if abs(sum(ratios) - 1) > 1e-6 or min(ratios) <= 0:
+        raise ConfigError(f"split ratios must be positive and sum to 1, got {ratios}")
+    n = len(timestamps)
+    order = np.lexsort((np.arange(n), timestamps))
+    a = int(round(ratios[0] * n))
+    b = a + int(round(ratios[1] * n))
+    return {"train": np.sort(order[:a]), "val": np.sort(order[a:b]), "test": np.sort(order[b:])}
+
+
 def leave_last_out(users: np.ndarray, timestamps: np.ndarray) -> dict[str, np.ndarray]:
     """Per user, the latest interaction is test and the one before it validation.
 
