@@ -133,6 +133,52 @@ def test_width_grouped_tables_serve_exactly_the_values_of_each_block(prefix):
         assert torch.equal(served[f], reference_lookup(layouts, blocks, width, f, ids[:, f]))
 
 
+def loaded_random_layout(prefix: bool, seed: int = 3, width: int = 6) -> tuple[BlockwiseEmbedding, dict, list, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    cards = [40, 7, 90, 2]
+    layouts = random_layout(rng, cards, width, prefix)
+    fields = [FieldSpec(f"f{i}", c, np.ones(c, dtype=np.int64)) for i, c in enumerate(cards)]
+    emb = BlockwiseEmbedding(fields, layouts, width)
+    blocks = [torch.randn(b - a, len(c)) for lay in layouts.values() for a, b, c in zip(lay.starts[:-1], lay.starts[1:], lay.cols)]
+    emb.load_block_values(blocks)
+    ids = torch.from_numpy(np.stack([rng.integers(0, c, 300) for c in cards], axis=1))
+    return emb, layouts, blocks, ids
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+@pytest.mark.parametrize("prefix", [True, False], ids=["prefix-columns", "any-columns"])
+def test_lookup_without_autograd_serves_the_same_values_as_the_training_lookup(prefix, seed):
+    emb, layouts, blocks, ids = loaded_random_layout(prefix, seed)
+    batch = SparseBatch(ids, {}, torch.zeros(len(ids)))
+    trained = [t.detach() for t in emb(batch)]
+    with torch.no_grad():
+        served = emb(batch)
+    for f in range(ids.shape[1]):
+        assert torch.equal(served[f], trained[f])
+        assert torch.equal(served[f], reference_lookup(layouts, blocks, emb.width, f, ids[:, f]))
+
+
+def test_width_tables_are_views_of_one_run_of_values_and_an_artifact_holds_each_table_alone():
+    emb, _, _, _ = loaded_random_layout(prefix=False)
+    assert all(t.untyped_storage().data_ptr() == emb.tables[0].untyped_storage().data_ptr() for t in emb.tables)
+    stored = emb.artifact_tensors()
+    assert sum(v.numel() for k, v in stored.items() if k.startswith("tables.")) == sum(t.numel() for t in emb.tables)
+    assert len({v.untyped_storage().data_ptr() for k, v in stored.items() if k.startswith("tables.")}) == len(emb.tables)
+
+
+@pytest.mark.parametrize("move", ["assign-load", "double"])
+def test_lookup_without_autograd_still_serves_the_values_after_the_tables_get_storage_of_their_own(move):
+    emb, layouts, blocks, ids = loaded_random_layout(prefix=False, seed=7)
+    if move == "assign-load":
+        emb.load_state_dict({k: v.clone() for k, v in emb.state_dict().items()}, assign=True)
+    else:
+        emb.double()
+    with torch.no_grad():
+        served = emb(SparseBatch(ids, {}, torch.zeros(len(ids))))
+    for f in range(ids.shape[1]):
+        assert torch.allclose(served[f].float(), reference_lookup(layouts, blocks, emb.width, f, ids[:, f]))
+
+
 def test_each_lookup_sends_one_gradient_row_to_its_width_table():
     fields = [FieldSpec("a", 6, np.ones(6, dtype=np.int64))]
     emb = BlockwiseEmbedding(fields, {"a": FieldLayout([0, 2, 4, 6], [[1, 3], [0], [2, 0]])}, width=4)

@@ -51,6 +51,14 @@ def test_the_artifact_holds_the_counted_bytes_and_serves_the_trained_values_exac
         assert all(torch.equal(x, y) for x, y in zip(emb(every_id()), served(every_id())))
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_lookup_without_autograd_reads_the_values_the_training_lookup_reads(precision):
+    emb = table(precision)
+    trained = [v.detach() for v in emb(every_id())]
+    with torch.no_grad():
+        assert all(torch.equal(x, y) for x, y in zip(emb(every_id()), trained))
+
+
 def test_int8_values_are_read_as_their_row_wise_codes_decode():
     emb = table("int8")
     vectors = emb(every_id())[0]

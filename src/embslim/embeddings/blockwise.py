@@ -198,6 +198,7 @@ class BlockwiseEmbedding(FeatureEmbedding):
         self.group_widths = [w for w in range(1, width + 1) if group_rows[w] > 0]
         self._table_of = {w: g for g, w in enumerate(self.group_widths)}
         self.tables = nn.ParameterList([nn.Parameter(torch.empty(group_rows[w], w)) for w in self.group_widths])
+        self._share_one_storage()
         n_values = sum(r * w for w, r in enumerate(group_rows))
         self.load_flat_values(torch.randn(max(n_values, 1))[:n_values] * init_std)  # the draws of the flat storage before
         # How each width group spreads its values: "prefix" (columns 0..w-1), a block whose column
@@ -206,7 +207,61 @@ class BlockwiseEmbedding(FeatureEmbedding):
             w: ("prefix" if list(sets) == [tuple(range(w))] else next(iter(sets.values())) if len(sets) == 1 else None)
             for w, sets in group_cols.items()}
         self._per_row_columns = None in self._spread.values()
+        self._all_prefix = all(how == "prefix" for how in self._spread.values())
+        self.starts_fit_uint8 = most < 256  # a block number within its field fits the compares' uint8 count
         self._single_width = self.group_widths[0] if len(self.group_widths) == 1 and group_rows[0] == 0 else None
+
+    @torch.no_grad()
+    def _share_one_storage(self) -> None:
+        """Put the width tables back to back in one flat run of values followed by K spare zeros, each table a
+        view of it (values kept). A row's K-wide window then starts anywhere in one tensor: the no-grad lookup
+        reads every row with one gather (`_window_lookup`). The spare zeros are not stored in any artifact."""
+        tables = list(self.tables)
+        like = tables[0] if tables else self.kept
+        sizes = [t.numel() for t in tables]
+        flat = torch.zeros(sum(sizes) + self.width, dtype=like.dtype if tables else torch.float32, device=like.device)
+        offset, at = [0] * (self.width + 1), 0
+        for w, t, n in zip(self.group_widths, tables, sizes):
+            flat[at:at + n].copy_(t.reshape(-1))
+            t.data = flat[at:at + n].view(t.shape)
+            offset[w], at = at, at + n
+        self._flat = flat
+        self._group_offset = torch.tensor(offset, dtype=torch.int64, device=like.device)
+
+    def _shares_one_storage(self) -> bool:
+        """Whether every width table still lives in `_flat` (moving or casting the module, or loading with
+        assign=True, gives the tables storage of their own)."""
+        ptr = self._flat.untyped_storage().data_ptr()
+        return all(t.untyped_storage().data_ptr() == ptr and t.dtype == self._flat.dtype for t in self.tables)
+
+    def _window_lookup(self, ids: torch.Tensor, starts: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+        """The lookup without autograd (serving, evaluation): each id's block by a few compares, then one
+        K-wide row gather from the flat values at the row's start (a row of w values followed by whatever
+        comes next), and the columns past w zeroed by one multiply (prefix layouts) or each row's columns
+        picked from its K values and a zero (per-block column sets). Same output as `lookup_blocks`."""
+        if not self._shares_one_storage():
+            self._share_one_storage()
+        k = self.width
+        block = (ids >= starts.select(-1, 1)).to(torch.uint8) if starts.shape[-1] > 1 else torch.zeros_like(ids, dtype=torch.uint8)
+        for s in range(2, starts.shape[-1]):
+            block += ids >= starts.select(-1, s)
+        block = (first + block).reshape(-1)
+        kept = self.kept.to(self._group_offset.device)
+        row_start = torch.where(kept > 0, self._group_offset[kept] + self.shift * kept, 0)  # block's row 0, minus its first id's rows
+        w = kept[block]
+        rows = F.embedding(row_start[block] + ids.reshape(-1) * w, self._flat.as_strided((self._flat.numel() - k + 1, k), (1, 1)))
+        if self._all_prefix:
+            rows = rows.mul_(F.embedding(w, (torch.arange(k, device=w.device) < torch.arange(k + 1, device=w.device)[:, None]).to(rows.dtype)))
+        else:
+            positions = self.colpos.long()
+            source = torch.where(positions == kept[:, None], k, positions)  # column w of a row: the zero appended below
+            rows = F.pad(rows, (0, 1)).gather(1, F.embedding(block, source))
+        return as_stored(rows, self.precision).reshape(*ids.shape, k)
+
+    def _window_ready(self) -> bool:
+        """The one-gather lookup applies: no gradient wanted, float values (int8 codes are decoded per row)."""
+        return (self.precision != "int8" and not self._served_codes and not torch.jit.is_tracing() and self.starts_fit_uint8
+                and not (torch.is_grad_enabled() and any(t.requires_grad for t in self.tables)))
 
     @classmethod
     def from_config(cls, fields: list[FieldSpec], config: EmbeddingConfig, settings: BlockwiseSettings) -> "BlockwiseEmbedding":
@@ -253,6 +308,8 @@ class BlockwiseEmbedding(FeatureEmbedding):
 
         Each width group is one row gather, so the sparse gradient has one row per lookup.
         """
+        if self._window_ready():
+            return self._window_lookup(ids, starts, first)
         block = first + (ids >= starts.select(-1, 1)) if starts.shape[-1] > 1 else first.expand_as(ids)
         for s in range(2, starts.shape[-1]):
             block = block + (ids >= starts.select(-1, s))  # a few compares beat a binary search of every block
@@ -341,8 +398,10 @@ class BlockwiseEmbedding(FeatureEmbedding):
 
     def artifact_tensors(self) -> dict[str, torch.Tensor]:
         """The index and the values as stored: float32 or fp16 width tables, or int8 fused rows `rows_{w}`."""
-        if self.precision == "fp32" or self._served_codes:
+        if self._served_codes:
             return super().artifact_tensors()
+        if self.precision == "fp32":  # each table on its own: in memory they are views of one run of values
+            return {k: v.detach().clone() if k.startswith("tables.") else v.detach().contiguous() for k, v in self.state_dict().items()}
         out = {k: v.detach().contiguous() for k, v in self.state_dict().items() if not k.startswith("tables.")}
         for w, table in zip(self.group_widths, self.tables):
             if self.precision == "fp16":
