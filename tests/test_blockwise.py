@@ -118,21 +118,6 @@ def reference_lookup(layouts: dict[str, FieldLayout], blocks: list[torch.Tensor]
     return out
 
 
-@pytest.mark.parametrize("prefix", [True, False], ids=["prefix-columns", "any-columns"])
-def test_width_grouped_tables_serve_exactly_the_values_of_each_block(prefix):
-    rng = np.random.default_rng(3)
-    cards, width = [40, 7, 90, 2], 6
-    layouts = random_layout(rng, cards, width, prefix)
-    fields = [FieldSpec(f"f{i}", c, np.ones(c, dtype=np.int64)) for i, c in enumerate(cards)]
-    emb = BlockwiseEmbedding(fields, layouts, width)
-    blocks = [torch.randn(b - a, len(c)) for lay in layouts.values() for a, b, c in zip(lay.starts[:-1], lay.starts[1:], lay.cols)]
-    emb.load_block_values(blocks)
-    ids = torch.from_numpy(np.stack([rng.integers(0, c, 300) for c in cards], axis=1))
-    served = emb(SparseBatch(ids, {}, torch.zeros(300)))
-    for f in range(len(cards)):
-        assert torch.equal(served[f], reference_lookup(layouts, blocks, width, f, ids[:, f]))
-
-
 def loaded_random_layout(prefix: bool, seed: int = 3, width: int = 6) -> tuple[BlockwiseEmbedding, dict, list, torch.Tensor]:
     rng = np.random.default_rng(seed)
     cards = [40, 7, 90, 2]
@@ -143,6 +128,14 @@ def loaded_random_layout(prefix: bool, seed: int = 3, width: int = 6) -> tuple[B
     emb.load_block_values(blocks)
     ids = torch.from_numpy(np.stack([rng.integers(0, c, 300) for c in cards], axis=1))
     return emb, layouts, blocks, ids
+
+
+@pytest.mark.parametrize("prefix", [True, False], ids=["prefix-columns", "any-columns"])
+def test_width_grouped_tables_serve_exactly_the_values_of_each_block(prefix):
+    emb, layouts, blocks, ids = loaded_random_layout(prefix)
+    served = emb(SparseBatch(ids, {}, torch.zeros(len(ids))))
+    for f in range(ids.shape[1]):
+        assert torch.equal(served[f], reference_lookup(layouts, blocks, emb.width, f, ids[:, f]))
 
 
 @pytest.mark.parametrize("seed", [3, 4, 5])
