@@ -45,6 +45,9 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    help="ctr/rating: train/val/test as a seeded shuffle (default) or by time, the newest 10%% as test (needs "
                         "timestamps; top-k always leaves each user's last items out)")
     g.add_argument("--split-seed", type=seed_int, default=0, help="seed of the random train/val/test split (default 0)")
+    g.add_argument("--ctr-negatives", type=non_negative_int, default=0,
+                   help="ctr on interaction logs: every interaction is a click and gets N non-clicks, items its user never "
+                        "interacted with, drawn uniformly (DIN's protocol); default 0: clicks are ratings >= 4")
     g.add_argument("--synthetic-rows", type=positive_int, help="rows of a generated dataset (synthetic: 200000, synthetic-criteo: 2000000)")
     g.add_argument("--history", type=non_negative_int, default=0,
                    help="ctr/rating: give each row its user's last N earlier items, each with its item-side fields (genre), read "
@@ -129,7 +132,8 @@ def add_stream_args(p: argparse.ArgumentParser) -> None:
 def load_from_args(args: argparse.Namespace):
     source = get_source(args.dataset)
     config = PrepareConfig(task=args.task or source.default_task, min_count=args.min_count if args.min_count is not None else source.min_count,
-                           split_seed=args.split_seed, split=args.split or "random", history=args.history or 0)
+                           split_seed=args.split_seed, split=args.split or "random", history=args.history or 0,
+                           negatives=args.ctr_negatives or 0)
     synthetic = synthetic_config(args.dataset, args.synthetic_rows) if args.synthetic_rows and args.dataset in SYNTHETIC_SHAPES else None
     return load_dataset(args.dataset, config.task, args.data_path, config, args.max_bad_rows, args.schema, synthetic)
 
@@ -186,7 +190,8 @@ def configs_from_args(args: argparse.Namespace, data) -> tuple:
 
 
 DATA_FLAGS = {"dataset": "synthetic", "task": None, "data_path": None, "schema": None, "min_count": None, "max_bad_rows": 0,
-              "split_seed": 0, "split": "random", "synthetic_rows": None, "history": 0}  # the data flags and their defaults
+              "split_seed": 0, "split": "random", "ctr_negatives": 0, "synthetic_rows": None,
+              "history": 0}  # the data flags and their defaults
 
 
 def write_data_args(args: argparse.Namespace, task: str, out: Path) -> None:

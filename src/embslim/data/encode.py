@@ -14,6 +14,7 @@ import numpy as np
 
 from embslim.data.fields import FeatureTable, FieldSpec, PreparedData, Side
 from embslim.data.history import HISTORY, behaviour_history
+from embslim.data.negatives import with_sampled_non_clicks
 from embslim.data.splits import leave_last_out, random_split, time_split
 from embslim.data.vocab import fit_coded_vocab, fit_vocab, pad_bags
 from embslim.errors import ConfigError
@@ -76,6 +77,7 @@ class PrepareConfig:
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     click_threshold: float = 4.0
     history: int = 0  # > 0: each row gets its user's last `history` earlier items (a sequence read through the item table)
+    negatives: int = 0  # ctr, > 0: every interaction is a click with this many sampled non-clicks (see `data.negatives`)
 
 
 def prepare(raw: RawColumns, config: PrepareConfig) -> PreparedData:
@@ -84,19 +86,19 @@ def prepare(raw: RawColumns, config: PrepareConfig) -> PreparedData:
         raise ConfigError(f"dataset {raw.name!r} supports tasks {list(raw.tasks)}, not {config.task!r}")
     if config.history:
         _check_history(raw, config)
+    clicks = len(raw.target)
+    source = None  # with sampled non-clicks: each row's click row
+    if config.negatives:
+        if config.task != "ctr":
+            raise ConfigError(f"--ctr-negatives makes ctr rows; it does not apply to task {config.task!r}")
+        raw, source = with_sampled_non_clicks(raw, config.negatives, config.split_seed)
     n = len(raw.target)
-    if config.task == "topk":
-        if raw.timestamp is None or raw.user_field is None:
-            raise ConfigError(f"dataset {raw.name!r} has no user/time order for a top-k split")
-        splits = leave_last_out(raw.columns[raw.user_field], raw.timestamp)
-    elif config.split == "time":
-        if raw.timestamp is None:
-            raise ConfigError(f"--split time needs timestamps; dataset {raw.name!r} has none")
-        splits = time_split(raw.timestamp, config.ratios)
-    elif config.split == "random":
-        splits = random_split(n, config.ratios, config.split_seed)
-    else:
-        raise ConfigError(f"--split must be 'random' or 'time', not {config.split!r}")
+    splits = _split(raw, config, clicks)
+    if source is not None:  # a non-click follows its click into that click's split
+        split_of = np.empty(clicks, dtype=np.int64)
+        for k, name in enumerate(splits):
+            split_of[splits[name]] = k
+        splits = {name: np.flatnonzero(split_of[source] == k) for k, name in enumerate(splits)}
     train = splits["train"]
 
     fields: list[FieldSpec] = []
@@ -130,7 +132,9 @@ def prepare(raw: RawColumns, config: PrepareConfig) -> PreparedData:
     data = PreparedData(raw.name, config.task, table, splits, raw.user_field, raw.item_field, info=dict(raw.info))
     if config.history:
         items = id_columns[list(raw.columns).index(raw.item_field)]
-        history = behaviour_history(raw.columns[raw.user_field], raw.timestamp, items, config.history)
+        behaviours = slice(0, clicks)  # non-clicks are no behaviour: each reads its click's history
+        history = behaviour_history(np.asarray(raw.columns[raw.user_field])[behaviours], raw.timestamp[behaviours], items[behaviours], config.history)
+        history = history if source is None else history[source]
         table.sequences[HISTORY], table.sequence_fields[HISTORY] = history, raw.item_field
         lengths = (history >= 0).sum(axis=1)
         data.info[HISTORY] = {"reads_table_of": raw.item_field, "max_length": config.history,
@@ -143,6 +147,22 @@ def prepare(raw: RawColumns, config: PrepareConfig) -> PreparedData:
     data.info["min_count"] = config.min_count
     data.info["rows"] = {k: int(len(v)) for k, v in splits.items()}
     return data
+
+
+def _split(raw: RawColumns, config: PrepareConfig, rows: int) -> dict[str, np.ndarray]:
+    """Train/validation/test of the first `rows` rows (the interactions) by the task's and the config's rule."""
+    timestamp = None if raw.timestamp is None else raw.timestamp[:rows]
+    if config.task == "topk":
+        if timestamp is None or raw.user_field is None:
+            raise ConfigError(f"dataset {raw.name!r} has no user/time order for a top-k split")
+        return leave_last_out(np.asarray(raw.columns[raw.user_field])[:rows], timestamp)
+    if config.split == "time":
+        if timestamp is None:
+            raise ConfigError(f"--split time needs timestamps; dataset {raw.name!r} has none")
+        return time_split(timestamp, config.ratios)
+    if config.split == "random":
+        return random_split(rows, config.ratios, config.split_seed)
+    raise ConfigError(f"--split must be 'random' or 'time', not {config.split!r}")
 
 
 def stack_columns(columns: list[np.ndarray], n: int, rows_per_block: int = 8192) -> np.ndarray:

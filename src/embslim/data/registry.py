@@ -124,7 +124,7 @@ def load_dataset(
 
 def _key_config(config: PrepareConfig) -> dict:
     """The config as a cache key; options at their off value are left out, so entries made before they existed stay valid."""
-    off = {"history": 0, "split": "random"}
+    off = {"history": 0, "split": "random", "negatives": 0}
     return {k: v for k, v in config.__dict__.items() if not (k in off and v == off[k])}
 
 
