@@ -11,11 +11,16 @@ interactions, top MLP). The conversion is one line (`convert` below):
     python examples/torchrec_convert.py --method qr --budget 0.1       # one budget for all tables
     python examples/torchrec_convert.py --method mde --budget 0.1 --ranks 2
     python examples/torchrec_convert.py --data criteo.tsv --method hash --budget 0.1
+    python examples/torchrec_convert.py --criteo-shaped --rows 2000000 --method full --ranks 2 --sharder torchrec
 
 Data: synthetic clicks (zipf ids, a planted logistic model) or, with `--data`, Criteo TSV rows.
 Prints test AUC and the bytes of the tables (per rank with `--ranks`).
 
-Sharding (`--ranks N`, CPU gloo ranks via torch.multiprocessing.spawn): TorchRec's planner and
+Sharding (`--ranks N`, CPU gloo ranks via torch.multiprocessing.spawn), two ways. `--sharder torchrec` (the
+default for `--method torchrec`): TorchRec's planner places the tables and DistributedModelParallel shards them,
+FBGEMM's fused row-wise Adagrad updating them in backward; an embslim method with a TorchRec equivalent (`full`)
+is handed over first (`embslim.nn.to_torchrec` configs, `load_sharded_weights` into each rank's shards).
+`--sharder embslim` (the default otherwise): TorchRec's planner and
 DistributedModelParallel shard only TorchRec's own module types, so `embslim.nn.ShardedEmbeddingBagCollection`
 shards the embslim tables table-wise itself: each rank owns some tables (largest first to the least
 loaded rank) with its share of the budget (the same fraction of its own tables), computes their pooled
@@ -70,9 +75,9 @@ class DenseArch(nn.Module):
 class DLRM(nn.Module):
     """TorchRec tables (`ebc`, KeyedJaggedTensor in, KeyedTensor out) and the dense part."""
 
-    def __init__(self, rows: list[int], num_dense: int) -> None:
+    def __init__(self, rows: list[int], num_dense: int, tables: list[EmbeddingBagConfig] | None = None, device: str = "cpu") -> None:
         super().__init__()
-        self.ebc = EmbeddingBagCollection(tables=table_configs(rows))
+        self.ebc = EmbeddingBagCollection(tables=tables or table_configs(rows), device=torch.device(device))
         self.dense = DenseArch(num_dense, len(rows))
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
@@ -112,6 +117,17 @@ def criteo(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return labels, dense, ids
 
 
+def criteo_shaped(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Labels, a constant dense feature, ids and splits of embslim's generated Criteo-shaped clicks (26 fields with
+    Criteo's cardinalities capped at 1M; vocabularies fitted on the training rows)."""
+    from embslim.data import PrepareConfig, load_dataset
+    from embslim.data.synthetic import synthetic_config
+
+    data = load_dataset("synthetic-criteo", "ctr", config=PrepareConfig(split_seed=seed), synthetic=synthetic_config("synthetic-criteo", rows))
+    table = data.table
+    return table.label, np.zeros((len(table.label), 1), dtype=np.float32), table.ids, data.splits
+
+
 def kjt(ids: torch.Tensor) -> KeyedJaggedTensor:
     """One id per feature per row, as TorchRec's KeyedJaggedTensor (feature-major values)."""
     return KeyedJaggedTensor.from_lengths_sync(keys=[f"f{j}" for j in range(ids.shape[1])], values=ids.t().reshape(-1),
@@ -119,12 +135,16 @@ def kjt(ids: torch.Tensor) -> KeyedJaggedTensor:
 
 
 def load(args: argparse.Namespace) -> dict:
-    labels, dense, ids = criteo(args.data) if args.data else synthetic(args.rows, args.seed)
-    order = np.random.default_rng(args.seed).permutation(len(labels))
-    cut = int(0.8 * len(order))
-    if args.data:  # criteo() builds its vocabularies on the first 80% of the file: keep that split
-        order = np.arange(len(labels))
-    train, test = order[:cut], order[cut:]
+    if args.criteo_shaped:
+        labels, dense, ids, splits = criteo_shaped(args.rows, args.seed)
+        train, test = splits["train"], splits["test"]
+    else:
+        labels, dense, ids = criteo(args.data) if args.data else synthetic(args.rows, args.seed)
+        order = np.random.default_rng(args.seed).permutation(len(labels))
+        cut = int(0.8 * len(order))
+        if args.data:  # criteo() builds its vocabularies on the first 80% of the file: keep that split
+            order = np.arange(len(labels))
+        train, test = order[:cut], order[cut:]
     rows = [int(ids[:, j].max()) + 1 for j in range(ids.shape[1])]
     counts = {f"t{j}": np.bincount(ids[train, j], minlength=n) for j, n in enumerate(rows)}
     return {"labels": torch.from_numpy(labels), "dense": torch.from_numpy(dense), "ids": torch.from_numpy(ids).long(),
@@ -198,7 +218,60 @@ def rank_main(rank: int, args: argparse.Namespace, data: dict, out: str) -> None
     dist.destroy_process_group()
 
 
+def torchrec_rank_main(rank: int, args: argparse.Namespace, data: dict, out: str) -> None:
+    """One gloo rank of TorchRec's own sharding: its planner places the tables, DistributedModelParallel shards
+    them (FBGEMM's fused row-wise Adagrad updates them in backward) and wraps the dense part in DDP; each rank
+    feeds its slice of every global batch. With an embslim method (full), its tables are handed over first."""
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+    from torchrec.optim import RowWiseAdagrad, apply_optimizer_in_backward
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=args.ranks,
+                            timeout=timedelta(minutes=10))
+    torch.manual_seed(args.seed)
+    weights, configs = None, None
+    if args.method != "torchrec":
+        tables = embslim.nn.EmbeddingBagCollection.from_torchrec(table_configs(data["rows"]), counts=data["counts"], method=args.method,
+                                                                 init_std=0.01)
+        weights, configs = embslim.nn.table_weights(tables), embslim.nn.torchrec_configs(tables)
+    model = DLRM(data["rows"], data["dense"].shape[1], configs, device="meta")
+    model.dense = DenseArch(data["dense"].shape[1], len(data["rows"]))
+    apply_optimizer_in_backward(RowWiseAdagrad, model.ebc.parameters(), {"lr": args.table_lr})
+    model = DistributedModelParallel(model, device=torch.device("cpu"))
+    if weights is not None:
+        embslim.nn.load_sharded_weights(model, weights)
+    dense = [p for name, p in model.named_parameters() if ".ebc." not in f".{name}"]
+    opt = torch.optim.Adam(dense, lr=1e-3)
+    losses = []
+    for epoch in range(args.epochs):
+        model.train()
+        for rows in batches(data, args, epoch):
+            mine = rows[rank::args.ranks]
+            loss = nn.functional.binary_cross_entropy_with_logits(model(data["dense"][mine], kjt(data["ids"][mine])), data["labels"][mine])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    model.eval()
+    test = torch.from_numpy(data["test"])[rank::args.ranks]
+    with torch.no_grad():
+        scores = model(data["dense"][test], kjt(data["ids"][test]))
+    local = sum(t.numel() * t.element_size() for key, value in model.state_dict().items() if ".embedding_bags." in key  # shards, and
+                for t in ([s.tensor for s in value.local_shards()] if hasattr(value, "local_shards") else [value]))  # replicated small tables
+    plan = [name for name, spec in model.plan.plan["ebc"].items() if spec.ranks and rank in spec.ranks]
+    every = [None] * args.ranks
+    dist.all_gather_object(every, (test, scores, local, plan, losses))
+    if rank == 0:
+        torch.save(every, f"{out}/result.pt")
+    del model, opt
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def train_sharded(args: argparse.Namespace, data: dict) -> dict:
+    if args.sharder == "torchrec":
+        return train_torchrec_sharded(args, data)
     with tempfile.TemporaryDirectory() as out:
         mp.spawn(rank_main, args=(args, data, out), nprocs=args.ranks, join=True)
         every = torch.load(f"{out}/result.pt", weights_only=False)
@@ -209,23 +282,44 @@ def train_sharded(args: argparse.Namespace, data: dict) -> dict:
             "first_loss": float(losses[:10].mean()), "last_loss": float(losses[-10:].mean())}
 
 
+def train_torchrec_sharded(args: argparse.Namespace, data: dict) -> dict:
+    with tempfile.TemporaryDirectory() as out:
+        mp.spawn(torchrec_rank_main, args=(args, data, out), nprocs=args.ranks, join=True)
+        every = torch.load(f"{out}/result.pt", weights_only=False)
+    rows = torch.cat([test for test, *_ in every])
+    scores = torch.cat([scores for _, scores, *_ in every])
+    losses = np.mean([losses for *_, losses in every], axis=0)
+    return {"auc": float(roc_auc_score(data["labels"][rows].numpy(), scores.numpy())), "bytes": sum(b for _, _, b, _, _ in every),
+            "rank_bytes": [b for _, _, b, _, _ in every], "rank_tables": [t for *_, t, _ in every],
+            "first_loss": float(losses[:10].mean()), "last_loss": float(losses[-10:].mean())}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None, help="Criteo TSV rows (default: synthetic clicks)")
     parser.add_argument("--rows", type=int, default=20_000, help="synthetic rows")
+    parser.add_argument("--criteo-shaped", action="store_true",
+                        help="embslim's generated Criteo-shaped clicks (26 tables, Criteo's cardinalities up to 1M ids) instead")
     parser.add_argument("--method", default="torchrec", help="torchrec (its own tables), or an embslim method (full, qr, mde, hash, int8, ...)")
     parser.add_argument("--budget", type=float, default=None, help="fraction of the fp32 tables' bytes, for all tables together")
     parser.add_argument("--ranks", type=int, default=1, help="gloo ranks to shard the tables over (table-wise)")
+    parser.add_argument("--sharder", choices=["embslim", "torchrec"], default=None,
+                        help="with --ranks: embslim's table-wise sharding of any shardable method, or TorchRec's planner and "
+                             "DistributedModelParallel (TorchRec's own tables, or an embslim method TorchRec has tables for: full); "
+                             "default: torchrec for --method torchrec, else embslim")
+    parser.add_argument("--table-lr", type=float, default=0.05, help="--sharder torchrec: the fused row-wise Adagrad's learning rate")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.data and not args.data.is_file():
         parser.error(f"no Criteo file at {args.data}")
+    args.sharder = args.sharder or ("torchrec" if args.method == "torchrec" else "embslim")
     if args.ranks > 1:
-        if args.method == "torchrec":
-            raise SystemExit("--ranks shards embslim tables: pass --method (TorchRec's own tables shard with its DistributedModelParallel)")
-        reason = embslim.nn.why_not_shardable(args.method)
+        if args.sharder == "embslim" and args.method == "torchrec":
+            raise SystemExit("--sharder embslim shards embslim tables: pass --method, or --sharder torchrec for TorchRec's own tables")
+        reason = (embslim.nn.why_no_torchrec_table(args.method) if args.method != "torchrec" else None) if args.sharder == "torchrec" \
+            else embslim.nn.why_not_shardable(args.method)
         if reason:
             raise SystemExit(reason)
     torch.manual_seed(args.seed)

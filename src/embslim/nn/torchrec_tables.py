@@ -1,0 +1,96 @@
+"""embslim tables handed to TorchRec, for the methods TorchRec has an equivalent of, so that TorchRec's planner and
+`DistributedModelParallel` shard them (table-, row- or column-wise, FBGEMM's fused kernels and optimisers).
+
+    ebc = embslim.nn.to_torchrec(collection)            # a TorchRec EmbeddingBagCollection holding the same rows
+    model = DistributedModelParallel(...)                # shards it as it shards any TorchRec collection
+    embslim.nn.load_sharded_weights(model, embslim.nn.table_weights(collection))   # into each rank's shards
+
+TorchRec's trainable tables are dense float rows, so `full` is the one method with an exact equivalent. Every other
+method stores its values in a form TorchRec's sharded tables do not have (shared hashed rows, mixed widths per block,
+factored or pruned tables, int8/int4 codes, which TorchRec serves but does not train): `why_no_torchrec_table` says
+so, and `embslim.nn.ShardedEmbeddingBagCollection` shards those table-wise itself.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from embslim.embeddings.full import FullEmbedding
+from embslim.errors import ConfigError
+from embslim.extras import require
+from embslim.nn.collection import EmbeddingBagCollection
+
+
+def why_no_torchrec_table(method: str) -> str | None:
+    """None where TorchRec's trainable tables hold the method's tables exactly (full), else why not."""
+    if method == "full":
+        return None
+    return (f"method {method!r} has no TorchRec table equivalent (TorchRec trains dense float rows only); shard it with "
+            f"embslim.nn.ShardedEmbeddingBagCollection, or train it data-parallel (embslim train --nproc)")
+
+
+def table_weights(collection: EmbeddingBagCollection) -> dict[str, torch.Tensor]:
+    """Each table's [rows, width] float rows by table name (a full collection only)."""
+    emb = collection.embedding
+    reason = why_no_torchrec_table(collection.set.method) if not isinstance(emb, FullEmbedding) else None
+    if reason or not isinstance(emb, FullEmbedding):
+        raise ConfigError(reason or f"method {collection.set.method!r} has no dense per-table rows")
+    out = {}
+    for i, t in enumerate(collection.tables):
+        table, first = emb.table_of(i)
+        out[t.name] = table.detach()[first:first + t.num_embeddings]
+    return out
+
+
+def torchrec_configs(collection: EmbeddingBagCollection) -> list[Any]:
+    """TorchRec `EmbeddingBagConfig`s of the collection's tables (names, rows, widths, features, pooling)."""
+    reason = why_no_torchrec_table(collection.set.method)
+    if reason:
+        raise ConfigError(reason)
+    require("torchrec", "TorchRec tables")
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+
+    return [EmbeddingBagConfig(name=t.name, embedding_dim=t.embedding_dim, num_embeddings=t.num_embeddings,
+                               feature_names=list(t.features()), pooling=PoolingType[t.pooling.upper()]) for t in collection.tables]
+
+
+def to_torchrec(collection: EmbeddingBagCollection, device: torch.device | str | None = None) -> nn.Module:
+    """A TorchRec EmbeddingBagCollection with the collection's tables and rows: same pooled outputs for the same
+    KeyedJaggedTensor. On the meta device it holds configs only (what DistributedModelParallel shards; load the
+    rows into the shards with `load_sharded_weights`)."""
+    configs = torchrec_configs(collection)
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection as TorchRecEBC
+
+    device = torch.device(device) if device is not None else next(collection.parameters()).device
+    module = TorchRecEBC(tables=configs, device=device)
+    if device.type != "meta":
+        weights = table_weights(collection)
+        with torch.no_grad():
+            for name, bag in module.embedding_bags.items():
+                bag.weight.copy_(weights[name])
+    return module
+
+
+@torch.no_grad()
+def load_sharded_weights(module: nn.Module, weights: Mapping[str, torch.Tensor]) -> int:
+    """Copy full [rows, width] tables by name into the shards of them this rank holds (a DistributedModelParallel
+    model or any module whose state has `embedding_bags.NAME.weight` entries, sharded or not); returns how many
+    shards (or whole tables) were filled. Each shard takes the rows and columns its offsets say."""
+    filled = 0
+    for key, value in module.state_dict().items():
+        parts = key.split(".")
+        if len(parts) < 3 or parts[-1] != "weight" or parts[-3] != "embedding_bags" or parts[-2] not in weights:
+            continue
+        full = weights[parts[-2]]
+        shards = value.local_shards() if hasattr(value, "local_shards") else None
+        if shards is None:
+            value.copy_(full)
+            filled += 1
+            continue
+        for shard in shards:
+            (r, c), (rows, cols) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+            shard.tensor.copy_(full[r:r + rows, c:c + cols])
+            filled += 1
+    return filled
