@@ -5,10 +5,12 @@
     model = DistributedModelParallel(...)                # shards it as it shards any TorchRec collection
     embslim.nn.load_sharded_weights(model, embslim.nn.table_weights(collection))   # into each rank's shards
 
-TorchRec's trainable tables are dense float rows, so `full` is the one method with an exact equivalent. Every other
-method stores its values in a form TorchRec's sharded tables do not have (shared hashed rows, mixed widths per block,
-factored or pruned tables, int8/int4 codes, which TorchRec serves but does not train): `why_no_torchrec_table` says
-so, and `embslim.nn.ShardedEmbeddingBagCollection` shards those table-wise itself.
+TorchRec's trainable tables are dense float rows, so `full` is the one method it trains exactly. `int8` tables are
+served by TorchRec's quantized collection (`torchrec.quant`): row-wise codes with an fp16 scale and bias per row, the
+same numbers embslim stores, copied over, so TorchRec serves exactly the values embslim serves. Every other method
+stores its values in a form TorchRec's tables do not have (shared hashed rows, mixed widths per block, factored or
+pruned tables, int4/int2 packing): `why_no_torchrec_table` says so, and `embslim.nn.ShardedEmbeddingBagCollection`
+shards those table-wise itself.
 """
 from __future__ import annotations
 
@@ -23,9 +25,12 @@ from embslim.extras import require
 from embslim.nn.collection import EmbeddingBagCollection
 
 
+SERVED_AS = {"full": "FP32", "int8": "INT8"}  # methods TorchRec holds exactly, and its DataType for them
+
+
 def why_no_torchrec_table(method: str) -> str | None:
-    """None where TorchRec's trainable tables hold the method's tables exactly (full), else why not."""
-    if method == "full":
+    """None where TorchRec's tables hold the method's tables exactly (full: trainable; int8: served), else why not."""
+    if method in SERVED_AS:
         return None
     return (f"method {method!r} has no TorchRec table equivalent (TorchRec trains dense float rows only); shard it with "
             f"embslim.nn.ShardedEmbeddingBagCollection, or train it data-parallel (embslim train --nproc)")
@@ -50,17 +55,21 @@ def torchrec_configs(collection: EmbeddingBagCollection) -> list[Any]:
     if reason:
         raise ConfigError(reason)
     require("torchrec", "TorchRec tables")
-    from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+    from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, PoolingType
 
-    return [EmbeddingBagConfig(name=t.name, embedding_dim=t.embedding_dim, num_embeddings=t.num_embeddings,
-                               feature_names=list(t.features()), pooling=PoolingType[t.pooling.upper()]) for t in collection.tables]
+    return [EmbeddingBagConfig(name=t.name, embedding_dim=t.embedding_dim, num_embeddings=t.num_embeddings, feature_names=list(t.features()),
+                               pooling=PoolingType[t.pooling.upper()], data_type=DataType[SERVED_AS[collection.set.method]])
+            for t in collection.tables]
 
 
 def to_torchrec(collection: EmbeddingBagCollection, device: torch.device | str | None = None) -> nn.Module:
     """A TorchRec EmbeddingBagCollection with the collection's tables and rows: same pooled outputs for the same
     KeyedJaggedTensor. On the meta device it holds configs only (what DistributedModelParallel shards; load the
-    rows into the shards with `load_sharded_weights`)."""
+    rows into the shards with `load_sharded_weights`). An int8 collection becomes TorchRec's quantized (serving)
+    collection holding embslim's codes, scales and biases."""
     configs = torchrec_configs(collection)
+    if collection.set.method == "int8":
+        return _quantized(collection, configs)
     from torchrec.modules.embedding_modules import EmbeddingBagCollection as TorchRecEBC
 
     device = torch.device(device) if device is not None else next(collection.parameters()).device
@@ -70,6 +79,26 @@ def to_torchrec(collection: EmbeddingBagCollection, device: torch.device | str |
         with torch.no_grad():
             for name, bag in module.embedding_bags.items():
                 bag.weight.copy_(weights[name])
+    return module
+
+
+@torch.no_grad()
+def _quantized(collection: EmbeddingBagCollection, configs: list[Any]) -> nn.Module:
+    """TorchRec's quantized collection (CPU) holding the int8 tables embslim serves: codes, fp16 scale and bias per row."""
+    from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEBC
+
+    served = collection.set.served()
+    module = QuantEBC(tables=configs, is_weighted=False, device=torch.device("cpu"), quant_state_dict_split_scale_bias=True)
+    state = module.state_dict()
+    for i, t in enumerate(collection.tables):
+        group, member = served._place[i]
+        d = served.group_dims[group]
+        first = int(getattr(served, f"offsets_{d}")[member])
+        rows = getattr(served, f"rows_{d}")[first:first + t.num_embeddings]
+        scale_bias = rows[:, d:d + 4].contiguous().view(torch.float16)  # FBGEMM's fused row: codes, then fp16 scale, bias
+        state[f"embedding_bags.{t.name}.weight"].copy_(rows[:, :d])
+        state[f"embedding_bags.{t.name}.weight_qscale"].copy_(scale_bias[:, :1])
+        state[f"embedding_bags.{t.name}.weight_qbias"].copy_(scale_bias[:, 1:])
     return module
 
 
