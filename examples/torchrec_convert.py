@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.ranks > 1:
         if args.sharder == "embslim" and args.method == "torchrec":
             raise SystemExit("--sharder embslim shards embslim tables: pass --method, or --sharder torchrec for TorchRec's own tables")
-        reason = (embslim.nn.why_no_torchrec_table(args.method) if args.method != "torchrec" else None) if args.sharder == "torchrec" \
+        reason = (embslim.nn.why_no_torchrec_table(args.method, training=True) if args.method != "torchrec" else None) if args.sharder == "torchrec" \
             else embslim.nn.why_not_shardable(args.method)
         if reason:
             raise SystemExit(reason)

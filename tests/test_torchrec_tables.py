@@ -47,6 +47,11 @@ def test_a_method_without_torchrec_tables_is_refused_with_how_to_shard_it(method
     assert enn.why_no_torchrec_table("full") is None and enn.why_no_torchrec_table("int8") is None
 
 
+def test_int8_is_served_by_torchrec_but_not_trained_by_it():
+    assert enn.why_no_torchrec_table("full", training=True) is None
+    assert "not trained by them" in enn.why_no_torchrec_table("int8", training=True)
+
+
 def test_an_int8_collection_is_served_by_torchrecs_quantized_tables_with_embslims_codes():
     pytest.importorskip("torchrec")
     ebc = enn.EmbeddingBagCollection(tables(), method="int8").eval()

@@ -28,10 +28,13 @@ from embslim.nn.collection import EmbeddingBagCollection
 SERVED_AS = {"full": "FP32", "int8": "INT8"}  # methods TorchRec holds exactly, and its DataType for them
 
 
-def why_no_torchrec_table(method: str) -> str | None:
-    """None where TorchRec's tables hold the method's tables exactly (full: trainable; int8: served), else why not."""
-    if method in SERVED_AS:
+def why_no_torchrec_table(method: str, training: bool = False) -> str | None:
+    """None where TorchRec's tables hold the method's tables exactly (full: trainable; int8: served only), else why not."""
+    if method == "full" or (method in SERVED_AS and not training):
         return None
+    if method in SERVED_AS:
+        return (f"method {method!r} is served by TorchRec's quantized tables but not trained by them: train it as full, "
+                f"or shard it with embslim.nn.ShardedEmbeddingBagCollection")
     return (f"method {method!r} has no TorchRec table equivalent (TorchRec trains dense float rows only); shard it with "
             f"embslim.nn.ShardedEmbeddingBagCollection, or train it data-parallel (embslim train --nproc)")
 
