@@ -10,7 +10,11 @@ both optimisers). The contenders train side by side from the same initial weight
 - `current_bf16`: the trainer with `dense_precision="bf16"` (`--dense-precision bf16`: bfloat16 autocast forward);
 - `current_bf16_bits`: that, with the MLP's dropout masks drawn as integers (`--dropout-mask bits`);
 - `per_field`: the trainer as it is, but the backbone fed the per-field vector list instead of one [B, F, d] tensor
-  (what the stacked path alone is worth, same optimiser).
+  (what the stacked path alone is worth, same optimiser);
+- `current_bf16_bits_rowwise`: `current_bf16_bits` with the tables on row-wise Adagrad (`--table-optimizer
+  rowwise-adagrad --table-lr 0.03`: one float of state per row, what production CTR training uses);
+- `current_bf16_bits_fbgemm`: the same optimiser through FBGEMM's fused table-batched kernel
+  (`--table-optimizer fbgemm-rowwise-adagrad`; needs fbgemm-gpu-cpu).
 
 `--model` picks another CTR backbone (lr, fm, dcnv2, autoint); `--contenders` a subset (`original` always runs:
 every ratio is against it).
@@ -106,6 +110,10 @@ def main() -> None:
         "current_bf16_bits": lambda: Contender("current_bf16_bits", data, replace(bf16, model_options=replace(config.model_options, dropout_mask="bits")), original=False),
         "per_field": lambda: Contender("per_field", data, config, original=False, per_field=True),
     }
+    bits = replace(bf16, model_options=replace(config.model_options, dropout_mask="bits"))
+    for name, kind in (("current_bf16_bits_rowwise", "rowwise-adagrad"), ("current_bf16_bits_fbgemm", "fbgemm-rowwise-adagrad")):
+        tables = replace(bits, train=replace(bits.train, table_optimizer=kind, table_lr=0.03))
+        builders[name] = lambda name=name, tables=tables: Contender(name, data, tables, original=False)
     chosen = [c for c in args.contenders.split(",") if c]
     unknown = sorted(set(chosen) - set(builders))
     if unknown:
