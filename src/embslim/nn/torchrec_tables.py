@@ -5,12 +5,12 @@
     model = DistributedModelParallel(...)                # shards it as it shards any TorchRec collection
     embslim.nn.load_sharded_weights(model, embslim.nn.table_weights(collection))   # into each rank's shards
 
-TorchRec's trainable tables are dense float rows, so `full` is the one method it trains exactly. `int8` tables are
-served by TorchRec's quantized collection (`torchrec.quant`): row-wise codes with an fp16 scale and bias per row, the
-same numbers embslim stores, copied over, so TorchRec serves exactly the values embslim serves. Every other method
-stores its values in a form TorchRec's tables do not have (shared hashed rows, mixed widths per block, factored or
-pruned tables, int4/int2 packing): `why_no_torchrec_table` says so, and `embslim.nn.ShardedEmbeddingBagCollection`
-shards those table-wise itself.
+TorchRec's trainable tables are dense float rows, so `full` is the one method it trains exactly. `int8` and `int4`
+tables are served by TorchRec's quantized collection (`torchrec.quant`): row-wise codes (FBGEMM's packing) with an
+fp16 scale and bias per row, the same numbers embslim stores, copied over, so TorchRec serves exactly the values
+embslim serves. Every other method stores its values in a form TorchRec's tables do not have (shared hashed rows,
+mixed widths per block, factored or pruned tables, int2 packing, collisionless admission and expiry):
+`why_no_torchrec_table` says so, and `embslim.nn.ShardedEmbeddingBagCollection` shards those table-wise itself.
 """
 from __future__ import annotations
 
@@ -25,7 +25,11 @@ from embslim.extras import require
 from embslim.nn.collection import EmbeddingBagCollection
 
 
-SERVED_AS = {"full": "FP32", "int8": "INT8"}  # methods TorchRec holds exactly, and its DataType for them
+SERVED_AS = {"full": "FP32", "int8": "INT8", "int4": "INT4"}  # methods TorchRec holds exactly, and its DataType for them
+NO_EQUIVALENT = {  # where a TorchRec module of the same idea exists but holds other values
+    "collisionless": "TorchRec's managed-collision tables remap ids by their own eviction policy, not embslim's admission counts and "
+                     "expiry, so the rows would not carry over",
+}
 
 
 def why_no_torchrec_table(method: str, training: bool = False) -> str | None:
@@ -35,6 +39,8 @@ def why_no_torchrec_table(method: str, training: bool = False) -> str | None:
     if method in SERVED_AS:
         return (f"method {method!r} is served by TorchRec's quantized tables but not trained by them: train it as full, "
                 f"or shard it with embslim.nn.ShardedEmbeddingBagCollection")
+    if method in NO_EQUIVALENT:
+        return f"method {method!r} has no TorchRec table equivalent: {NO_EQUIVALENT[method]}"
     return (f"method {method!r} has no TorchRec table equivalent (TorchRec trains dense float rows only); shard it with "
             f"embslim.nn.ShardedEmbeddingBagCollection, or train it data-parallel (embslim train --nproc)")
 
@@ -71,7 +77,7 @@ def to_torchrec(collection: EmbeddingBagCollection, device: torch.device | str |
     rows into the shards with `load_sharded_weights`). An int8 collection becomes TorchRec's quantized (serving)
     collection holding embslim's codes, scales and biases."""
     configs = torchrec_configs(collection)
-    if collection.set.method == "int8":
+    if collection.set.method != "full":
         return _quantized(collection, configs)
     from torchrec.modules.embedding_modules import EmbeddingBagCollection as TorchRecEBC
 
@@ -87,7 +93,7 @@ def to_torchrec(collection: EmbeddingBagCollection, device: torch.device | str |
 
 @torch.no_grad()
 def _quantized(collection: EmbeddingBagCollection, configs: list[Any]) -> nn.Module:
-    """TorchRec's quantized collection (CPU) holding the int8 tables embslim serves: codes, fp16 scale and bias per row."""
+    """TorchRec's quantized collection (CPU) holding the int8/int4 tables embslim serves: codes, fp16 scale and bias per row."""
     from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEBC
 
     served = collection.set.served()
@@ -98,8 +104,10 @@ def _quantized(collection: EmbeddingBagCollection, configs: list[Any]) -> nn.Mod
         d = served.group_dims[group]
         first = int(getattr(served, f"offsets_{d}")[member])
         rows = getattr(served, f"rows_{d}")[first:first + t.num_embeddings]
-        scale_bias = rows[:, d:d + 4].contiguous().view(torch.float16)  # FBGEMM's fused row: codes, then fp16 scale, bias
-        state[f"embedding_bags.{t.name}.weight"].copy_(rows[:, :d])
+        codes = rows.shape[1] - 4  # FBGEMM's fused row: packed codes, then fp16 scale and bias
+        scale_bias = rows[:, codes:].contiguous().view(torch.float16)
+        weight = state[f"embedding_bags.{t.name}.weight"]
+        getattr(weight, "elem", weight).copy_(rows[:, :codes])  # int4: TorchRec's UInt4Tensor wraps the packed bytes
         state[f"embedding_bags.{t.name}.weight_qscale"].copy_(scale_bias[:, :1])
         state[f"embedding_bags.{t.name}.weight_qbias"].copy_(scale_bias[:, 1:])
     return module
