@@ -231,8 +231,9 @@ def torchrec_rank_main(rank: int, args: argparse.Namespace, data: dict, out: str
     torch.manual_seed(args.seed)
     weights, configs = None, None
     if args.method != "torchrec":
-        tables = embslim.nn.EmbeddingBagCollection.from_torchrec(table_configs(data["rows"]), counts=data["counts"], method=args.method,
-                                                                 init_std=0.01)
+        # an embslim collection started, like the one-process --method full, from TorchRec's initialisation
+        tables = embslim.nn.EmbeddingBagCollection.from_torchrec(EmbeddingBagCollection(tables=table_configs(data["rows"])),
+                                                                 counts=data["counts"], method=args.method)
         weights, configs = embslim.nn.table_weights(tables), embslim.nn.torchrec_configs(tables)
     model = DLRM(data["rows"], data["dense"].shape[1], configs, device="meta")
     model.dense = DenseArch(data["dense"].shape[1], len(data["rows"]))
