@@ -50,7 +50,13 @@ def criteo_shaped_batches(seed: int = 0, ids: str = "zipf") -> tuple[list[FieldS
 
 
 def build(method: str, fields: list[FieldSpec], budget_bytes: int | None) -> FeatureEmbedding:
-    """The method at the budget if it is built from one, else at dim 16; `dnis-pruned`: see the module notes."""
+    """The method at the budget if it is built from one, else at dim 16; `dnis-pruned`: see the module notes;
+    `NAME-grouped` (mde, dnis-pruned): that layout looked up without gradients by the width-grouped path the
+    training lookup takes, instead of the one-gather window lookup (a before/after within one run)."""
+    if method.endswith("-grouped"):
+        emb = build(method.removesuffix("-grouped"), fields, budget_bytes)
+        emb.window_lookup = False
+        return emb
     if method == "dnis-pruned":
         return dnis_pruned(fields, budget_bytes)
     budget = budget_bytes if method_info(method).budgeted else None

@@ -209,6 +209,7 @@ class BlockwiseEmbedding(FeatureEmbedding):
         self._per_row_columns = None in self._spread.values()
         self._all_prefix = all(how == "prefix" for how in self._spread.values())
         self.starts_fit_uint8 = most < 256  # a block number within its field fits the compares' uint8 count
+        self.window_lookup = True
         self._single_width = self.group_widths[0] if len(self.group_widths) == 1 and group_rows[0] == 0 else None
 
     @torch.no_grad()
@@ -259,8 +260,9 @@ class BlockwiseEmbedding(FeatureEmbedding):
         return as_stored(rows, self.precision).reshape(*ids.shape, k)
 
     def _window_ready(self) -> bool:
-        """The one-gather lookup applies: no gradient wanted, float values (int8 codes are decoded per row)."""
-        return (self.precision != "int8" and not self._served_codes and not torch.jit.is_tracing() and self.starts_fit_uint8
+        """The one-gather lookup applies: no gradient wanted, float values (int8 codes are decoded per row); off when
+        `window_lookup` is set False (what a benchmark does to time the grouped lookup without gradients)."""
+        return (self.window_lookup and self.precision != "int8" and not self._served_codes and not torch.jit.is_tracing() and self.starts_fit_uint8
                 and not (torch.is_grad_enabled() and any(t.requires_grad for t in self.tables)))
 
     @classmethod
