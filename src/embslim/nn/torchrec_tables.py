@@ -79,6 +79,7 @@ def to_torchrec(collection: EmbeddingBagCollection, device: torch.device | str |
     configs = torchrec_configs(collection)
     if collection.set.method != "full":
         return _quantized(collection, configs)
+    require("torchrec", "TorchRec tables")
     from torchrec.modules.embedding_modules import EmbeddingBagCollection as TorchRecEBC
 
     device = torch.device(device) if device is not None else next(collection.parameters()).device
@@ -94,6 +95,7 @@ def to_torchrec(collection: EmbeddingBagCollection, device: torch.device | str |
 @torch.no_grad()
 def _quantized(collection: EmbeddingBagCollection, configs: list[Any]) -> nn.Module:
     """TorchRec's quantized collection (CPU) holding the int8/int4 tables embslim serves: codes, fp16 scale and bias per row."""
+    require("torchrec", "TorchRec's quantized tables")
     from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEBC
 
     served = collection.set.served()
