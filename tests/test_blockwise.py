@@ -172,6 +172,18 @@ def test_lookup_without_autograd_still_serves_the_values_after_the_tables_get_st
         assert torch.allclose(served[f].float(), reference_lookup(layouts, blocks, emb.width, f, ids[:, f]))
 
 
+def test_tables_moved_then_read_under_inference_mode_still_train():
+    emb, _, _, ids = loaded_random_layout(prefix=True, seed=8)
+    emb.load_state_dict({k: v.clone() for k, v in emb.state_dict().items()}, assign=True)
+    batch = SparseBatch(ids, {}, torch.zeros(len(ids)))
+    with torch.inference_mode():
+        emb(batch)
+    assert not any(t.is_inference() for t in emb.tables)
+    optimizer = torch.optim.SparseAdam(list(emb.tables))
+    sum(v.sum() for v in emb(batch)).backward()
+    optimizer.step()
+
+
 def test_each_lookup_sends_one_gradient_row_to_its_width_table():
     fields = [FieldSpec("a", 6, np.ones(6, dtype=np.int64))]
     emb = BlockwiseEmbedding(fields, {"a": FieldLayout([0, 2, 4, 6], [[1, 3], [0], [2, 0]])}, width=4)

@@ -216,7 +216,13 @@ class BlockwiseEmbedding(FeatureEmbedding):
     def _share_one_storage(self) -> None:
         """Put the width tables back to back in one flat run of values followed by K spare zeros, each table a
         view of it (values kept). A row's K-wide window then starts anywhere in one tensor: the no-grad lookup
-        reads every row with one gather (`_window_lookup`). The spare zeros are not stored in any artifact."""
+        reads every row with one gather (`_window_lookup`). The spare zeros are not stored in any artifact.
+        Always made as normal tensors, even when the first lookup after a move runs under inference mode, so
+        the tables can still be trained afterwards."""
+        with torch.inference_mode(False):
+            self._lay_out_tables()
+
+    def _lay_out_tables(self) -> None:
         tables = list(self.tables)
         like = tables[0] if tables else self.kept
         sizes = [t.numel() for t in tables]
