@@ -197,8 +197,8 @@ class BlockwiseEmbedding(FeatureEmbedding):
         self.register_buffer("colpos", torch.from_numpy(np.stack(colpos) if colpos else np.zeros((0, width), dtype=np.int16)))
         self.group_widths = [w for w in range(1, width + 1) if group_rows[w] > 0]
         self._table_of = {w: g for g, w in enumerate(self.group_widths)}
-        self.tables = nn.ParameterList([nn.Parameter(torch.empty(group_rows[w], w)) for w in self.group_widths])
-        self._share_one_storage()
+        self.tables = nn.ParameterList([nn.Parameter(torch.empty(0, w)) for w in self.group_widths])
+        self._share_one_storage([(group_rows[w], w) for w in self.group_widths])
         n_values = sum(r * w for w, r in enumerate(group_rows))
         self.load_flat_values(torch.randn(max(n_values, 1))[:n_values] * init_std)  # the draws of the flat storage before
         # How each width group spreads its values: "prefix" (columns 0..w-1), a block whose column
@@ -213,24 +213,27 @@ class BlockwiseEmbedding(FeatureEmbedding):
         self._single_width = self.group_widths[0] if len(self.group_widths) == 1 and group_rows[0] == 0 else None
 
     @torch.no_grad()
-    def _share_one_storage(self) -> None:
+    def _share_one_storage(self, shapes: list[tuple[int, int]] | None = None) -> None:
         """Put the width tables back to back in one flat run of values followed by K spare zeros, each table a
         view of it (values kept). A row's K-wide window then starts anywhere in one tensor: the no-grad lookup
         reads every row with one gather (`_window_lookup`). The spare zeros are not stored in any artifact.
         Always made as normal tensors, even when the first lookup after a move runs under inference mode, so
-        the tables can still be trained afterwards."""
+        the tables can still be trained afterwards. `shapes`: new zero tables of these shapes (construction, no
+        second copy of the values); otherwise the current values move over."""
         with torch.inference_mode(False):
-            self._lay_out_tables()
+            self._lay_out_tables(shapes)
 
-    def _lay_out_tables(self) -> None:
+    def _lay_out_tables(self, shapes: list[tuple[int, int]] | None) -> None:
         tables = list(self.tables)
         like = tables[0] if tables else self.kept
-        sizes = [t.numel() for t in tables]
+        shapes = shapes or [tuple(t.shape) for t in tables]
+        sizes = [r * w for r, w in shapes]
         flat = torch.zeros(sum(sizes) + self.width, dtype=like.dtype if tables else torch.float32, device=like.device)
         offset, at = [0] * (self.width + 1), 0
-        for w, t, n in zip(self.group_widths, tables, sizes):
-            flat[at:at + n].copy_(t.reshape(-1))
-            t.data = flat[at:at + n].view(t.shape)
+        for w, t, n, shape in zip(self.group_widths, tables, sizes, shapes):
+            if t.shape == shape:
+                flat[at:at + n].copy_(t.reshape(-1))
+            t.data = flat[at:at + n].view(shape)
             offset[w], at = at, at + n
         self._flat = flat
         self._group_offset = torch.tensor(offset, dtype=torch.int64, device=like.device)
