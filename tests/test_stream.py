@@ -108,6 +108,13 @@ def test_train_stream_over_several_epochs_is_a_one_line_error(capsys):
     assert "one epoch" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize("flags", [["--split", "time"], ["--ctr-negatives", "1"], ["--online", "--split", "time"]])
+def test_stream_with_a_split_or_sampled_non_clicks_is_a_one_line_error_not_ignored(capsys, flags):
+    assert main(["train", "--dataset", "synthetic", "--synthetic-rows", "6000", "--stream", "--quiet", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "leave out --history, --resume, --split and --ctr-negatives" in err and len(err.splitlines()) == 1
+
+
 def test_avazu_text_streams_with_its_hour_fields_and_bad_rows_counted(tmp_path):
     header = ("id,click,hour,C1,banner_pos,site_id,site_domain,site_category,app_id,app_domain,app_category,device_id,"
               "device_ip,device_model,device_type,device_conn_type,C14,C15,C16,C17,C18,C19,C20,C21")

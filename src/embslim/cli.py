@@ -209,8 +209,9 @@ def cmd_train_stream(args: argparse.Namespace) -> int:
     from embslim.data.stream import count_pass, synthetic_chunks, text_chunks
     from embslim.train.stream import run_stream, skeleton, stream_config
 
-    if args.task not in (None, "ctr") or args.history or args.resume:
-        raise ConfigError("--stream trains CTR rows, without --history or --resume")
+    if args.task not in (None, "ctr") or args.history or args.resume or args.ctr_negatives or args.split != "random":
+        raise ConfigError("--stream trains CTR rows and holds out the stream's last rows: leave out --history, --resume, "
+                          "--split and --ctr-negatives")
     source_info = get_source(args.dataset)
     min_count = args.min_count if args.min_count is not None else source_info.min_count
     stream = stream_config(min_count, chunk_rows=args.stream_chunk_rows, eval_rows=args.stream_eval_rows, drift=args.drift)
@@ -240,8 +241,9 @@ def cmd_train_online(args: argparse.Namespace) -> int:
     from embslim.data.stream import rechunk, synthetic_chunks, text_chunks
     from embslim.train.online import DEFAULT_ID_SPACE, raw_skeleton, run_online
 
-    if args.task not in (None, "ctr") or args.history or args.resume:
-        raise ConfigError("--online trains CTR rows, without --history or --resume")
+    if args.task not in (None, "ctr") or args.history or args.resume or args.ctr_negatives or args.split != "random":
+        raise ConfigError("--online trains CTR rows, each chunk scored before it is trained on: leave out --history, "
+                          "--resume, --split and --ctr-negatives")
     if args.stream_eval_rows is not None:
         raise ConfigError("--online scores every chunk before training on it (progressive validation); --stream-eval-rows does not apply")
     if args.min_count is not None:
