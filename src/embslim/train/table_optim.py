@@ -56,8 +56,7 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                 if grad.is_sparse and grad.sparse_dim() != 1:  # element-wise sparse: not the row form tables give
                     grad = grad.to_dense()
                 if grad.is_sparse:
-                    grad = grad.coalesce()
-                    rows, values = grad.indices()[0], grad.values()
+                    rows, values = unique_rows(grad)  # distinct rows, duplicates summed (no coalesce's sparse passes)
                 else:
                     rows, values = None, grad
                 squares = values.pow(2).reshape(values.shape[0], -1).mean(dim=1)
@@ -65,10 +64,11 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                     state["sum"].add_(squares)
                     scale = state["sum"].sqrt().add_(group["eps"])
                     p.addcdiv_(values, scale.view((-1,) + (1,) * (p.dim() - 1)), value=-group["lr"])
-                else:
-                    state["sum"].index_add_(0, rows, squares)
-                    scale = state["sum"][rows].sqrt().add_(group["eps"])
-                    p.index_add_(0, rows, values / scale.view((-1,) + (1,) * (p.dim() - 1)), alpha=-group["lr"])
+                else:  # rows are distinct: read, update and write them back by row (index_add_ is several times slower)
+                    total = state["sum"].index_select(0, rows).add_(squares)
+                    state["sum"].index_copy_(0, rows, total)
+                    scale = total.sqrt_().add_(group["eps"]).view((-1,) + (1,) * (p.dim() - 1))
+                    p.index_copy_(0, rows, p.index_select(0, rows).add_(values / scale, alpha=-group["lr"]))
 
 
 class LazyAdam(torch.optim.SparseAdam):
