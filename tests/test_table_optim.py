@@ -46,6 +46,19 @@ def test_rowwise_adagrad_gives_the_same_update_for_sparse_and_dense_gradients():
     assert torch.allclose(dense.detach(), sparse.detach(), atol=1e-6)
 
 
+def test_rowwise_adagrad_sums_a_rows_repeated_gradients_before_its_update():
+    repeated, summed = nn.Parameter(torch.ones(6, 4)), nn.Parameter(torch.ones(6, 4))
+    opts = RowWiseAdagrad([repeated], lr=0.05), RowWiseAdagrad([summed], lr=0.05)
+    for step in range(3):
+        values = torch.randn(5, 4, generator=torch.Generator().manual_seed(step))
+        rows = torch.tensor([[3, 1, 3, 0, 3]])  # what a lookup's sparse gradient holds: one row per lookup, unsorted
+        repeated.grad = torch.sparse_coo_tensor(rows, values, (6, 4))
+        summed.grad = repeated.grad.coalesce().to_dense()
+        for opt in opts:
+            opt.step()
+    assert torch.allclose(repeated.detach(), summed.detach(), atol=1e-6)
+
+
 def test_state_bytes_per_optimizer_at_dim_16():
     p = [nn.Parameter(torch.zeros(100, 16))]
     assert state_bytes("adam", p) == 2 * 6400 and state_bytes("adagrad", p) == 6400
