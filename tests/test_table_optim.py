@@ -59,6 +59,23 @@ def test_rowwise_adagrad_sums_a_rows_repeated_gradients_before_its_update():
     assert torch.allclose(repeated.detach(), summed.detach(), atol=1e-6)
 
 
+@pytest.mark.parametrize("lr_decay", [0.0, 0.1])
+def test_lazy_adagrad_updates_as_torchs_adagrad_on_repeated_row_gradients(lr_decay):
+    from embslim.train.table_optim import LazyAdagrad
+
+    ours, theirs = nn.Parameter(torch.ones(6, 4)), nn.Parameter(torch.ones(6, 4))
+    opts = LazyAdagrad([ours], lr=0.05, lr_decay=lr_decay), torch.optim.Adagrad([theirs], lr=0.05, lr_decay=lr_decay)
+    for step in range(4):
+        values = torch.randn(5, 4, generator=torch.Generator().manual_seed(step))
+        rows = torch.tensor([[3, 1, 3, 0, 5 - step]])
+        ours.grad = torch.sparse_coo_tensor(rows, values, (6, 4))
+        theirs.grad = ours.grad.clone()
+        for opt in opts:
+            opt.step()
+    assert torch.allclose(ours.detach(), theirs.detach(), atol=1e-6)
+    assert torch.allclose(opts[0].state[ours]["sum"], opts[1].state[theirs]["sum"], atol=1e-6)
+
+
 def test_state_bytes_per_optimizer_at_dim_16():
     p = [nn.Parameter(torch.zeros(100, 16))]
     assert state_bytes("adam", p) == 2 * 6400 and state_bytes("adagrad", p) == 6400

@@ -7,7 +7,7 @@ dense network's Adam (`--table-optimizer`):
 - `rowwise-adagrad`: Adagrad with one accumulator per row (the mean of the squared gradient over the row),
   what production CTR training uses (FBGEMM's EXACT_ROWWISE_ADAGRAD): one float per row, 1/(2d) of Adam's
   state.
-- `adagrad`: torch's Adagrad (sparse-aware), one float per value.
+- `adagrad`: torch's Adagrad update (`LazyAdagrad`: row-sparse gradients without sparse-tensor passes), one float per value.
 - `sgd`: no state.
 - `fbgemm-rowwise-adagrad`, `fbgemm-adagrad`, `fbgemm-sgd`: the same updates applied by FBGEMM's fused
   table-batched kernel inside the backward, for the `full` method's tables where fbgemm-gpu-cpu is installed
@@ -23,6 +23,7 @@ from typing import Iterable
 
 import torch
 from torch import nn
+from torch.optim.adagrad import adagrad as adagrad_update
 
 from embslim.embeddings.base import tensor_bytes
 from embslim.errors import ConfigError
@@ -71,7 +72,24 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                     p.index_copy_(0, rows, p.index_select(0, rows).add_(values / scale, alpha=-group["lr"]))
 
 
-class LazyAdam(torch.optim.SparseAdam):
+class PerParameterStep:
+    """torch's optimiser `step` contract (closure, no grad) over every parameter that has a gradient, each updated
+    by the subclass's `update(group, p, grad)`."""
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001, ANN201 (torch's signature)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self.update(group, p, p.grad)
+        return loss
+
+
+class LazyAdam(PerParameterStep, torch.optim.SparseAdam):
     """torch's SparseAdam (same update, state and state dict) with a cheaper step for row-sparse gradients.
 
     SparseAdam coalesces each gradient and applies the moments through sparse tensors (several passes over
@@ -81,46 +99,56 @@ class LazyAdam(torch.optim.SparseAdam):
     operation; only the order in which a row's duplicate gradients are summed may differ (float rounding).
     """
 
-    @torch.no_grad()
-    def step(self, closure=None):  # noqa: ANN001, ANN201 (torch's signature)
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                if not grad.is_sparse:
-                    raise RuntimeError("SparseAdam does not support dense gradients, please consider Adam instead")
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                grad = -grad if group.get("maximize", False) else grad
-                if grad.sparse_dim() != 1:
-                    torch.optim._functional.sparse_adam([p], [grad], [state["exp_avg"]], [state["exp_avg_sq"]], [state["step"]],
-                                                        eps=group["eps"], beta1=beta1, beta2=beta2, lr=group["lr"], maximize=False)
-                    continue
-                rows, values = unique_rows(grad)
-                if rows.numel() == 0:
-                    continue
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                old_exp_avg = exp_avg.index_select(0, rows)
-                old_exp_avg_sq = exp_avg_sq.index_select(0, rows)
-                numer = values.sub(old_exp_avg).mul_(1 - beta1).add_(old_exp_avg)
-                second = values.pow(2).sub_(old_exp_avg_sq).mul_(1 - beta2).add_(old_exp_avg_sq)
-                exp_avg.index_copy_(0, rows, numer)
-                exp_avg_sq.index_copy_(0, rows, second)
-                denom = second.sqrt_().add_(group["eps"])
-                step = state["step"]
-                step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
-                p.index_copy_(0, rows, p.index_select(0, rows).add_(numer.div_(denom).mul_(-step_size)))
-        return loss
+    def update(self, group: dict, p: torch.Tensor, grad: torch.Tensor) -> None:
+        beta1, beta2 = group["betas"]
+        if not grad.is_sparse:
+            raise RuntimeError("SparseAdam does not support dense gradients, please consider Adam instead")
+        state = self.state[p]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["step"] += 1
+        grad = -grad if group.get("maximize", False) else grad
+        if grad.sparse_dim() != 1:
+            torch.optim._functional.sparse_adam([p], [grad], [state["exp_avg"]], [state["exp_avg_sq"]], [state["step"]],
+                                                eps=group["eps"], beta1=beta1, beta2=beta2, lr=group["lr"], maximize=False)
+            return
+        rows, values = unique_rows(grad)
+        if rows.numel() == 0:
+            return
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        old_exp_avg = exp_avg.index_select(0, rows)
+        old_exp_avg_sq = exp_avg_sq.index_select(0, rows)
+        numer = values.sub(old_exp_avg).mul_(1 - beta1).add_(old_exp_avg)
+        second = values.pow(2).sub_(old_exp_avg_sq).mul_(1 - beta2).add_(old_exp_avg_sq)
+        exp_avg.index_copy_(0, rows, numer)
+        exp_avg_sq.index_copy_(0, rows, second)
+        denom = second.sqrt_().add_(group["eps"])
+        step = state["step"]
+        step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+        p.index_copy_(0, rows, p.index_select(0, rows).add_(numer.div_(denom).mul_(-step_size)))
+
+
+class LazyAdagrad(PerParameterStep, torch.optim.Adagrad):
+    """torch's Adagrad (same update, state and state dict) with a cheaper step for row-sparse gradients: the
+    touched rows and their summed values from one `torch.unique` (no coalesce), the accumulator and the weights read
+    and written back by row (torch's sparse path adds through sparse tensors). Other gradients take torch's path."""
+
+    def update(self, group: dict, p: torch.Tensor, grad: torch.Tensor) -> None:
+        state = self.state[p]
+        if not (grad.is_sparse and grad.sparse_dim() == 1) or group["weight_decay"] or torch.is_complex(p):
+            adagrad_update([p], [grad], [state["sum"]], [state["step"]], has_sparse_grad=grad.is_sparse, lr=group["lr"],
+                           weight_decay=group["weight_decay"], lr_decay=group["lr_decay"], eps=group["eps"], maximize=group["maximize"])
+            return
+        state["step"] += 1
+        clr = group["lr"] / (1 + (float(state["step"]) - 1) * group["lr_decay"])
+        rows, values = unique_rows(-grad if group["maximize"] else grad)
+        if rows.numel() == 0:
+            return
+        total = state["sum"].index_select(0, rows).add_(values.pow(2))
+        state["sum"].index_copy_(0, rows, total)
+        p.index_copy_(0, rows, p.index_select(0, rows).add_(values / total.sqrt_().add_(group["eps"]), alpha=-clr))
 
 
 def unique_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,7 +175,7 @@ def make_table_optimizer(kind: str, params: list[nn.Parameter], lr: float, embed
     if kind == "rowwise-adagrad":
         return RowWiseAdagrad(params, lr=lr)
     if kind == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr)
+        return LazyAdagrad(params, lr=lr)
     if kind == "sgd":
         return torch.optim.SGD(params, lr=lr)
     raise ConfigError(f"table optimizer must be one of {list(ALL_TABLE_OPTIMIZERS)}, got {kind!r}")
