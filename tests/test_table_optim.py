@@ -76,6 +76,20 @@ def test_lazy_adagrad_updates_as_torchs_adagrad_on_repeated_row_gradients(lr_dec
     assert torch.allclose(opts[0].state[ours]["sum"], opts[1].state[theirs]["sum"], atol=1e-6)
 
 
+def test_lazy_sgd_updates_as_torchs_sgd_on_repeated_row_gradients():
+    from embslim.train.table_optim import LazySGD
+
+    ours, theirs = nn.Parameter(torch.ones(6, 4)), nn.Parameter(torch.ones(6, 4))
+    opts = LazySGD([ours], lr=0.3), torch.optim.SGD([theirs], lr=0.3)
+    for step in range(3):
+        values = torch.randn(5, 4, generator=torch.Generator().manual_seed(step))
+        ours.grad = torch.sparse_coo_tensor(torch.tensor([[3, 1, 3, 0, 5 - step]]), values, (6, 4))
+        theirs.grad = ours.grad.clone()
+        for opt in opts:
+            opt.step()
+    assert torch.allclose(ours.detach(), theirs.detach(), atol=1e-6)
+
+
 def test_state_bytes_per_optimizer_at_dim_16():
     p = [nn.Parameter(torch.zeros(100, 16))]
     assert state_bytes("adam", p) == 2 * 6400 and state_bytes("adagrad", p) == 6400

@@ -8,7 +8,7 @@ dense network's Adam (`--table-optimizer`):
   what production CTR training uses (FBGEMM's EXACT_ROWWISE_ADAGRAD): one float per row, 1/(2d) of Adam's
   state.
 - `adagrad`: torch's Adagrad update (`LazyAdagrad`: row-sparse gradients without sparse-tensor passes), one float per value.
-- `sgd`: no state.
+- `sgd`: no state (`LazySGD`: row-sparse gradients applied by row, as LazyAdagrad).
 - `fbgemm-rowwise-adagrad`, `fbgemm-adagrad`, `fbgemm-sgd`: the same updates applied by FBGEMM's fused
   table-batched kernel inside the backward, for the `full` method's tables where fbgemm-gpu-cpu is installed
   (train/fbgemm_tables.py); same state as their pure-PyTorch twins.
@@ -24,6 +24,7 @@ from typing import Iterable
 import torch
 from torch import nn
 from torch.optim.adagrad import adagrad as adagrad_update
+from torch.optim.sgd import sgd as sgd_update
 
 from embslim.embeddings.base import tensor_bytes
 from embslim.errors import ConfigError
@@ -151,6 +152,22 @@ class LazyAdagrad(PerParameterStep, torch.optim.Adagrad):
         p.index_copy_(0, rows, p.index_select(0, rows).add_(values / total.sqrt_().add_(group["eps"]), alpha=-clr))
 
 
+class LazySGD(PerParameterStep, torch.optim.SGD):
+    """torch's SGD (plain: no momentum or weight decay on sparse rows, as torch allows) with row-sparse gradients
+    applied by row gather and copy of the distinct touched rows instead of a sparse add. Other cases take torch's path."""
+
+    def update(self, group: dict, p: torch.Tensor, grad: torch.Tensor) -> None:
+        if not (grad.is_sparse and grad.sparse_dim() == 1) or group["momentum"] or group["weight_decay"]:
+            state = self.state[p]
+            sgd_update([p], [grad], [state.get("momentum_buffer")], has_sparse_grad=grad.is_sparse, weight_decay=group["weight_decay"],
+                       momentum=group["momentum"], lr=group["lr"], dampening=group["dampening"], nesterov=group["nesterov"],
+                       maximize=group["maximize"])
+            return
+        rows, values = unique_rows(grad)
+        if rows.numel():
+            p.index_copy_(0, rows, p.index_select(0, rows).add_(values, alpha=group["lr"] if group["maximize"] else -group["lr"]))
+
+
 def unique_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A row-sparse gradient's distinct rows in ascending order and each row's summed values."""
     indices, values = grad._indices()[0], grad._values()
@@ -177,7 +194,7 @@ def make_table_optimizer(kind: str, params: list[nn.Parameter], lr: float, embed
     if kind == "adagrad":
         return LazyAdagrad(params, lr=lr)
     if kind == "sgd":
-        return torch.optim.SGD(params, lr=lr)
+        return LazySGD(params, lr=lr)
     raise ConfigError(f"table optimizer must be one of {list(ALL_TABLE_OPTIMIZERS)}, got {kind!r}")
 
 
