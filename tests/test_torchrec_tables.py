@@ -51,6 +51,8 @@ def test_a_method_without_torchrec_tables_is_refused_with_how_to_shard_it(method
 def test_int8_is_served_by_torchrec_but_not_trained_by_it():
     assert enn.why_no_torchrec_table("full", training=True) is None
     assert "not trained by them" in enn.why_no_torchrec_table("int8", training=True)
+    with pytest.raises(ConfigError, match="not trained by them"):
+        enn.table_weights(enn.EmbeddingBagCollection(tables(), method="int8"))
 
 
 @pytest.mark.parametrize("method", ["int8", "int4"])

@@ -256,7 +256,7 @@ class BlockwiseEmbedding(FeatureEmbedding):
         for s in range(2, starts.shape[-1]):
             block += ids >= starts.select(-1, s)
         block = (first + block).reshape(-1)
-        kept = self.kept.to(self._group_offset.device)
+        kept = self.kept
         row_start = torch.where(kept > 0, self._group_offset[kept] + self.shift * kept, 0)  # block's row 0, minus its first id's rows
         w = kept[block]
         rows = F.embedding(row_start[block] + ids.reshape(-1) * w, self._flat.as_strided((self._flat.numel() - k + 1, k), (1, 1)))

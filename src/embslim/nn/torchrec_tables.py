@@ -19,7 +19,6 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from embslim.embeddings.full import FullEmbedding
 from embslim.errors import ConfigError
 from embslim.extras import require
 from embslim.nn.collection import EmbeddingBagCollection
@@ -47,10 +46,10 @@ def why_no_torchrec_table(method: str, training: bool = False) -> str | None:
 
 def table_weights(collection: EmbeddingBagCollection) -> dict[str, torch.Tensor]:
     """Each table's [rows, width] float rows by table name (a full collection only)."""
-    emb = collection.embedding
-    reason = why_no_torchrec_table(collection.set.method) if not isinstance(emb, FullEmbedding) else None
-    if reason or not isinstance(emb, FullEmbedding):
-        raise ConfigError(reason or f"method {collection.set.method!r} has no dense per-table rows")
+    reason = why_no_torchrec_table(collection.set.method, training=True)
+    if reason:
+        raise ConfigError(reason)
+    emb = collection.set.embedding
     out = {}
     for i, t in enumerate(collection.tables):
         table, first = emb.table_of(i)
