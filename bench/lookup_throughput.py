@@ -4,7 +4,7 @@ Criteo-shaped ids: 26 single-valued fields of 100,000 ids, dim 16, batch 4096, d
 (frequent ids hot in cache) and uniformly (every lookup a cold row), each its own table. Each method
 is built at 0.1 of the full table's bytes (converters convert a freshly initialised full table;
 methods built without a budget at dim 16), then timed on the forward lookup alone and on forward
-plus backward (gradients into its tables, no optimiser step) and on a training step of the tables
+plus backward (a fixed dense gradient into each output, as a network sends back; no optimiser step) and on a training step of the tables
 (forward, backward and the trainer's optimisers: SparseAdam on sparse tables, Adam on the rest). `dnis-pruned` is what a DNIS search
 serves: the blockwise tables of the searched layout, here pruned to the budget by seeded random
 scores times block frequency (columns kept differ per block, unlike MDE's prefixes). Figures are
@@ -79,17 +79,27 @@ def optimizers(emb: FeatureEmbedding) -> list[torch.optim.Optimizer]:
     return ([torch.optim.SparseAdam(emb.sparse_parameters(), lr=1e-3)] if sparse else []) + ([torch.optim.Adam(dense, lr=1e-3)] if dense else [])
 
 
+def upstream_gradient(cache: dict, output: torch.Tensor) -> torch.Tensor:
+    """A fixed dense gradient for an output of this shape, as a network above the tables sends back (`.sum()`'s
+    stride-0 gradient would send some kernels, batched matmuls among them, down slow paths no model takes)."""
+    key = (tuple(output.shape), output.dtype)
+    if key not in cache:
+        cache[key] = torch.randn(output.shape, dtype=output.dtype, generator=torch.Generator().manual_seed(len(cache)))
+    return cache[key]
+
+
 def samples_per_second(emb: FeatureEmbedding, batches: list[SparseBatch], steps: int, backward: bool,
                        opts: list[torch.optim.Optimizer] | None = None) -> float:
     """Mean rate over `steps` lookups after one warm-up; with backward, gradients flow into the tables,
     and with `opts` each batch ends with their step (a training step of the tables)."""
-    start = 0.0
+    start, upstream = 0.0, {}
     for step in range(steps + 1):
         if step == 1:
             start = time.perf_counter()
         batch = batches[step % len(batches)]
         if backward:
-            sum(v.sum() for v in emb(batch)).backward()
+            outs = emb(batch)
+            torch.autograd.backward(outs, [upstream_gradient(upstream, v) for v in outs])
             for opt in opts or []:
                 opt.step()
             emb.zero_grad(set_to_none=True)

@@ -36,6 +36,22 @@ def test_tt_row_is_the_contraction_of_its_three_core_slices():
     assert torch.allclose(emb.lookup(0, torch.tensor([x]))[0], expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("batch", [5, 400], ids=["distinct-prefixes", "all-prefixes"])
+def test_tt_batched_rows_and_gradients_equal_the_per_id_contraction(batch):
+    emb = TTEmbedding(fields_of(1000), 16, [3], TTSettings(), init_std=0.1)  # 10 x 10 prefixes
+    ids = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(0))
+    g1, g2, g3 = emb.cores
+    n2, n3 = g2.shape[0], g3.shape[0]
+    expected = torch.stack([torch.einsum("ar,rbs,sc->abc", g1[x // (n2 * n3)], g2[(x // n3) % n2], g3[x % n3]).reshape(16)
+                            for x in ids.tolist()])
+    got = emb.lookup(0, ids)
+    assert torch.allclose(got, expected, atol=1e-6)
+    weights = torch.randn(batch, 16)
+    want = torch.autograd.grad((expected * weights).sum(), list(emb.cores))
+    have = torch.autograd.grad((got * weights).sum(), list(emb.cores))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(have, want))
+
+
 def test_tt_init_gives_rows_the_std_of_a_plain_init():
     emb = create_embedding(fields_of(20_000), EmbeddingConfig("tt", dim=16, init_std=0.01, options={"rank": 16}))
     assert 0.008 < emb.field_table(0).std().item() < 0.012
