@@ -71,3 +71,14 @@ def test_double_hash_serves_without_gradients_exactly_what_it_trains_with():
         served = emb.lookup_fields(ids, [0, 1])
     trained = emb.lookup_fields(ids, [0, 1])
     assert trained[0].requires_grad and all(torch.equal(a, b.detach()) for a, b in zip(served, trained))
+
+
+def test_double_hash_gradient_reaches_a_hot_ids_row_once_and_both_rows_of_a_cold_id():
+    emb = build((1000,), 4 * 8 * 200 + 40)
+    ids = torch.tensor([5, 500, 500, 731])  # one hot id, a cold one twice, another cold one
+    upstream = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+    (emb.lookup(0, ids) * upstream).sum().backward()
+    first, second, cold = emb.rows_of(ids, 0)
+    expected = torch.zeros_like(emb.table)
+    expected.index_add_(0, first, upstream).index_add_(0, second, upstream * cold.unsqueeze(1))
+    assert emb.table.grad.is_sparse and torch.allclose(emb.table.grad.to_dense(), expected)

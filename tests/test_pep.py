@@ -34,6 +34,13 @@ def raise_thresholds(emb: PEPEmbedding, to: float) -> None:
         emb.threshold.fill_((np.log(to / (1 - to)) - emb.settings.threshold_init) / emb.settings.threshold_lr)
 
 
+def test_soft_threshold_passes_gradient_to_kept_entries_and_minus_their_sign_to_the_threshold():
+    v = torch.tensor([-0.5, -0.05, 0.0, 0.05, 0.3], requires_grad=True)
+    threshold = torch.tensor([0.1], requires_grad=True)
+    soft_threshold(v, threshold).backward(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]))
+    assert torch.equal(v.grad, torch.tensor([1.0, 0.0, 0.0, 0.0, 5.0])) and torch.allclose(threshold.grad, torch.tensor([1.0 - 5.0]))
+
+
 def test_soft_threshold_zeroes_small_entries_and_shrinks_the_rest_toward_zero():
     v = torch.tensor([-0.5, -0.05, 0.0, 0.05, 0.3])
     assert torch.allclose(soft_threshold(v, torch.tensor(0.1)), torch.tensor([-0.4, 0.0, 0.0, 0.0, 0.2]))

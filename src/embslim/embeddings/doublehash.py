@@ -106,15 +106,14 @@ class DoubleHashEmbedding(FeatureEmbedding):
         return rows[0], rows[1], cold
 
     def vectors(self, ids: torch.Tensor, fields: list[int] | int) -> torch.Tensor:
-        """Hot ids' own rows; cold ids' two bucket rows summed. Without gradients one fused bag-sum (both rows
-        weighted 1 and cold, several times faster); with them two gathers, whose sparse backward is the faster."""
+        """Hot ids' own rows; cold ids' two bucket rows summed, as one fused bag-sum of both rows weighted 1 and
+        `cold`: several times faster than two gathers without gradients, and with them its backward is one sparse
+        gradient (two gathers' were summed sparse + sparse: 2x slower forward and backward, measured)."""
         first, second, cold = self.rows_of(ids, fields)
-        if not (torch.is_grad_enabled() and self.table.requires_grad):
-            pairs = torch.stack([first, second], dim=-1)
-            weights = torch.stack([torch.ones_like(cold, dtype=self.table.dtype), cold.to(self.table.dtype)], dim=-1)
-            summed = F.embedding_bag(pairs.reshape(-1, 2), self.table, mode="sum", per_sample_weights=weights.reshape(-1, 2))
-            return summed.view(*ids.shape, self.width)
-        return F.embedding(first, self.table, sparse=True) + F.embedding(second, self.table, sparse=True) * cold.unsqueeze(-1)
+        pairs = torch.stack([first, second], dim=-1)
+        weights = torch.stack([torch.ones_like(cold, dtype=self.table.dtype), cold.to(self.table.dtype)], dim=-1)
+        summed = F.embedding_bag(pairs.reshape(-1, 2), self.table, mode="sum", per_sample_weights=weights.reshape(-1, 2), sparse=True)
+        return summed.view(*ids.shape, self.width)
 
     def lookup(self, field: int, ids: torch.Tensor) -> torch.Tensor:
         return self.vectors(ids, field)
