@@ -92,3 +92,18 @@ def test_robe_serves_by_blocks_exactly_what_it_trains_with_wrapping_blocks_inclu
         served = emb.lookup_fields(ids, [0, 1, 2])
     trained = emb.lookup_fields(ids, [0, 1, 2])
     assert all(torch.equal(a, b.detach()) for a, b in zip(served, trained))
+
+
+@pytest.mark.parametrize("dim,chunk,budget", [(16, 32, 4000), (16, 4, 4000), (40, 32, 4000), (7, 3, 3000), (16, 32, 40)])
+def test_robe_gradient_is_each_read_elements_upstream_gradient_times_its_sign_at_its_position(dim, chunk, budget):
+    fields = [FieldSpec(f"f{i}", c, np.ones(c, dtype=np.int64)) for i, c in enumerate([300, 20, 1000])]
+    emb = create_embedding(fields, EmbeddingConfig("robe", dim=dim, budget_bytes=budget, options={"chunk": chunk}))
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.stack([torch.randint(0, f.cardinality, (500,), generator=generator) for f in fields], dim=1)
+    upstream = [torch.randn(500, dim, generator=generator) for _ in fields]
+    torch.autograd.backward(emb.lookup_fields(ids, [0, 1, 2]), upstream)
+    expected = torch.zeros_like(emb.array)
+    for j in range(len(fields)):
+        positions, signs = emb.offsets_and_signs(ids[:, j:j + 1], [j])
+        expected.index_add_(0, positions.reshape(-1), (upstream[j].unsqueeze(1) * signs).reshape(-1, 1))
+    assert emb.array.grad.is_sparse and torch.allclose(emb.array.grad.to_dense(), expected, atol=1e-5)

@@ -7,8 +7,10 @@ and reads the array contiguously (wrapping at its end), so blocks of different i
 in part rather than colliding whole. Z = 32 is the paper's (apd10/dlrm `--rma-chunk-size 32`);
 the VLDB'24 benchmark ran Z = 1, per-element hashing. The offset hash salts the id with
 (f, block); the Z signs of a block are bits of a second mix of that hash, so Z is at most 64.
-M fills the budget. The array is a [M, 1] parameter read by `F.embedding`, so gradients
-are sparse. Serving bytes: 4·M plus one int64 seed, from which every salt is derived.
+M fills the budget. The array is a [M, 1] parameter. Each block is read as one row of a strided view of it
+(row r = elements r..r+Z-1), with and without gradients; the gradient is sparse, one entry per element read, as
+an element-wise `F.embedding` of the array would give (a traced export reads element-wise).
+Serving bytes: 4·M plus one int64 seed, from which every salt is derived.
 """
 from __future__ import annotations
 
@@ -36,6 +38,32 @@ def _byte_signs(device: torch.device) -> torch.Tensor:
     """[256, 8]: row b holds the signs 1 - 2 * bit i of b, the signs of eight consecutive elements."""
     bits = (torch.arange(256, device=device).unsqueeze(1) >> torch.arange(8, device=device)) & 1
     return (1 - 2 * bits).to(torch.float32)
+
+
+class _BlockRead(torch.autograd.Function):
+    """The block-wise read (`RobeEmbedding.read_blocks`, computed without autograd) with the gradient the
+    element-wise read would give: a sparse [M, 1] gradient, each read element's upstream gradient times its sign
+    at its array position (block start + offset, wrapped). Gathering 1-float rows element by element was the
+    training lookup's largest cost."""
+
+    @staticmethod
+    def forward(ctx, array: torch.Tensor, values: torch.Tensor, starts: torch.Tensor, signs: torch.Tensor, block: int) -> torch.Tensor:
+        ctx.save_for_backward(starts, signs)
+        ctx.size, ctx.block = array.shape[0], block
+        return values
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        starts, signs = ctx.saved_tensors
+        size, d = ctx.size, signs.shape[-1]
+        within = torch.arange(ctx.block, device=starts.device)
+        positions = starts.clamp(max=size - ctx.block).unsqueeze(-1) + within
+        wraps = (starts > size - ctx.block).nonzero(as_tuple=True)  # the rare block past the array's end
+        if len(wraps[0]):
+            positions[wraps] = (starts[wraps].unsqueeze(-1) + within).remainder(size)
+        positions = positions.flatten(-2)[..., :d]
+        values = (grad * signs).reshape(-1, 1)
+        return torch.sparse_coo_tensor(positions.reshape(1, -1), values, (size, 1), check_invariants=False), None, None, None, None
 
 
 @dataclass(frozen=True)
@@ -95,16 +123,20 @@ class RobeEmbedding(FeatureEmbedding):
 
     def read(self, ids: torch.Tensor, fields: list[int]) -> torch.Tensor:
         block = min(self.settings.chunk, self._dims[fields[0]])
-        served = not (torch.is_grad_enabled() and self.array.requires_grad or torch.jit.is_tracing())  # a trace keeps no branch on data
-        if served and self.array.shape[0] >= block:
-            return self.read_blocks(ids, fields)
-        positions, signs = self.offsets_and_signs(ids, fields)
-        return F.embedding(positions, self.array, sparse=True).squeeze(-1) * signs
+        if self.array.shape[0] < block or torch.jit.is_tracing():  # element by element (a trace keeps no branch on data)
+            positions, signs = self.offsets_and_signs(ids, fields)
+            return F.embedding(positions, self.array, sparse=True).squeeze(-1) * signs
+        if not (torch.is_grad_enabled() and self.array.requires_grad):
+            return self.read_blocks(ids, fields)[0]
+        with torch.no_grad():
+            values, starts, signs = self.read_blocks(ids, fields)
+        return _BlockRead.apply(self.array, values, starts, signs, block)
 
-    def read_blocks(self, ids: torch.Tensor, fields: list[int]) -> torch.Tensor:
-        """`read` without gradients, by blocks: each block of w = min(Z, d) elements is one row of a strided
-        view of the array (row r = elements r..r+w-1), gathered like a table row, and its signs are looked up
-        a byte of sign bits at a time; the rare block that wraps past the array's end is read element-wise."""
+    def read_blocks(self, ids: torch.Tensor, fields: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`read` by blocks: each block of w = min(Z, d) elements is one row of a strided view of the array (row r
+        = elements r..r+w-1), gathered like a table row, and its signs are looked up a byte of sign bits at a time;
+        the rare block that wraps past the array's end is read element-wise. Returns the values [..., n, d], each
+        block's start in the array [..., n, blocks] and the signs [..., n, d] (what the gradient needs)."""
         z, d = self.settings.chunk, self._dims[fields[0]]
         w, size = min(z, d), self.array.shape[0]  # size >= w: `read` takes the element path otherwise
         keys = torch.tensor([[self.starts[f] + b for b in range(math.ceil(d / z))] for f in fields], device=ids.device)
@@ -119,8 +151,8 @@ class RobeEmbedding(FeatureEmbedding):
             values[wraps] = self.array.view(-1)[(starts[wraps].unsqueeze(-1) + within).remainder(size)]
         sign_bits = mix(block_hash, salts)
         sign_bytes = (sign_bits.unsqueeze(-1) >> torch.arange(0, w, 8, device=ids.device)) & 0xFF  # [..., n, blocks, ceil(w/8)]
-        signs = F.embedding(sign_bytes, _byte_signs(ids.device)).flatten(-2)[..., :w]
-        return (values * signs).flatten(-2)[..., :d]
+        signs = F.embedding(sign_bytes, _byte_signs(ids.device)).flatten(-2)[..., :w].flatten(-2)[..., :d]
+        return values.flatten(-2)[..., :d] * signs, starts, signs
 
     def lookup(self, field: int, ids: torch.Tensor) -> torch.Tensor:
         return self.read(ids.unsqueeze(-1), [field]).squeeze(-2)
