@@ -106,9 +106,10 @@ class HashEmbedding(FeatureEmbedding):
 
     def rows_of(self, ids: torch.Tensor, fields: list[int] | int) -> torch.Tensor:
         """Table rows of ids (last axis, or any shape for one field) of these fields."""
-        direct = torch.tensor(self._direct, device=ids.device)[fields]
         hashed = mix(ids, self.salts[fields]).remainder(self.moduli[fields])
-        return torch.where(direct, ids, hashed) + self.firsts[fields]
+        if any(self._direct[f] for f in ([fields] if isinstance(fields, int) else fields)):  # else skip a pass over the batch
+            hashed = torch.where(torch.tensor(self._direct, device=ids.device)[fields], ids, hashed)
+        return hashed + self.firsts[fields]
 
     def lookup(self, field: int, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(self.rows_of(ids, field), self.table, sparse=True)

@@ -112,7 +112,8 @@ class MultiplexEmbedding(FeatureEmbedding):
         """Every lookup of every field in one gather."""
         cols = [j for j, f in enumerate(fields) for _ in range(self.lookups[f])]
         keys = [self.starts[f] + k for f in fields for k in range(self.lookups[f])]
-        chunks = F.embedding(self.buckets_of(ids[:, cols], keys), self.table, sparse=True)
+        picked = ids if cols == list(range(ids.shape[1])) else ids[:, cols]  # one lookup per field: no copy of the ids
+        chunks = F.embedding(self.buckets_of(picked, keys), self.table, sparse=True)
         parts = chunks.split([self.lookups[f] for f in fields], dim=1)  # one backward op, not one full-size gradient per field
         return [part.flatten(1) for part in parts]
 
