@@ -146,8 +146,9 @@ class QREmbedding(FeatureEmbedding):
     def compose(self, ids: torch.Tensor, fields: list[int] | int) -> torch.Tensor:
         """Vectors of ids (last axis, or any shape for one field) of compressed fields."""
         c = self.collisions[fields]
-        q = F.embedding(ids // c + self.firsts[fields], self.quotient, sparse=True)
-        r = F.embedding(ids % c + self.rem_firsts[fields], self.remainder, sparse=True)
+        quotient = ids // c
+        q = F.embedding(quotient + self.firsts[fields], self.quotient, sparse=True)
+        r = F.embedding(ids - quotient * c + self.rem_firsts[fields], self.remainder, sparse=True)  # one integer division, not two
         if self.settings.operation == "mult":
             return q * r
         if self.settings.operation == "add":
