@@ -168,9 +168,11 @@ class CafeEmbedding(FeatureEmbedding):
         if len(self.sketch_ids) == 0:
             return rows, torch.zeros_like(ids, dtype=torch.bool)
         bucket = self.buckets_of(ids, fields)
-        match = (self.sketch_ids[bucket] == ids.unsqueeze(-1)) & (self.sketch_rows[bucket] >= 0) & (self.hot[fields] > 0).unsqueeze(-1)
+        slot_ids = self.sketch_ids.index_select(0, bucket.reshape(-1)).view(*bucket.shape, -1)  # row gathers: indexing with a
+        slot_rows = self.sketch_rows.index_select(0, bucket.reshape(-1)).view(*bucket.shape, -1)  # 2-d index was 3x slower
+        match = (slot_ids == ids.unsqueeze(-1)) & (slot_rows >= 0) & (self.hot[fields] > 0).unsqueeze(-1)
         is_hot = match.any(-1)
-        hot_row = torch.where(match, self.sketch_rows[bucket].long(), 0).sum(-1)
+        hot_row = torch.where(match, slot_rows, 0).sum(-1)  # an integer sum is int64 already: no widening copy first
         return torch.where(is_hot, self.hash_total + hot_row, rows), is_hot
 
     def lookup(self, field: int, ids: torch.Tensor) -> torch.Tensor:
