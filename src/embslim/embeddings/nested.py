@@ -179,9 +179,13 @@ class NestedEmbedding(FeatureEmbedding):
             keep = torch.arange(self.width, device=ids.device) < self._row_widths[field][ids].unsqueeze(-1)
             return F.pad(vecs, (0, self.width - vecs.shape[-1])) * keep
         p = self.prefix(field)
-        if vecs.shape[-1] == self.width and not torch.is_grad_enabled():  # a fresh gather of whole rows: zero its tail in place
-            vecs[..., p:] = 0.0
-            return vecs
+        if vecs.shape[-1] == self.width:
+            if p == self.width:
+                return vecs
+            if not torch.is_grad_enabled():  # a fresh gather of whole rows: zero its tail in place
+                vecs[..., p:] = 0.0
+                return vecs
+            return vecs * (torch.arange(self.width, device=vecs.device) < p).to(vecs.dtype)  # one pass, not a slice and a pad
         return F.pad(vecs[..., :p], (0, self.width - p))
 
     def lookup(self, field: int, ids: torch.Tensor) -> torch.Tensor:
