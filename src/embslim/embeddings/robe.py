@@ -62,7 +62,7 @@ class _BlockRead(torch.autograd.Function):
         if len(wraps[0]):
             positions[wraps] = (starts[wraps].unsqueeze(-1) + within).remainder(size)
         positions = positions.flatten(-2)[..., :d]
-        values = (grad * signs).reshape(-1, 1)
+        values = (grad * signs.to(grad.dtype)).reshape(-1, 1)
         return torch.sparse_coo_tensor(positions.reshape(1, -1), values, (size, 1), check_invariants=False), None, None, None, None
 
 
