@@ -150,3 +150,19 @@ def test_run_folder_lacking_a_file_is_a_one_line_error_naming_it(missing, messag
     assert main(["export", str(run), "--out", str(tmp_path / "model")]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_mixed_width_program_reads_its_width_tables_as_one_joined_buffer_of_views(exported):
+    _, _, folder, manifest = exported("blockwise")
+    served = served_from(folder)
+    by_name = dict(zip(manifest["tensors"], served.tensors))
+    joined = by_name["@joined"]
+    assert manifest["joined"] and all(by_name[n].untyped_storage().data_ptr() == joined.untyped_storage().data_ptr()
+                                      for n in manifest["joined"])
+    assert joined.numel() == sum(by_name[n].numel() for n in manifest["joined"])
+    assert "aten::nonzero" not in str(served.program.inlined_graph)  # one window gather, not a gather per width group
+
+
+def test_int8_mixed_width_program_keeps_its_codes_unjoined(exported):
+    _, _, _, manifest = exported("blockwise-int8")
+    assert manifest["joined"] == [] and "@joined" not in manifest["tensors"]

@@ -280,6 +280,15 @@ class FeatureEmbedding(nn.Module, ABC):
     def load_artifact_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.load_state_dict(tensors)
 
+    def joined_inputs(self) -> list[str]:
+        """Artifact tensors a served program reads best as one flat run of values: the serving runtime lays them
+        out back to back in one buffer (each still its own view, no second copy) and passes that buffer as well
+        (`embslim export`, `use_joined_inputs`). None by default."""
+        return []
+
+    def use_joined_inputs(self, flat: torch.Tensor | None) -> None:
+        """Read the `joined_inputs` tensors from `flat` (their values back to back, in that order), or stop (None)."""
+
     def export(self, path: Path) -> None:
         """Write a compact, servable artifact: safetensors, with fields and settings in its metadata."""
         meta = {"method": self.method_name, "fields": field_meta(self.fields), "settings": settings_dict(self.settings),

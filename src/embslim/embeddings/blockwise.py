@@ -210,14 +210,15 @@ class BlockwiseEmbedding(FeatureEmbedding):
         self._all_prefix = all(how == "prefix" for how in self._spread.values())
         self.starts_fit_uint8 = most < 256  # a block number within its field fits the compares' uint8 count
         self.window_lookup = True
+        self._joined: torch.Tensor | None = None  # the width tables as one input of a traced program (`use_joined_inputs`)
         self._single_width = self.group_widths[0] if len(self.group_widths) == 1 and group_rows[0] == 0 else None
 
     @torch.no_grad()
     def _share_one_storage(self, shapes: list[tuple[int, int]] | None = None) -> None:
-        """Put the width tables back to back in one flat run of values followed by K spare zeros, each table a
-        view of it (values kept). A row's K-wide window then starts anywhere in one tensor: the no-grad lookup
-        reads every row with one gather (`_window_lookup`). The spare zeros are not stored in any artifact.
-        Always made as normal tensors, even when the first lookup after a move runs under inference mode, so
+        """Put the width tables back to back in one flat run of values, in increasing width, each table a view of
+        it (values kept). A row's window of the widest kept width W then starts anywhere in one tensor and never
+        runs past its end (the widest table comes last): the no-grad lookup reads every row with one gather
+        (`_window_lookup`). Always made as normal tensors, even when the first lookup after a move runs under inference mode, so
         the tables can still be trained afterwards. `shapes`: new zero tables of these shapes (construction, no
         second copy of the values); otherwise the current values move over."""
         with torch.inference_mode(False):
@@ -228,7 +229,7 @@ class BlockwiseEmbedding(FeatureEmbedding):
         like = tables[0] if tables else self.kept
         shapes = shapes or [tuple(t.shape) for t in tables]
         sizes = [r * w for r, w in shapes]
-        flat = torch.zeros(sum(sizes) + self.width, dtype=like.dtype if tables else torch.float32, device=like.device)
+        flat = torch.zeros(sum(sizes), dtype=like.dtype if tables else torch.float32, device=like.device)
         offset, at = [0] * (self.width + 1), 0
         for w, t, n, shape in zip(self.group_widths, tables, sizes, shapes):
             if t.shape == shape:
@@ -246,12 +247,17 @@ class BlockwiseEmbedding(FeatureEmbedding):
 
     def _window_lookup(self, ids: torch.Tensor, starts: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
         """The lookup without autograd (serving, evaluation): each id's block by a few compares, then one
-        K-wide row gather from the flat values at the row's start (a row of w values followed by whatever
-        comes next), and the columns past w zeroed by one multiply (prefix layouts) or each row's columns
-        picked from its K values and a zero (per-block column sets). Same output as `lookup_blocks`."""
-        if not self._shares_one_storage():
-            self._share_one_storage()
-        k = self.width
+        W-wide row gather from the flat values at the row's start (a row of w values followed by whatever
+        comes next; W the widest kept width), and the columns past w zeroed by one multiply (prefix layouts) or
+        each row's columns picked from its W values and a zero (per-block column sets). Same output as
+        `lookup_blocks`. In a traced export the flat values are the program's joined input."""
+        if self._joined is not None:
+            flat = self._joined
+        else:
+            if not self._shares_one_storage():
+                self._share_one_storage()
+            flat = self._flat
+        k, window = self.width, self.group_widths[-1]
         block = (ids >= starts.select(-1, 1)).to(torch.uint8) if starts.shape[-1] > 1 else torch.zeros_like(ids, dtype=torch.uint8)
         for s in range(2, starts.shape[-1]):
             block += ids >= starts.select(-1, s)
@@ -259,20 +265,31 @@ class BlockwiseEmbedding(FeatureEmbedding):
         kept = self.kept
         row_start = torch.where(kept > 0, self._group_offset[kept] + self.shift * kept, 0)  # block's row 0, minus its first id's rows
         w = kept[block]
-        rows = F.embedding(row_start[block] + ids.reshape(-1) * w, self._flat.as_strided((self._flat.numel() - k + 1, k), (1, 1)))
+        rows = F.embedding(row_start[block] + ids.reshape(-1) * w, flat.unfold(0, window, 1))
         if self._all_prefix:
-            rows = rows.mul_(F.embedding(w, (torch.arange(k, device=w.device) < torch.arange(k + 1, device=w.device)[:, None]).to(rows.dtype)))
+            mask = (torch.arange(window, device=w.device) < torch.arange(k + 1, device=w.device)[:, None]).to(rows.dtype)
+            rows = rows.mul_(F.embedding(w, mask))
+            rows = F.pad(rows, (0, k - window)) if window < k else rows
         else:
             positions = self.colpos.long()
-            source = torch.where(positions == kept[:, None], k, positions)  # column w of a row: the zero appended below
+            source = torch.where(positions == kept[:, None], window, positions)  # column w of a row: the zero appended below
             rows = F.pad(rows, (0, 1)).gather(1, F.embedding(block, source))
         return as_stored(rows, self.precision).reshape(*ids.shape, k)
 
     def _window_ready(self) -> bool:
-        """The one-gather lookup applies: no gradient wanted, float values (int8 codes are decoded per row); off when
-        `window_lookup` is set False (what a benchmark does to time the grouped lookup without gradients)."""
-        return (self.window_lookup and self.precision != "int8" and not self._served_codes and not torch.jit.is_tracing() and self.starts_fit_uint8
+        """The one-gather lookup applies: no gradient wanted, float values (int8 codes are decoded per row), some
+        values kept, and, in a trace, the width tables given as one joined input; off when `window_lookup` is set
+        False (what a benchmark does to time the grouped lookup without gradients)."""
+        return (self.window_lookup and self.precision != "int8" and not self._served_codes and self.starts_fit_uint8
+                and bool(self.group_widths) and (self._joined is not None or not torch.jit.is_tracing())
                 and not (torch.is_grad_enabled() and any(t.requires_grad for t in self.tables)))
+
+    def joined_inputs(self) -> list[str]:
+        """float32 width tables, in the order of the flat run the window lookup reads (see the base class)."""
+        return [f"tables.{i}" for i in range(len(self.tables))] if self.precision == "fp32" and self.group_widths else []
+
+    def use_joined_inputs(self, flat: torch.Tensor | None) -> None:
+        self._joined = flat
 
     @classmethod
     def from_config(cls, fields: list[FieldSpec], config: EmbeddingConfig, settings: BlockwiseSettings) -> "BlockwiseEmbedding":

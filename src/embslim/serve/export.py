@@ -142,7 +142,7 @@ class _Program(nn.Module):
         del model._modules["embedding"]
         self.model = model
         self.artifact, self.keys, self.bag_fields, self.sequence_names = artifact, keys, bag_fields, sequences
-        self.by_state = set(keys) <= set(self.served.state_dict())
+        self.by_state = set(keys) - {runtime.JOINED} <= set(self.served.state_dict())
 
     def _embedding(self, tensors: dict[str, torch.Tensor]) -> FeatureEmbedding:
         if self.by_state:
@@ -156,14 +156,17 @@ class _Program(nn.Module):
 
     def forward(self, ids: torch.Tensor, bags: tuple, sequences: tuple, tensors: tuple) -> torch.Tensor:
         named = dict(zip(self.keys, tensors))
+        joined = named.pop(runtime.JOINED, None)
         embedding = self._embedding(named)
         batch = SparseBatch(ids, {n: (bags[2 * i], bags[2 * i + 1]) for i, n in enumerate(self.bag_fields)}, ids.new_zeros(0),
                             dict(zip(self.sequence_names, sequences)))
         object.__setattr__(self.model, "embedding", embedding)
+        embedding.use_joined_inputs(joined)
         try:
             with _reading(embedding, named if self.by_state else {}):
                 return self.model(batch)
         finally:
+            embedding.use_joined_inputs(None)
             object.__delattr__(self.model, "embedding")
 
 
@@ -212,8 +215,10 @@ def export_run(run: Path, out: Path) -> dict:
     source = read_source(run)
     model = served_model(source)
     embedding = model.embedding
-    tensors = load_file(str(source.embedding))
-    keys = sorted(tensors)
+    file_keys = sorted(load_file(str(source.embedding)))
+    joined = embedding.joined_inputs()
+    tensors = runtime.join(load_file(str(source.embedding)), joined)  # as the runtime lays them out
+    keys = file_keys + ([runtime.JOINED] if joined else [])
     bag_fields = [f.name for f in embedding.fields if f.multivalued]
     sequences = dict(model.sequences)
     with torch.no_grad():
@@ -250,8 +255,9 @@ def export_run(run: Path, out: Path) -> dict:
         "bag_fields": bag_fields,
         "sequences": list(sequences),
         "tensors": keys,
+        "joined": joined,
         "bytes": {
-            "embedding_tensors": sum(tensor_bytes(t) for t in values),
+            "embedding_tensors": sum(tensor_bytes(tensors[k]) for k in file_keys),
             "memory_bytes_serve": embedding.memory_bytes("serve"),
             "safetensors_header": safetensors_header_bytes(out / runtime.EMBEDDING),
             "embedding_file": (out / runtime.EMBEDDING).stat().st_size,

@@ -10,7 +10,8 @@ folder as `serve.py`, so a serving process needs neither embslim nor its trainin
 
 The folder holds `embedding.safetensors` (the embedding's tensors, exactly as counted by
 `memory_bytes("serve")`), `model.ts` (TorchScript: lookup and backbone, reading those
-tensors as inputs) and `manifest.json` (field order, tensor order, bytes).
+tensors as inputs) and `manifest.json` (field order, tensor order, bytes, and the tensors
+the program also reads as one joined buffer).
 """
 from __future__ import annotations
 
@@ -24,6 +25,21 @@ from safetensors.torch import load_file
 MANIFEST = "manifest.json"
 EMBEDDING = "embedding.safetensors"
 PROGRAM = "model.ts"
+JOINED = "@joined"  # the program input holding the manifest's "joined" tensors back to back
+
+
+def join(tensors: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
+    """Lay the named tensors out back to back in one buffer, each replaced by its view of it (no second copy), and
+    add the buffer as `JOINED`: a program reads a row of any of them with one gather."""
+    if not names:
+        return tensors
+    flat = torch.cat([tensors[n].reshape(-1) for n in names])
+    at = 0
+    for n in names:
+        size = tensors[n].numel()
+        tensors[n] = flat[at:at + size].view(tensors[n].shape)
+        at += size
+    return {**tensors, JOINED: flat}
 
 
 class ServedModel:
@@ -32,7 +48,7 @@ class ServedModel:
     def __init__(self, folder: str | Path) -> None:
         folder = Path(folder)
         self.manifest = json.loads((folder / MANIFEST).read_text())
-        tensors = load_file(str(folder / EMBEDDING))
+        tensors = join(load_file(str(folder / EMBEDDING)), self.manifest.get("joined", []))
         self.tensors = tuple(tensors[k] for k in self.manifest["tensors"])
         with warnings.catch_warnings():  # torch 2.13 marks TorchScript deprecated; it still is the format every method traces to
             warnings.simplefilter("ignore", DeprecationWarning)
