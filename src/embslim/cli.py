@@ -28,7 +28,7 @@ from embslim.train.table_optim import ALL_TABLE_OPTIMIZERS
 from embslim.train.trainer import TrainConfig
 
 SEARCH_HOLDOUT = 0.0  # DNISConfig.search_holdout (tests/test_cli.py checks they agree)
-TRAIN_KEYS = {"epochs", "lr", "batch_size", "patience", "negatives", "embedding_l2", "weight_decay", "optimizer", "eval_protocol",
+TRAIN_KEYS = {"epochs", "lr", "batch_size", "patience", "negatives", "embedding_l2", "embedding_l2_mode", "weight_decay", "optimizer", "eval_protocol",
               "table_optimizer", "table_lr", "seq_loss", "softmax_negatives", "temperature", "pair_loss", "pair_sampling",
               "dense_precision", "length_batches"}
 
@@ -77,6 +77,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--batch-size", type=positive_int)
     t.add_argument("--patience", type=positive_int, help="epochs without validation improvement before stopping")
     t.add_argument("--embedding-l2", type=non_negative_float, help="L2 penalty on the embedding rows a batch uses")
+    t.add_argument("--embedding-l2-mode", choices=["mean", "mba"],
+                   help="mean: of the rows' squared norms (default); mba: DIN's mini-batch aware form, each distinct row once "
+                        "over its id's training frequency (rating/CTR)")
     t.add_argument("--weight-decay", type=non_negative_float)
     t.add_argument("--optimizer", choices=["adam", "adamw"], help="optimizer of the dense network (and of tables with dense gradients)")
     t.add_argument("--table-optimizer", choices=list(ALL_TABLE_OPTIMIZERS),

@@ -95,9 +95,26 @@ def create_objective(model: Recommender, data: PreparedData, config: Any) -> Obj
     return OBJECTIVES[name](model, data, config)
 
 
+L2_MODES = ("mean", "mba")
+
+
 def l2_of_rows(vectors: list[torch.Tensor]) -> torch.Tensor:
     """Mean squared norm of the embedding rows a batch used, summed over fields."""
     return sum(v.pow(2).sum(dim=-1).mean() for v in vectors)
+
+
+def mba_l2(vectors: list[torch.Tensor], ids: torch.Tensor, counts: list[torch.Tensor]) -> torch.Tensor:
+    """Mini-batch aware L2 (Zhou et al., KDD 2018, the DIN paper): sum over the distinct ids each single-valued field
+    shows in the batch of ||row||^2 / (the id's training frequency). Only rows a batch reads are penalised, and rare
+    ids, whose rows few examples pin down, are held closer to zero than frequent ones. `vectors[j]` are the rows of
+    the ids in `ids[:, j]` and `counts[j]` that field's training counts (at least 1)."""
+    total = ids.new_zeros((), dtype=vectors[0].dtype) if vectors else torch.zeros(())
+    for j, (rows, count) in enumerate(zip(vectors, counts)):
+        column = ids[:, j]
+        _, inverse, in_batch = torch.unique(column, return_inverse=True, return_counts=True)
+        weight = 1.0 / (count[column] * in_batch[inverse].to(count.dtype))  # each distinct id once: its repeats share the weight
+        total = total + (weight * rows.pow(2).sum(dim=-1)).sum()
+    return total
 
 
 @register_objective("pointwise")
@@ -126,9 +143,20 @@ class PointwiseObjective(Objective):
     def loss(self, batch: SparseBatch) -> torch.Tensor:
         out, vectors = self.model.forward_train(batch)
         loss = task_loss(self.data.task, out, batch.label)
-        if self.config.embedding_l2:
+        if self.config.embedding_l2 and self.config.embedding_l2_mode == "mba":
+            single = [i for i, f in enumerate(self.model.embedding.fields) if not f.multivalued]
+            loss = loss + self.config.embedding_l2 * mba_l2([vectors[i] for i in single], batch.ids, self.training_counts(single))
+        elif self.config.embedding_l2:
             loss = loss + self.config.embedding_l2 * l2_of_rows(vectors)
         return loss
+
+    def training_counts(self, fields: list[int]) -> list[torch.Tensor]:
+        """Training frequency of every id of these embedding fields (at least 1), kept on the model's device."""
+        if getattr(self, "_counts", None) is None:
+            device = next(self.model.parameters()).device
+            self._counts = {i: torch.as_tensor(f.counts, dtype=torch.float32, device=device).clamp(min=1)
+                            for i, f in enumerate(self.model.embedding.fields)}
+        return [self._counts[i] for i in fields]
 
     def validation_table(self) -> FeatureTable:
         """The validation rows; for top-k each held-out positive with `negatives` sampled items (fixed per seed)."""

@@ -34,7 +34,7 @@ from embslim.models.base import Recommender
 from embslim.train import distributed
 from embslim.train.checkpoint import load_checkpoint, save_checkpoint
 from embslim.train.metrics import PRIMARY, ctr_metrics, is_better, rating_metrics
-from embslim.train.objectives import Objective, create_objective, seen_matrix
+from embslim.train.objectives import L2_MODES, Objective, create_objective, seen_matrix
 from embslim.train.ranking import check_protocol, evaluate_ranking, primary_metric
 from embslim.train.table_optim import ALL_TABLE_OPTIMIZERS, make_table_optimizer
 
@@ -46,6 +46,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     embedding_l2: float = 0.0
+    embedding_l2_mode: str = "mean"  # "mean": mean squared norm of the rows a batch used; "mba": DIN's mini-batch aware form (rating/CTR)
     optimizer: str = "adam"
     patience: int = 2
     seed: int = 0
@@ -81,7 +82,8 @@ class Trainer:
     """Trains `model` on `data`; writes checkpoints to `out_dir` when given.
 
     `embedding_l2` penalises the squared norm of the embedding rows each batch uses
-    (the usual MF regulariser; sparse optimisers have no weight decay).
+    (the usual MF regulariser; sparse optimisers have no weight decay): their mean, or with
+    `embedding_l2_mode="mba"` each distinct row once divided by its id's training frequency (`mba_l2`).
     """
 
     def __init__(self, model: Recommender, data: PreparedData, config: TrainConfig = TrainConfig(),
@@ -90,6 +92,10 @@ class Trainer:
             raise ConfigError(f"optimizer must be adam or adamw, got {config.optimizer!r}")
         if config.dense_precision not in DENSE_PRECISIONS:
             raise ConfigError(f"dense precision must be one of {list(DENSE_PRECISIONS)}, got {config.dense_precision!r}")
+        if config.embedding_l2_mode not in L2_MODES:
+            raise ConfigError(f"embedding L2 mode must be one of {list(L2_MODES)}, got {config.embedding_l2_mode!r}")
+        if config.embedding_l2_mode == "mba" and data.task not in ("rating", "ctr"):
+            raise ConfigError(f"embedding L2 mode 'mba' applies to rating and CTR rows, not {data.task}")
         if config.table_optimizer not in ALL_TABLE_OPTIMIZERS:
             raise ConfigError(f"table optimizer must be one of {list(ALL_TABLE_OPTIMIZERS)}, got {config.table_optimizer!r}")
         empty = [name for name, rows in data.splits.items() if len(rows) == 0]
