@@ -283,7 +283,7 @@ class FeatureEmbedding(nn.Module, ABC):
     def joined_inputs(self) -> list[str]:
         """Artifact tensors a served program reads best as one flat run of values: the serving runtime lays them
         out back to back in one buffer (each still its own view, no second copy) and passes that buffer as well
-        (`embslim export`, `use_joined_inputs`). None by default."""
+        (`embslim export`, `use_joined_inputs`). None by default (an empty list)."""
         return []
 
     def use_joined_inputs(self, flat: torch.Tensor | None) -> None:

@@ -215,9 +215,9 @@ def export_run(run: Path, out: Path) -> dict:
     source = read_source(run)
     model = served_model(source)
     embedding = model.embedding
-    file_keys = sorted(load_file(str(source.embedding)))
-    joined = embedding.joined_inputs()
-    tensors = runtime.join(load_file(str(source.embedding)), joined)  # as the runtime lays them out
+    tensors = load_file(str(source.embedding))
+    file_keys, joined = sorted(tensors), embedding.joined_inputs()
+    tensors = runtime.join(tensors, joined)  # as the runtime lays them out
     keys = file_keys + ([runtime.JOINED] if joined else [])
     bag_fields = [f.name for f in embedding.fields if f.multivalued]
     sequences = dict(model.sequences)

@@ -108,7 +108,7 @@ def mba_l2(vectors: list[torch.Tensor], ids: torch.Tensor, counts: list[torch.Te
     shows in the batch of ||row||^2 / (the id's training frequency). Only rows a batch reads are penalised, and rare
     ids, whose rows few examples pin down, are held closer to zero than frequent ones. `vectors[j]` are the rows of
     the ids in `ids[:, j]` and `counts[j]` that field's training counts (at least 1)."""
-    total = ids.new_zeros((), dtype=vectors[0].dtype) if vectors else torch.zeros(())
+    total = torch.zeros(())
     for j, (rows, count) in enumerate(zip(vectors, counts)):
         column = ids[:, j]
         _, inverse, in_batch = torch.unique(column, return_inverse=True, return_counts=True)
