@@ -21,6 +21,7 @@ import numpy as np
 from embslim.bench.grid import BenchSpec
 from embslim.bench.report import HIGHER_IS_BETTER, PRIMARY, machine_line, summarise, write_table
 from embslim.bench.runner import run_grid
+from embslim.cli_types import dnis_options
 
 PAIRS = ("ctr:lr", "ctr:fm", "ctr:deepfm", "ctr:dcnv2", "ctr:autoint", "rating:mf", "rating:fm", "rating:neumf")
 BASELINES = ("uniform", "mde")
@@ -50,6 +51,7 @@ def run() -> None:
     p.add_argument("--dataset", default="movielens-100k")
     p.add_argument("--data-path")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--dnis", type=dnis_options, default={}, help="DNIS settings of the dnis cells, e.g. fill_rank=scaled (see DNISConfig)")
     p.add_argument("--out", type=Path, required=True, help="working folder of the runs (checkpoints, models)")
     p.add_argument("--results", type=Path, help="folder of the summary files to keep (default --out)")
     args = p.parse_args()
@@ -60,7 +62,7 @@ def run() -> None:
     for pair in args.pairs.split(","):
         task, model = pair.split(":")
         spec = BenchSpec(dataset=args.dataset, task=task, model=model, dim=16, methods=("full", "uniform", "mde", "dnis"),
-                         budgets=budgets, seeds=tuple(range(args.seeds)), data_path=args.data_path)
+                         budgets=budgets, seeds=tuple(range(args.seeds)), data_path=args.data_path, dnis=args.dnis)
         out = args.out / f"{task}-{model}"
         rows = run_grid(spec, out, workers=args.workers)
         write_table(rows, out)
@@ -80,7 +82,8 @@ def run() -> None:
     gaps = [r["gap"] for r in matrix if r["gap"] is not None]
     held = [r["holds"] for r in matrix if r["holds"] is not None]
     header = ["# DNIS matrix: test metric (mean ± std over seeds) at a fraction of the full embedding bytes", "",
-              f"Command: `python bench/dnis_matrix.py --pairs {args.pairs} --budgets {args.budgets} --seeds {args.seeds} --out {args.out} --results {results}`",
+              f"Command: `python bench/dnis_matrix.py --pairs {args.pairs} --budgets {args.budgets} --seeds {args.seeds}"
+              f"{' --dnis ' + ','.join(f'{k}={v}' for k, v in args.dnis.items()) if args.dnis else ''} --out {args.out} --results {results}`",
               "", machine_line(), "",
               "Gap: DNIS minus the better of uniform and MDE, signed so that positive means DNIS is better "
               "(AUC higher, RMSE lower). Holds: DNIS is at least as good as that baseline within one of its standard deviations.", "",

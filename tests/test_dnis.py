@@ -10,13 +10,13 @@ from embslim.cli import main
 from embslim.errors import ConfigError
 from embslim.data import SyntheticConfig, load_dataset
 from embslim.embeddings import EmbeddingConfig, SparseBatch, load_artifact
-from embslim.embeddings.blockwise import BlockwiseEmbedding
+from embslim.embeddings.blockwise import BlockwiseEmbedding, layout_to_json
 from embslim.embeddings.full import full_bytes
 from embslim.models import ModelOptions
 from embslim.search.align import align_to_principal_axes
 from embslim.search.dnis import AlphaStep, DNISConfig, pruned_values, warm_start_from
 from embslim.search import importance
-from embslim.search.pipeline import fine_tune_start, run_search, search_dims
+from embslim.search.pipeline import fine_tune_start, retrain_network, run_search, search_dims, warm_start_slim
 from embslim.search.report import dims_per_field, kept_dims_table
 from embslim.train.run import RunConfig, build_model, train_model
 from embslim.train.trainer import TrainConfig, Trainer
@@ -142,7 +142,57 @@ def test_a_retrain_from_the_full_model_starts_from_its_aligned_weights_with_alph
     assert fine_tune_start(data, config, DNISConfig(), search_model, full) is search_model
 
 
-def test_the_automatic_retrain_start_is_the_full_model_for_lr_and_the_searched_one_for_deepfm():
+def _searched_and_slim(seed: int = 0):
+    from embslim.search.dnis import layout_for_budget, rank_pairs
+
+    data = load_tiny()
+    config = RunConfig("deepfm", EmbeddingConfig("full", 4), train=FAST)
+    full, d = build_model(data, config)
+    Trainer(full, d, FAST).fit()
+    search_model = search_dims(data, config, 10**9, DNISConfig(search_epochs=1), full)[0]
+    layouts = layout_for_budget(search_model.embedding, 10**9, DNISConfig(), rank_pairs(search_model.embedding, DNISConfig(score="magnitude"), None))
+    slim_config = RunConfig("deepfm", EmbeddingConfig("blockwise", 4, options={"layout": layout_to_json(layouts, 4)}), train=FAST)
+    torch.manual_seed(seed)
+    return search_model, layouts, build_model(data, slim_config)[0]
+
+
+def _assert_searched_values(slim, search_model, layouts) -> None:
+    expected = BlockwiseEmbedding(slim.embedding.fields, layouts, 4)
+    expected.load_block_values(pruned_values(search_model.embedding, layouts))
+    for a, b in zip(slim.embedding.tables, expected.tables):
+        torch.testing.assert_close(a.detach(), b.detach())
+
+
+def _network(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("embedding.")}
+
+
+def test_a_retrain_that_fine_tunes_the_network_starts_from_the_searched_network_and_values():
+    search_model, layouts, slim = _searched_and_slim()
+    warm_start_slim(slim, search_model, layouts, network=True)
+    for k, v in _network(slim).items():
+        torch.testing.assert_close(v, search_model.state_dict()[k])
+    _assert_searched_values(slim, search_model, layouts)
+
+
+def test_a_retrain_without_the_searched_network_keeps_its_fresh_network_and_takes_the_searched_values():
+    search_model, layouts, slim = _searched_and_slim(seed=3)
+    fresh = _network(slim)
+    warm_start_slim(slim, search_model, layouts, network=False)
+    for k, v in _network(slim).items():
+        torch.testing.assert_close(v, fresh[k])
+    assert any(not torch.equal(v, search_model.state_dict()[k]) for k, v in fresh.items())
+    _assert_searched_values(slim, search_model, layouts)
+
+
+def test_serving_the_pruned_search_without_its_network_is_a_config_error():
+    with pytest.raises(ConfigError, match="fine_tune_network"):
+        DNISConfig(retrain=False, fine_tune_network="fresh")
+    with pytest.raises(ConfigError, match="fine_tune_network"):
+        DNISConfig(fine_tune_network="searched")
+
+
+def test_the_automatic_retrain_start_is_the_full_model_and_its_network_for_lr_and_the_searched_values_with_a_fresh_network_for_deepfm():
     data = load_tiny()
     for model, from_full in (("lr", True), ("deepfm", False)):
         config = RunConfig(model, EmbeddingConfig("full", 4), train=FAST)
@@ -151,6 +201,7 @@ def test_the_automatic_retrain_start_is_the_full_model_for_lr_and_the_searched_o
         search_model = search_dims(data, config, 10**9, DNISConfig(search_epochs=1), full)[0]
         start = fine_tune_start(data, config, DNISConfig(fine_tune_from="auto"), search_model, full)
         assert (start is not search_model) == from_full
+        assert retrain_network(DNISConfig(), full) == ("start" if from_full else "fresh")
         if from_full:
             batch = SparseBatch.from_table(data.split("val"), np.arange(256))
             full.eval(), start.eval()
@@ -356,10 +407,59 @@ def test_fill_ranks_evidence_backed_dimensions_first_and_never_revives_alpha_pru
     assert scores[0, 2] == -np.inf
 
 
+def test_scaled_fill_lets_a_frequent_blocks_prior_outrank_thin_evidence_on_a_large_rare_block():
+    from embslim.search.importance import frequency_fill, ranking
+
+    starts = {"a": [0, 10, 1010, 1020]}  # 10 frequent rows, 1000 rare ones, 10 mid
+    counts = {"a": np.concatenate([np.full(10, 1000.0), np.full(1000, 1.0), np.full(10, 100.0)])}
+    magnitude = {"a": np.linspace(1.0, 0.5, 8)[None, :].repeat(3, 0)}
+    lower = {"a": np.zeros((3, 8))}
+    lower["a"][0, :2] = 5.0  # the frequent block: evidence on its first two dimensions only
+    lower["a"][1, :] = 2.0  # the rare block: a little on every dimension, summed over many rows
+    lower["a"][2, :4] = 1.0
+    fill = frequency_fill(starts, counts, magnitude, lower)
+    below, scaled = (ranking(lower, starts, fill, scaled=s)["a"] for s in (False, True))
+    assert below[0, 2:].max() < below[1].min()  # evidence first: every rare pair before the frequent block's third dimension
+    assert scaled[0, 2:5].min() > scaled[1].max()  # scaled: the frequent block's prior beats thin evidence per byte
+
+
+def test_scaled_fill_keeps_evidence_at_least_at_its_measured_value_and_alpha_pruned_pairs_out():
+    from embslim.search.importance import frequency_fill, per_byte, prior_scale, ranking
+
+    starts = {"a": [0, 10, 20]}
+    counts = {"a": np.repeat([100.0, 1.0], 10)}
+    magnitude = {"a": np.array([[1.0, 0.9, 0.0, 0.5], [1.0, 0.8, 0.7, 0.6]])}
+    lower = {"a": np.array([[3.0, 0.0, 0.0, 0.2], [0.1, 0.0, 0.0, 0.0]])}
+    fill = frequency_fill(starts, counts, magnitude, lower)
+    scores = ranking(lower, starts, fill, scaled=True)["a"]
+    measured = per_byte(lower, starts)["a"]
+    evidence = measured > 0
+    assert np.all(scores[evidence] >= measured[evidence])
+    assert scores[0, 2] == -np.inf
+    ratios = measured[evidence] / fill["a"][evidence]
+    assert prior_scale(per_byte(lower, starts), fill) == pytest.approx(np.median(ratios))
+
+
+def test_scaled_fill_without_any_evidence_ranks_as_the_plain_fill():
+    from embslim.search.importance import frequency_fill, ranking
+
+    starts, counts = {"a": [0, 10, 20]}, {"a": np.repeat([100.0, 1.0], 10)}
+    magnitude = {"a": np.array([[1.0, 0.9, 0.3, 0.5], [1.0, 0.8, 0.7, 0.6]])}
+    lower = {"a": np.zeros((2, 4))}
+    fill = frequency_fill(starts, counts, magnitude, lower)
+    np.testing.assert_array_equal(np.argsort(ranking(lower, starts, fill, scaled=True)["a"], axis=None),
+                                  np.argsort(ranking(lower, starts, fill)["a"], axis=None))
+
+
+def test_dnis_config_refuses_an_unknown_fill_rank():
+    with pytest.raises(ConfigError, match="fill_rank"):
+        DNISConfig(fill_rank="above")
+
+
 def test_an_int8_search_keeps_more_dimensions_in_the_same_budget_and_serves_what_it_counted(tmp_path):
     data = load_tiny()
-    config = RunConfig("deepfm", EmbeddingConfig("full", 4), train=FAST)
-    budget = full_bytes(data.table.fields, [4] * len(data.table.fields)) // 3
+    config = RunConfig("deepfm", EmbeddingConfig("full", 16), train=FAST)
+    budget = full_bytes(data.table.fields, [16] * len(data.table.fields)) // 3  # wide enough rows that int8's 4 bytes of scales per row pay off
     reports = {p: run_search(data, config, budget, DNISConfig(blocks=3, search_epochs=1, precision=p), tmp_path / p, baselines=())
                for p in ("fp32", "int8")}
     kept = {p: sum(f["per_row"] for f in r["dims_per_field"].values()) for p, r in reports.items()}

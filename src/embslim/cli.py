@@ -8,8 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from embslim.budget import parse_budget
-from embslim.cli_types import (blocks_spec, budget_fractions, budget_text, dnis_options, dropout_rate, field_dims, fine_tune_source, int_list,
-                               holdout_fraction, learning_rate, non_negative_float, non_negative_int, positive_float, positive_int, seed_int,
+from embslim.cli_types import (blocks_spec, budget_fractions, budget_text, dnis_options, dropout_rate, field_dims, fill_rank, fine_tune_source, int_list,
+                               holdout_fraction, learning_rate, network_start, non_negative_float, non_negative_int, positive_float, positive_int, seed_int,
                                seed_set)
 from embslim.data import DATASETS, PrepareConfig, load_dataset
 from embslim.data.fetch import Archive, fetch_archive
@@ -342,9 +342,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     tuned = {"align": args.align} if args.align is not None else {}
     dnis = DNISConfig(blocks=args.blocks, l1=args.l1, alpha_lr=args.alpha_lr, search_epochs=args.search_epochs,
                       frequency_exponent=args.frequency_exponent, min_dims=args.min_dims, fine_tune=not args.from_scratch,
+                      fine_tune_network=args.fine_tune_network,
                       fine_tune_from=args.fine_tune_from,
                       prune_during_search=args.prune_during_search, threshold=args.threshold, score=args.score, fill=args.fill,
-                      fill_temperature=args.fill_temperature, search_holdout=args.search_holdout,
+                      fill_temperature=args.fill_temperature, fill_rank=args.fill_rank, search_holdout=args.search_holdout,
                       search_trains_weights=args.search_trains_weights, retrain=args.retrain, precision=args.precision, **tuned)
     out = args.out or Path("runs") / f"search-{args.dataset}-{data.task}-{args.model}-b{budget_flag}-seed{args.seed}"
     write_data_args(args, data.task, out)
@@ -532,11 +533,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "--no-fill keeps only the pairs whose loss increase clears its confidence bound, and reports the bytes they need")
     s.add_argument("--fill-temperature", type=non_negative_float, default=0.3,
                    help="with --fill: blocks of frequency p get widths in proportion to p to this power (MDE's temperature, default 0.3)")
+    s.add_argument("--fill-rank", type=fill_rank, default="scaled",
+                   help="with --fill: the frequency prior put in the evidence's loss units, each pair scoring the larger of "
+                        "the two (scaled, default), or ranked below every pair with evidence (below)")
     s.add_argument("--frequency-exponent", type=non_negative_float, default=0.25,
                    help="with --score magnitude: weight of block frequency, 0 importance only, 1 signal per byte (default 0.25)")
     s.add_argument("--min-dims", type=non_negative_int, default=1, help="dimensions every block keeps before the rest is ranked (default 1)")
     s.add_argument("--from-scratch", action="store_true",
                    help="retrain the slim model from a fresh initialisation instead of from the pruned, alpha-scaled searched weights")
+    s.add_argument("--fine-tune-network", type=network_start, default="auto",
+                   help="where the retrain's network starts: start = the network of the weights it starts from, fresh = a new "
+                        "initialisation (only the embedding values carry over), auto = start where that is the full model "
+                        "(--fine-tune-from), fresh where it is the searched one (default)")
     s.add_argument("--fine-tune-from", type=fine_tune_source, default="auto",
                    help="the weights the retrain starts from under the searched mask: search = the searched e * alpha and "
                         "network; full = the full model the search began with (holds LR's accuracy, loses a little on the "

@@ -152,40 +152,55 @@ def boolean(text: str) -> bool:
     return text.strip().lower() == "true"
 
 
+def one_of(text: str, allowed: tuple[str, ...]) -> str:
+    """`text` if it is one of `allowed`, else the argparse error that lists them."""
+    if text not in allowed:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(allowed)}, got {text!r}")
+    return text
+
+
 def dnis_score(text: str) -> str:
     """`loss` or `magnitude`: what DNIS pruning ranks (block, dimension) pairs by."""
     from embslim.search.dnis import SCORES
 
-    if text not in SCORES:
-        raise argparse.ArgumentTypeError(f"expected one of {', '.join(SCORES)}, got {text!r}")
-    return text
+    return one_of(text, SCORES)
 
 
 def fine_tune_source(text: str) -> str:
     """`auto`, `search` or `full`: which weights DNIS's retrain starts from under the searched mask."""
     from embslim.search.dnis import FINE_TUNE_SOURCES
 
-    if text not in FINE_TUNE_SOURCES:
-        raise argparse.ArgumentTypeError(f"expected one of {', '.join(FINE_TUNE_SOURCES)}, got {text!r}")
-    return text
+    return one_of(text, FINE_TUNE_SOURCES)
 
 
 def blockwise_precision(text: str) -> str:
     """`fp32`, `fp16` or `int8`: how a pruned blockwise table stores its values."""
     from embslim.embeddings.blockwise import PRECISIONS
 
-    if text not in PRECISIONS:
-        raise argparse.ArgumentTypeError(f"expected one of {', '.join(PRECISIONS)}, got {text!r}")
-    return text
+    return one_of(text, PRECISIONS)
+
+
+def network_start(text: str) -> str:
+    """`auto`, `start` or `fresh`: where a DNIS retrain's network starts."""
+    from embslim.search.dnis import NETWORK_STARTS
+
+    return one_of(text, NETWORK_STARTS)
+
+
+def fill_rank(text: str) -> str:
+    """`below` or `scaled`: where DNIS pruning ranks the frequency prior against measured evidence."""
+    from embslim.search.dnis import FILL_RANKS
+
+    return one_of(text, FILL_RANKS)
 
 
 DNIS_VALUES: dict[str, Callable[[str], object]] = {
     "blocks": positive_int, "l1": non_negative_float, "alpha_lr": learning_rate, "search_epochs": positive_int,
-    "frequency_exponent": non_negative_float, "min_dims": non_negative_int, "fine_tune": boolean,
+    "frequency_exponent": non_negative_float, "min_dims": non_negative_int, "fine_tune": boolean, "fine_tune_network": network_start,
     "fine_tune_from": fine_tune_source,
     "prune_during_search": boolean, "align": boolean, "threshold": non_negative_float,
     "score": dnis_score, "noise_z": non_negative_float, "importance_rows": positive_int, "fill": boolean,
-    "fill_temperature": non_negative_float, "search_holdout": holdout_fraction, "search_trains_weights": boolean,
+    "fill_temperature": non_negative_float, "fill_rank": fill_rank, "search_holdout": holdout_fraction, "search_trains_weights": boolean,
     "retrain": boolean, "precision": blockwise_precision,
 }  # one check per DNISConfig field, the same as the `embslim search` flags
 

@@ -27,6 +27,8 @@ from embslim.train.trainer import TrainConfig
 
 
 SCORES = ("loss", "magnitude")
+FILL_RANKS = ("below", "scaled")
+NETWORK_STARTS = ("auto", "start", "fresh")
 FINE_TUNE_SOURCES = ("auto", "search", "full")
 
 
@@ -41,6 +43,7 @@ class DNISConfig:
     frequency_exponent: float = 0.25  # pruning score = importance * block frequency ** this
     min_dims: int = 1  # dimensions every block keeps before the rest compete for the budget
     fine_tune: bool = True  # retrain from the pruned searched weights (False: from scratch)
+    fine_tune_network: str = "auto"  # fine_tune: the network starts from the retrain's start ("start") or fresh ("fresh", only the values carry over); "auto": start where that is the full model (fine_tune_from), fresh where it is the searched one
     fine_tune_from: str = "auto"  # fine_tune: "search" (e * alpha and the network searched with it), "full" (the (aligned) full model's weights under the searched mask), or "auto" (full where the search aligned each field to the one direction the backbone reads it, LR; search elsewhere)
     prune_during_search: bool = False  # cubic schedule towards the budget inside the search
     align: bool = True  # rotate to principal axes first where the backbone allows it (see embslim.search.align)
@@ -48,6 +51,7 @@ class DNISConfig:
     score: str = "loss"  # budget pruning ranks by: "loss" (validation loss increase per byte) or "magnitude" (E|e*alpha|)
     fill: bool = True  # "loss": spend budget the evidence leaves by MDE's power law of block frequency (False: leave it unspent)
     fill_temperature: float = 0.3  # "loss" with fill: MDE's power of block frequency that shapes the fill
+    fill_rank: str = "scaled"  # "loss" with fill: the prior "scaled" to the evidence's units, each pair scoring the larger of the two, or ranked "below" every pair with evidence
     noise_z: float = 2.0  # "loss": confidence bound, in standard errors, a pair's loss increase must clear
     importance_rows: int = 100_000  # "loss": validation rows measured (a seeded sample beyond this)
     search_trains_weights: bool = True  # False: only alpha moves during the search (one-pass data, where a second pass memorises)
@@ -58,10 +62,16 @@ class DNISConfig:
     def __post_init__(self) -> None:
         if self.score not in SCORES:
             raise ConfigError(f"DNIS score must be one of {SCORES}, got {self.score!r}")
+        if self.fill_rank not in FILL_RANKS:
+            raise ConfigError(f"DNIS fill_rank must be one of {FILL_RANKS}, got {self.fill_rank!r}")
         if self.fine_tune_from not in FINE_TUNE_SOURCES:
             raise ConfigError(f"DNIS fine_tune_from must be one of {FINE_TUNE_SOURCES}, got {self.fine_tune_from!r}")
         if not self.retrain and not self.fine_tune:
             raise ConfigError("DNIS retrain=false serves the pruned searched model: it needs fine_tune=true (a fresh initialisation is untrained)")
+        if self.fine_tune_network not in NETWORK_STARTS:
+            raise ConfigError(f"DNIS fine_tune_network must be one of {NETWORK_STARTS}, got {self.fine_tune_network!r}")
+        if not self.retrain and self.fine_tune_network == "fresh":
+            raise ConfigError("DNIS retrain=false serves the pruned searched model: it needs its network (fine_tune_network=fresh is untrained)")
         if not 0 <= self.search_holdout < 1:
             raise ConfigError(f"DNIS search_holdout must be in [0, 1), got {self.search_holdout}")
         check_precision(self.precision)
@@ -196,7 +206,7 @@ def rank_pairs(emb: DNISEmbedding, config: DNISConfig, lower: dict[str, np.ndarr
     counts = {f.name: f.counts for f in emb.fields}
     if config.score == "loss":
         fill = frequency_fill(starts, counts, emb.importance(), lower, config.fill_temperature) if config.fill else None
-        return ranking(lower, starts, fill)
+        return ranking(lower, starts, fill, scaled=config.fill_rank == "scaled")
     return value_per_byte(emb.importance(), starts, counts, config.frequency_exponent)
 
 

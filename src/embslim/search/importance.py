@@ -136,16 +136,35 @@ def per_byte(scores: dict[str, np.ndarray], starts: dict[str, list[int]]) -> dic
     return {n: s / np.maximum(np.diff(starts[n]), 1)[:, None] for n, s in scores.items()}
 
 
-def ranking(lower: dict[str, np.ndarray], starts: dict[str, list[int]], fill: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+def ranking(lower: dict[str, np.ndarray], starts: dict[str, list[int]], fill: dict[str, np.ndarray] | None = None,
+            scaled: bool = False) -> dict[str, np.ndarray]:
     """What pruning ranks pairs by: the lower bound per byte where it is positive. A pair whose bound is 0 has
     nothing showing it matters: without `fill` it scores -inf (kept only as a block's floor, that budget left
-    unspent); with `fill` (values in [0, 1]) it ranks below every pair with evidence, in that order. Either way
-    equal scores are never broken by field order (which had made kept widths follow field order)."""
+    unspent); with `fill` (values in [0, 1]) it ranks below every pair with evidence, in that order, or, with
+    `scaled`, the fill is put in the evidence's units (`prior_scale`) and every pair scores the larger of its
+    evidence and that prior, so a little evidence on a large rare block no longer outranks the prior of a
+    frequent one. Either way equal scores are never broken by field order (which had made kept widths follow
+    field order)."""
+    values = per_byte(lower, starts)
+    scale = prior_scale(values, fill) if fill is not None and scaled else None
     out = {}
-    for n, s in per_byte(lower, starts).items():
-        rest = -np.inf if fill is None else fill[n] / 2.0 - 1.0
-        out[n] = np.where(s > 0, s, rest)
+    for n, s in values.items():
+        if fill is None:
+            out[n] = np.where(s > 0, s, -np.inf)
+        elif scale is None:
+            out[n] = np.where(s > 0, s, fill[n] / 2.0 - 1.0)
+        else:
+            prior = scale * fill[n]
+            out[n] = np.where(s > 0, np.maximum(s, prior), prior)
     return out
+
+
+def prior_scale(values: dict[str, np.ndarray], fill: dict[str, np.ndarray]) -> float | None:
+    """The factor that puts `fill` (the frequency prior, [0, 1]) in the units of `values` (loss increase per
+    stored value): the median ratio of the two over the pairs that have both, None where no pair has."""
+    both = {n: (values[n] > 0) & np.isfinite(fill[n]) & (fill[n] > 0) for n in values}
+    ratios = np.concatenate([values[n][both[n]] / fill[n][both[n]] for n in values])
+    return float(np.median(ratios)) if len(ratios) else None
 
 
 def frequency_fill(starts: dict[str, list[int]], counts: dict[str, np.ndarray], magnitude: dict[str, np.ndarray],
