@@ -1,6 +1,7 @@
 """`embslim bench`: the grid from the registry, files a user can read and plot, restart after a kill."""
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,16 @@ def test_dnis_cells_of_one_seed_share_one_search(tmp_path):
     assert not list((tmp_path / "runs").glob("dnis-b*/search")) and not list((tmp_path / "runs").glob("dnis-b*/full"))
     first, second = (r for r in rows if r["method"] == "dnis")
     assert first["search_seconds"] == second["search_seconds"] > 0
+
+
+def test_a_dnis_cell_trains_its_own_full_model_when_the_finished_full_cell_kept_no_weights(tmp_path):
+    spec = BenchSpec(dataset="synthetic", synthetic_rows=3000, dim=4, methods=("full", "dnis"), budgets=(0.3,), seeds=(0,), epochs=1,
+                     search_epochs=1)
+    runner.run_grid(replace(spec, methods=("full",)), tmp_path, workers=1, progress=False)
+    (tmp_path / "runs" / "full-b1-s0" / "model.pt").unlink()  # a user cleaning up checkpoints
+    rows = runner.run_grid(spec, tmp_path, workers=1, progress=False)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert (tmp_path / "runs" / "dnis-search-s0" / "full" / "model.pt").exists()
 
 
 def test_a_dnis_cell_stored_as_int8_prunes_the_same_search_at_one_byte_per_value(tmp_path):

@@ -157,7 +157,7 @@ def _train(spec: BenchSpec, cell: Cell, data, base: RunConfig, budget: int, fold
         shared = out / "runs" / f"{registry_name(cell.method)}-search-s{cell.seed}"  # every precision prunes one search
         full_cell = out / "runs" / Cell(REFERENCE, 1.0, cell.seed).name
         with locked(shared):
-            if (full_cell / "row.json").exists() and not (shared / "full" / "model.pt").exists():
+            if (full_cell / "model.pt").exists() and (full_cell / "row.json").exists() and not (shared / "full" / "model.pt").exists():
                 (shared / "full").mkdir(parents=True, exist_ok=True)
                 for name in ("model.pt", "results.json"):
                     shutil.copyfile(full_cell / name, shared / "full" / name)
