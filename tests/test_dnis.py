@@ -192,7 +192,7 @@ def test_serving_the_pruned_search_without_its_network_is_a_config_error():
         DNISConfig(fine_tune_network="searched")
 
 
-def test_the_automatic_retrain_start_is_the_full_model_and_its_network_for_lr_and_the_searched_values_with_a_fresh_network_for_deepfm():
+def test_the_automatic_retrain_start_is_the_full_model_and_its_network_for_lr_and_the_searched_values_with_a_fresh_network_for_deepfm_ctr():
     data = load_tiny()
     for model, from_full in (("lr", True), ("deepfm", False)):
         config = RunConfig(model, EmbeddingConfig("full", 4), train=FAST)
@@ -201,7 +201,8 @@ def test_the_automatic_retrain_start_is_the_full_model_and_its_network_for_lr_an
         search_model = search_dims(data, config, 10**9, DNISConfig(search_epochs=1), full)[0]
         start = fine_tune_start(data, config, DNISConfig(fine_tune_from="auto"), search_model, full)
         assert (start is not search_model) == from_full
-        assert retrain_network(DNISConfig(), full) == ("start" if from_full else "fresh")
+        assert retrain_network(DNISConfig(), full, "ctr") == ("start" if from_full else "fresh")
+        assert retrain_network(DNISConfig(), full, "topk") == "start"
         if from_full:
             batch = SparseBatch.from_table(data.split("val"), np.arange(256))
             full.eval(), start.eval()

@@ -543,8 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retrain the slim model from a fresh initialisation instead of from the pruned, alpha-scaled searched weights")
     s.add_argument("--fine-tune-network", type=network_start, default="auto",
                    help="where the retrain's network starts: start = the network of the weights it starts from, fresh = a new "
-                        "initialisation (only the embedding values carry over), auto = start where that is the full model "
-                        "(--fine-tune-from), fresh where it is the searched one (default)")
+                        "initialisation (only the embedding values carry over), auto = fresh for a rating or CTR model "
+                        "started from the searched values, start otherwise (default)")
     s.add_argument("--fine-tune-from", type=fine_tune_source, default="auto",
                    help="the weights the retrain starts from under the searched mask: search = the searched e * alpha and "
                         "network; full = the full model the search began with (holds LR's accuracy, loses a little on the "

@@ -43,7 +43,7 @@ class DNISConfig:
     frequency_exponent: float = 0.25  # pruning score = importance * block frequency ** this
     min_dims: int = 1  # dimensions every block keeps before the rest compete for the budget
     fine_tune: bool = True  # retrain from the pruned searched weights (False: from scratch)
-    fine_tune_network: str = "auto"  # fine_tune: the network starts from the retrain's start ("start") or fresh ("fresh", only the values carry over); "auto": start where that is the full model (fine_tune_from), fresh where it is the searched one
+    fine_tune_network: str = "auto"  # fine_tune: the network starts from the retrain's start ("start") or fresh ("fresh", only the values carry over); "auto": fresh for a rating or CTR model started from the searched values, start otherwise
     fine_tune_from: str = "auto"  # fine_tune: "search" (e * alpha and the network searched with it), "full" (the (aligned) full model's weights under the searched mask), or "auto" (full where the search aligned each field to the one direction the backbone reads it, LR; search elsewhere)
     prune_during_search: bool = False  # cubic schedule towards the budget inside the search
     align: bool = True  # rotate to principal axes first where the backbone allows it (see embslim.search.align)
