@@ -169,7 +169,8 @@ def prior_scale(values: dict[str, np.ndarray], fill: dict[str, np.ndarray]) -> f
 
 def frequency_fill(starts: dict[str, list[int]], counts: dict[str, np.ndarray], magnitude: dict[str, np.ndarray],
                    lower: dict[str, np.ndarray] | None = None, temperature: float = 0.3) -> dict[str, np.ndarray]:
-    """Per field, [blocks, width] in [0, 1]: the order in which budget left after the evidence is spent.
+    """Per field, [blocks, width] in [0, 1]: the frequency prior of each pair, which `ranking` spends after the
+    evidence or, scaled, beside it.
 
     MDE's prior (Ginart et al.): a block of mean training frequency p deserves about p**temperature
     dimensions. The r-th dimension of a block (counting its evidence-backed dimensions first, then the

@@ -1,8 +1,9 @@
 """`embslim search`: full model, DNIS search, pruning to the budget, retrain, and the baselines.
 
-The retrain starts from the pruned, alpha-scaled searched weights and network
+The retrain starts from the pruned, alpha-scaled searched weights, with a fresh network for rating and CTR models and
+the searched one for top-k (`DNISConfig.fine_tune_network`, `retrain_network`)
 (`DNISConfig.fine_tune_from="full"`, and "auto" for a backbone that reads each field along one direction:
-from the aligned full model's weights under the searched mask) unless `DNISConfig.fine_tune` is False (then from a fresh initialisation); with `DNISConfig.retrain` False
+from the aligned full model's weights and network under the searched mask) unless `DNISConfig.fine_tune` is False (then from a fresh initialisation); with `DNISConfig.retrain` False
 that pruned start is served as it is.
 
 Each stage writes its run folder (epoch checkpoints, its artifacts, then results.json)
