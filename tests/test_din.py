@@ -57,6 +57,20 @@ def test_time_split_of_a_release_tests_on_its_latest_ratings_and_is_cached_apart
     assert load_dataset("movielens-100k", "ctr", release[0], PrepareConfig(split="time")).splits["test"].tolist() == by_time.splits["test"].tolist()
 
 
+def test_user_split_of_a_release_tests_on_users_it_never_trained_on(release):
+    _, (users, _, _) = release
+    by_user = load_dataset("movielens-100k", "ctr", release[0], PrepareConfig(split="user"), use_cache=False)
+    assert not set(users[by_user.splits["train"]].tolist()) & set(users[by_user.splits["test"]].tolist())
+
+
+def test_user_split_of_data_without_users_is_a_one_line_error(capsys):
+    from embslim.cli import main
+
+    assert main(["train", "--dataset", "synthetic", "--synthetic-rows", "2000", "--split", "user", "--quiet"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--split user needs a user column" in err[0]
+
+
 def test_time_split_of_data_without_timestamps_is_a_one_line_error(capsys):
     from embslim.cli import main
 

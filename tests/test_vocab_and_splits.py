@@ -1,8 +1,10 @@
 """Vocabularies rank by training frequency with an OOV bucket; splits are reproducible."""
 import numpy as np
+import pytest
 
-from embslim.data.splits import hold_out, leave_last_out, random_split, time_split
+from embslim.data.splits import hold_out, leave_last_out, random_split, time_split, user_split
 from embslim.data.vocab import fit_vocab, pad_bags
+from embslim.errors import ConfigError
 
 
 def test_ids_follow_descending_training_frequency():
@@ -46,6 +48,27 @@ def test_time_split_trains_on_the_oldest_rows_and_tests_on_the_newest():
 def test_time_split_cuts_ties_in_time_in_file_order():
     s = time_split(np.zeros(10, dtype=np.int64))
     assert s["train"].tolist() == list(range(8)) and s["val"].tolist() == [8] and s["test"].tolist() == [9]
+
+
+def test_user_split_puts_each_user_in_one_split_near_the_row_ratios_and_is_seeded():
+    users = np.random.default_rng(0).integers(0, 300, size=20_000)
+    a, b = user_split(users, seed=4), user_split(users, seed=4)
+    assert all((a[k] == b[k]).all() for k in a)
+    assert sorted(np.concatenate(list(a.values())).tolist()) == list(range(20_000))
+    owners = [set(users[a[k]].tolist()) for k in ("train", "val", "test")]
+    assert not owners[0] & owners[1] and not owners[0] & owners[2] and not owners[1] & owners[2]
+    assert 0.75 < len(a["train"]) / 20_000 < 0.85 and 0.05 < len(a["test"]) / 20_000 < 0.15
+    assert user_split(users, seed=5)["test"].tolist() != a["test"].tolist()
+
+
+def test_user_split_gives_every_split_a_user_even_with_three_users():
+    s = user_split(np.array([0, 0, 0, 0, 0, 0, 0, 0, 1, 2]))
+    assert all(len(s[k]) for k in s)
+
+
+def test_user_split_of_fewer_than_three_users_is_refused():
+    with pytest.raises(ConfigError, match="at least 3 users"):
+        user_split(np.array([1, 1, 2]))
 
 
 def test_leave_last_out_holds_out_latest_then_second_latest():

@@ -41,10 +41,11 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--schema", type=Path, help="JSON schema for --dataset tabular")
     g.add_argument("--min-count", type=non_negative_int, help="values seen fewer times in training go to the OOV bucket (default per dataset)")
     g.add_argument("--max-bad-rows", type=non_negative_float, default=0, help="malformed rows tolerated: a count, or a fraction if < 1 (default 0)")
-    g.add_argument("--split", choices=["random", "time"], default="random",
-                   help="ctr/rating: train/val/test as a seeded shuffle (default) or by time, the newest 10%% as test (needs "
-                        "timestamps; top-k always leaves each user's last items out)")
-    g.add_argument("--split-seed", type=seed_int, default=0, help="seed of the random train/val/test split (default 0)")
+    g.add_argument("--split", choices=["random", "time", "user"], default="random",
+                   help="ctr/rating: train/val/test as a seeded shuffle (default), by time, the newest 10%% as test (needs "
+                        "timestamps), or by user, whole users held out so test users are unseen (needs a user column); "
+                        "top-k always leaves each user's last items out")
+    g.add_argument("--split-seed", type=seed_int, default=0, help="seed of the random or user train/val/test split (default 0)")
     g.add_argument("--ctr-negatives", type=non_negative_int, default=0,
                    help="ctr on interaction logs: every interaction is a click and gets N non-clicks, items its user never "
                         "interacted with, drawn uniformly (DIN's protocol); default 0: clicks are ratings >= 4")

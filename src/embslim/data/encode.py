@@ -15,7 +15,7 @@ import numpy as np
 from embslim.data.fields import FeatureTable, FieldSpec, PreparedData, Side
 from embslim.data.history import HISTORY, behaviour_history
 from embslim.data.negatives import with_sampled_non_clicks
-from embslim.data.splits import leave_last_out, random_split, time_split
+from embslim.data.splits import leave_last_out, random_split, time_split, user_split
 from embslim.data.vocab import fit_coded_vocab, fit_vocab, pad_bags
 from embslim.errors import ConfigError
 
@@ -73,7 +73,7 @@ class PrepareConfig:
     task: str = "ctr"
     min_count: int = 1
     split_seed: int = 0
-    split: str = "random"  # ctr/rating: "random" (seeded shuffle) or "time" (oldest rows train, newest test)
+    split: str = "random"  # ctr/rating: "random" (seeded shuffle), "time" (oldest rows train, newest test) or "user" (whole users, seeded)
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     click_threshold: float = 4.0
     history: int = 0  # > 0: each row gets its user's last `history` earlier items (a sequence read through the item table)
@@ -162,7 +162,11 @@ def _split(raw: RawColumns, config: PrepareConfig, rows: int) -> dict[str, np.nd
         return time_split(timestamp, config.ratios)
     if config.split == "random":
         return random_split(rows, config.ratios, config.split_seed)
-    raise ConfigError(f"--split must be 'random' or 'time', not {config.split!r}")
+    if config.split == "user":
+        if raw.user_field is None:
+            raise ConfigError(f"--split user needs a user column; dataset {raw.name!r} has none")
+        return user_split(np.asarray(raw.columns[raw.user_field])[:rows], config.ratios, config.split_seed)
+    raise ConfigError(f"--split must be 'random', 'time' or 'user', not {config.split!r}")
 
 
 def stack_columns(columns: list[np.ndarray], n: int, rows_per_block: int = 8192) -> np.ndarray:

@@ -28,6 +28,25 @@ def time_split(timestamps: np.ndarray, ratios: tuple[float, float, float] = (0.8
     return {"train": np.sort(order[:a]), "val": np.sort(order[a:b]), "test": np.sort(order[b:])}
 
 
+def user_split(users: np.ndarray, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0) -> dict[str, np.ndarray]:
+    """Whole users to train, validation or test: users in a seeded order, cut where their rows reach `ratios`
+    of all rows. A test user is one the model never trained on, known by side fields and behaviour history
+    only (the protocol of DIN's MovieLens experiment)."""
+    if abs(sum(ratios) - 1) > 1e-6 or min(ratios) <= 0:
+        raise ConfigError(f"split ratios must be positive and sum to 1, got {ratios}")
+    distinct, user_of_row, rows = np.unique(users, return_inverse=True, return_counts=True)
+    if len(distinct) < 3:
+        raise ConfigError(f"--split user needs at least 3 users, the data has {len(distinct)}")
+    order = np.random.default_rng([seed, 7]).permutation(len(distinct))
+    ends = np.cumsum(rows[order])
+    a = min(max(int(np.searchsorted(ends, ratios[0] * len(users))), 1), len(distinct) - 2)  # every split gets a user
+    b = min(max(int(np.searchsorted(ends, (ratios[0] + ratios[1]) * len(users))), a + 1), len(distinct) - 1)
+    split_of_user = np.empty(len(distinct), dtype=np.int64)
+    split_of_user[order[:a]], split_of_user[order[a:b]], split_of_user[order[b:]] = 0, 1, 2
+    split_of_row = split_of_user[user_of_row]
+    return {name: np.flatnonzero(split_of_row == k) for k, name in enumerate(("train", "val", "test"))}
+
+
 def leave_last_out(users: np.ndarray, timestamps: np.ndarray) -> dict[str, np.ndarray]:
     """Per user, the latest interaction is test and the one before it validation.
 
