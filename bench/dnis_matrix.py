@@ -52,6 +52,7 @@ def run() -> None:
     p.add_argument("--data-path")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--dnis", type=dnis_options, default={}, help="DNIS settings of the dnis cells, e.g. fill_rank=scaled (see DNISConfig)")
+    p.add_argument("--patience", type=int, help="every cell's early-stopping patience, over the recipe's (2 reproduces matrices before 2026-11-27's CTR recipe)")
     p.add_argument("--out", type=Path, required=True, help="working folder of the runs (checkpoints, models)")
     p.add_argument("--results", type=Path, help="folder of the summary files to keep (default --out)")
     args = p.parse_args()
@@ -62,7 +63,8 @@ def run() -> None:
     for pair in args.pairs.split(","):
         task, model = pair.split(":")
         spec = BenchSpec(dataset=args.dataset, task=task, model=model, dim=16, methods=("full", "uniform", "mde", "dnis"),
-                         budgets=budgets, seeds=tuple(range(args.seeds)), data_path=args.data_path, dnis=args.dnis)
+                         budgets=budgets, seeds=tuple(range(args.seeds)), data_path=args.data_path, dnis=args.dnis,
+                         patience=args.patience)
         out = args.out / f"{task}-{model}"
         rows = run_grid(spec, out, workers=args.workers)
         write_table(rows, out)
@@ -83,7 +85,8 @@ def run() -> None:
     held = [r["holds"] for r in matrix if r["holds"] is not None]
     header = ["# DNIS matrix: test metric (mean ± std over seeds) at a fraction of the full embedding bytes", "",
               f"Command: `python bench/dnis_matrix.py --pairs {args.pairs} --budgets {args.budgets} --seeds {args.seeds}"
-              f"{' --dnis ' + ','.join(f'{k}={v}' for k, v in args.dnis.items()) if args.dnis else ''} --out {args.out} --results {results}`",
+              f"{' --dnis ' + ','.join(f'{k}={v}' for k, v in args.dnis.items()) if args.dnis else ''}"
+              f"{f' --patience {args.patience}' if args.patience else ''} --out {args.out} --results {results}`",
               "", machine_line(), "",
               "Gap: DNIS minus the better of uniform and MDE, signed so that positive means DNIS is better "
               "(AUC higher, RMSE lower). Holds: DNIS is at least as good as that baseline within one of its standard deviations.", "",

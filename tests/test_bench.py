@@ -159,6 +159,14 @@ def test_bench_seeds_as_a_list_runs_exactly_those_seeds(tmp_path):
     assert sorted(int(r["seed"]) for r in csv.DictReader(open(out / "results.csv"))) == [2, 5]
 
 
+def test_bench_patience_replaces_the_recipes_in_every_cell(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", "--synthetic-rows", "300", "--methods", "full,uniform", "--budgets", "0.5", "--seeds", "1", "--epochs", "1",
+                 "--patience", "7", "--workers", "1", "--quiet", "--out", str(out)]) == 0
+    configs = [json.loads(p.read_text())["config"]["train"] for p in (out / "runs").glob("*/results.json")]
+    assert len(configs) == 2 and all(c["patience"] == 7 for c in configs)
+
+
 def test_bench_seeds_as_a_count_runs_seeds_from_zero():
     from embslim.cli_types import seed_set
 

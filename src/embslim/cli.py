@@ -400,7 +400,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     spec = PRESETS[args.preset] if args.preset else BenchSpec()
     overrides = {}
-    for key in ("dataset", "task", "model", "dim", "epochs", "synthetic_rows"):
+    for key in ("dataset", "task", "model", "dim", "epochs", "patience", "synthetic_rows"):
         value = getattr(args, key, None)
         if value is not None:
             overrides[key] = value
@@ -603,6 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budgets", type=budget_fractions, help="fractions of the full table, e.g. 1,0.5,0.2,0.1,0.05,0.01")
     p.add_argument("--seeds", type=seed_set, help="N: seeds 0..N-1; or a comma-separated list of seeds, e.g. 3,4")
     p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--patience", type=positive_int, help="every cell's early-stopping patience, over the recipe's (e.g. 2 reproduces CTR grids measured before 2026-11-27)")
     p.add_argument("--synthetic-rows", type=positive_int)
     p.add_argument("--dnis", type=dnis_options, help="DNIS settings for the dnis cells, e.g. fine_tune=false,search_epochs=1 (see DNISConfig)")
     p.add_argument("--method-opt", action="append", metavar="METHOD:KEY=VALUE",

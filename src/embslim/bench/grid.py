@@ -71,6 +71,7 @@ class BenchSpec:
     budgets: tuple[float, ...] = (0.5, 0.2, 0.1)
     seeds: tuple[int, ...] = (0,)
     epochs: int | None = None
+    patience: int | None = None  # None: the recipe's
     synthetic_rows: int | None = None
     data_path: str | None = None
     search_epochs: int = 2
@@ -124,6 +125,8 @@ def run_cell(spec: BenchSpec, cell: Cell, out: Path) -> dict:
     train = TrainConfig(**train_options(rec), seed=cell.seed, progress=False)
     if spec.epochs:
         train = replace(train, epochs=spec.epochs)
+    if spec.patience:
+        train = replace(train, patience=spec.patience)
     fields = data.select_fields(model_class(spec.model).select_fields(data.table.fields, data.user_field, data.item_field)).table.fields
     dim = embedding_dim(rec, spec.dim)
     budget = int(cell.budget * full_bytes(fields, [dim] * len(fields)))
