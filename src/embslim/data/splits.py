@@ -6,10 +6,15 @@ import numpy as np
 from embslim.errors import ConfigError
 
 
-def random_split(n: int, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0) -> dict[str, np.ndarray]:
-    """Shuffle rows with `seed` and cut them by `ratios` (train, val, test)."""
+def check_ratios(ratios: tuple[float, float, float]) -> None:
+    """Train/validation/test shares: positive and summing to 1 (a one-line error otherwise)."""
     if abs(sum(ratios) - 1) > 1e-6 or min(ratios) <= 0:
         raise ConfigError(f"split ratios must be positive and sum to 1, got {ratios}")
+
+
+def random_split(n: int, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0) -> dict[str, np.ndarray]:
+    """Shuffle rows with `seed` and cut them by `ratios` (train, val, test)."""
+    check_ratios(ratios)
     perm = np.random.default_rng(seed).permutation(n)
     a = int(round(ratios[0] * n))
     b = a + int(round(ratios[1] * n))
@@ -19,8 +24,7 @@ def random_split(n: int, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), s
 def time_split(timestamps: np.ndarray, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> dict[str, np.ndarray]:
     """The oldest rows train, the next validate, the newest test, cut by `ratios` (ties in time keep file order):
     a model is scored on interactions later than any it learned from, as it would be served."""
-    if abs(sum(ratios) - 1) > 1e-6 or min(ratios) <= 0:
-        raise ConfigError(f"split ratios must be positive and sum to 1, got {ratios}")
+    check_ratios(ratios)
     n = len(timestamps)
     order = np.lexsort((np.arange(n), timestamps))
     a = int(round(ratios[0] * n))
@@ -32,8 +36,7 @@ def user_split(users: np.ndarray, ratios: tuple[float, float, float] = (0.8, 0.1
     """Whole users to train, validation or test: users in a seeded order, cut where their rows reach `ratios`
     of all rows. A test user is one the model never trained on, known by side fields and behaviour history
     only (the protocol of DIN's MovieLens experiment)."""
-    if abs(sum(ratios) - 1) > 1e-6 or min(ratios) <= 0:
-        raise ConfigError(f"split ratios must be positive and sum to 1, got {ratios}")
+    check_ratios(ratios)
     distinct, user_of_row, rows = np.unique(users, return_inverse=True, return_counts=True)
     if len(distinct) < 3:
         raise ConfigError(f"--split user needs at least 3 users, the data has {len(distinct)}")
